@@ -1,0 +1,216 @@
+{{/*
+Names, labels and the GPU variant lookup shared by every template.
+*/}}
+
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "embedding-images.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Release-scoped base name (63 characters at most, the DNS label limit). When the release name
+already contains the chart name it is used as is, so `helm install embedding-images .` gives
+`embedding-images`, not `embedding-images-embedding-images`.
+*/}}
+{{- define "embedding-images.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* <fullname>-<component>, truncated to 63 characters. Argument: dict "root" $ "component" name. */}}
+{{- define "embedding-images.componentFullname" -}}
+{{- printf "%s-%s" (include "embedding-images.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "embedding-images.operator.fullname" -}}
+{{- include "embedding-images.componentFullname" (dict "root" . "component" "operator") -}}
+{{- end -}}
+
+{{/*
+Name of a model workload (ModelService, or Deployment and Service without the operator):
+values <component>.name, else <fullname>-<component>. Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.fullname" -}}
+{{- $values := index .root.Values .component -}}
+{{- if $values.name -}}
+{{- $values.name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "embedding-images.componentFullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "embedding-images.embedding.fullname" -}}
+{{- include "embedding-images.model.fullname" (dict "root" . "component" "embedding") -}}
+{{- end -}}
+
+{{- define "embedding-images.reranker.fullname" -}}
+{{- include "embedding-images.model.fullname" (dict "root" . "component" "reranker") -}}
+{{- end -}}
+
+{{- define "embedding-images.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Selector labels: immutable once a Deployment exists, so only name, instance and component.
+Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "embedding-images.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* All labels of an object: selector labels, chart, version, manager and commonLabels. */}}
+{{- define "embedding-images.labels" -}}
+helm.sh/chart: {{ include "embedding-images.chart" .root }}
+{{ include "embedding-images.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: embedding-images
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* commonAnnotations as a metadata.annotations block (nothing when empty). */}}
+{{- define "embedding-images.annotations" -}}
+{{- with .Values.commonAnnotations -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* The shared GPU variant table, files/variants.yaml, as a dict. */}}
+{{- define "embedding-images.variantTable" -}}
+{{- $raw := .Files.Get "files/variants.yaml" -}}
+{{- if not $raw -}}
+{{- fail "files/variants.yaml is missing from the chart: it is the one GPU variant table and cannot be left out" -}}
+{{- end -}}
+{{- $raw -}}
+{{- end -}}
+
+{{/* The operator's service account name. */}}
+{{- define "embedding-images.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "embedding-images.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's image reference (tag defaults to the chart's appVersion). */}}
+{{- define "embedding-images.operator.image" -}}
+{{- $img := .Values.operator.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets block for a pod spec (nothing when the list is empty). */}}
+{{- define "embedding-images.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets -}}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches: operator.watchNamespaces, or nothing (cluster-wide). */}}
+{{- define "embedding-images.operator.namespaced" -}}
+{{- if .Values.operator.watchNamespaces -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Resolves a model section (embedding or reranker) the way the operator resolves a ModelService,
+and fails on contradictory values. Argument: dict "root" $ "component" name. Returns JSON:
+  task      embed | rerank
+  engine    tei | reranker (auto resolved)
+  variant   the files/variants.yaml entry (null for accelerator auto under the operator)
+  image     full image reference (empty when the variant is left to the operator)
+  gpuCount  GPUs per pod (0 for cpu)
+*/}}
+{{- define "embedding-images.model.resolve" -}}
+{{- $root := .root -}}
+{{- $c := .component -}}
+{{- $v := index $root.Values $c -}}
+{{- $table := include "embedding-images.variantTable" $root | fromYaml -}}
+{{- $task := ternary "embed" "rerank" (eq $c "embedding") -}}
+{{- $gpu := default dict $v.gpu -}}
+{{- $count := int (default 0 $gpu.count) -}}
+{{- $product := default "" $gpu.product -}}
+{{- $names := list -}}
+{{- range $table.variants }}{{ $names = append $names .name }}{{ end -}}
+{{- if and (ne $v.accelerator "auto") (not (has $v.accelerator $names)) -}}
+{{- fail (printf "%s.accelerator=%q is not a known accelerator; use auto or one of: %s" $c $v.accelerator (join ", " $names)) -}}
+{{- end -}}
+{{- $productCap := "" -}}
+{{- if $product -}}
+{{- if not (hasKey $table.products $product) -}}
+{{- fail (printf "%s.gpu.product=%q is not in files/variants.yaml; known products: %s (or name the architecture in %s.accelerator)" $c $product (join ", " (keys $table.products | sortAlpha)) $c) -}}
+{{- end -}}
+{{- $productCap = index $table.products $product | toString -}}
+{{- end -}}
+{{- if eq $v.accelerator "cpu" -}}
+{{- if gt $count 0 -}}
+{{- fail (printf "%s.accelerator=cpu contradicts %s.gpu.count=%d: set gpu.count to 0, or choose a GPU accelerator" $c $c $count) -}}
+{{- end -}}
+{{- if $product -}}
+{{- fail (printf "%s.accelerator=cpu contradicts %s.gpu.product=%q: clear gpu.product, or set accelerator to auto or the product's architecture" $c $c $product) -}}
+{{- end -}}
+{{- end -}}
+{{- $variant := dict -}}
+{{- if and (eq $v.accelerator "auto") $product -}}
+{{- range $table.variants }}{{ if has $productCap (default list .computeCapabilities) }}{{ $variant = . }}{{ end }}{{ end -}}
+{{- if not $variant -}}
+{{- fail (printf "%s.gpu.product=%q has compute capability %s, which no variant in files/variants.yaml serves" $c $product $productCap) -}}
+{{- end -}}
+{{- else if ne $v.accelerator "auto" -}}
+{{- range $table.variants }}{{ if eq .name $v.accelerator }}{{ $variant = . }}{{ end }}{{ end -}}
+{{- if and $product (not (has $productCap (default list $variant.computeCapabilities))) -}}
+{{- fail (printf "%s.gpu.product=%q (compute capability %s) does not run the %s image: set %s.accelerator to auto, or to the product's architecture" $c $product $productCap $v.accelerator $c) -}}
+{{- end -}}
+{{- else if not $root.Values.operator.enabled -}}
+{{- fail (printf "%s.accelerator=auto needs the operator, which chooses the GPU architecture from the cluster's nodes; with operator.enabled=false set %s.accelerator to cpu or a GPU architecture (%s), or set %s.gpu.product" $c $c (join ", " $names) $c) -}}
+{{- end -}}
+{{- if and $variant $variant.gpu (eq $count 0) -}}
+{{- $count = 1 -}}
+{{- end -}}
+{{- $engine := $v.engine -}}
+{{- $qwen := regexMatch "(?i)qwen3-reranker" $v.model -}}
+{{- if eq $engine "auto" -}}
+{{- $engine = ternary "reranker" "tei" (and (eq $task "rerank") $qwen) -}}
+{{- end -}}
+{{- if and (eq $engine "reranker") (eq $task "embed") -}}
+{{- fail (printf "%s.engine=reranker cannot serve embeddings: the reranker service only reranks; use engine auto or tei" $c) -}}
+{{- end -}}
+{{- if and (eq $engine "tei") $qwen -}}
+{{- fail (printf "%s.model=%q cannot run on TEI (Qwen3-Reranker is a causal LM; TEI refuses it at start-up): use engine auto or reranker" $c $v.model) -}}
+{{- end -}}
+{{- $image := $v.image -}}
+{{- if and (not $image) $variant -}}
+{{- if eq $engine "tei" -}}
+{{- $image = printf "%s:%s" $table.tei.repository (toString $variant.teiTag) -}}
+{{- else -}}
+{{- $image = printf "%s:%s" $table.reranker.repository (toString $variant.rerankerTag) -}}
+{{- end -}}
+{{- end -}}
+{{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count "productCapability" $productCap | toJson -}}
+{{- end -}}
+
+{{/*
+Labels that select a model's pods, in both modes (PDB, NetworkPolicy, the plain Deployment's
+selector). Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.podSelector" -}}
+{{ include "embedding-images.selectorLabels" . }}
+{{- end -}}
