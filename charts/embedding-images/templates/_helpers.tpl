@@ -214,3 +214,44 @@ selector). Argument: dict "root" $ "component" name.
 {{- define "embedding-images.model.podSelector" -}}
 {{ include "embedding-images.selectorLabels" . }}
 {{- end -}}
+
+{{/*
+The ModelService spec of a model section (empty values left out). Also the input of the plain
+workloads' checksum/config. Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.spec" -}}
+{{- $v := index .root.Values .component -}}
+{{- $r := include "embedding-images.model.resolve" . | fromJson -}}
+{{- $spec := dict "task" $r.task "model" $v.model "engine" $v.engine "accelerator" $v.accelerator "port" (int $v.port) -}}
+{{- if not $v.autoscaling.enabled -}}
+{{- $_ := set $spec "replicas" (int $v.replicas) -}}
+{{- end -}}
+{{- range $key := list "revision" "image" "runtimeClassName" "resources" "nodeSelector" "tolerations" "affinity" "env" "engineArgs" "hfTokenSecretRef" -}}
+{{- with index $v $key -}}
+{{- $_ := set $spec $key . -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.fallbackToCPU -}}
+{{- $_ := set $spec "fallbackToCPU" true -}}
+{{- end -}}
+{{- $gpu := dict -}}
+{{- if (default dict $v.gpu).count -}}
+{{- $_ := set $gpu "count" (int $v.gpu.count) -}}
+{{- end -}}
+{{- if (default dict $v.gpu).product -}}
+{{- $_ := set $gpu "product" $v.gpu.product -}}
+{{- end -}}
+{{- with $gpu -}}
+{{- $_ := set $spec "gpu" . -}}
+{{- end -}}
+{{- $cache := dict -}}
+{{- if $v.cache.existingClaim -}}
+{{- $_ := set $cache "existingClaim" $v.cache.existingClaim -}}
+{{- else if $v.cache.sizeLimit -}}
+{{- $_ := set $cache "sizeLimit" (toString $v.cache.sizeLimit) -}}
+{{- end -}}
+{{- with $cache -}}
+{{- $_ := set $spec "cache" . -}}
+{{- end -}}
+{{- toYaml $spec -}}
+{{- end -}}

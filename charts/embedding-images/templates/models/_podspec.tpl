@@ -1,0 +1,146 @@
+{{/*
+The pod spec of a model workload without the operator: the Go-template twin of the operator's
+pod spec in operator/modelservice/resources.py. tests/chart/test_parity.py renders both from the
+same input and compares image, args, env, probes, resources, node selector, tolerations and
+security context, so a change here without the same change there fails the suite.
+Argument: dict "root" $ "component" name "resolved" (embedding-images.model.resolve).
+*/}}
+{{- define "embedding-images.model.podSpec" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .component -}}
+{{- $r := .resolved -}}
+{{- $tei := eq $r.engine "tei" -}}
+{{- $containerPort := ternary 8080 8000 $tei -}}
+{{- $gpu := and $r.variant $r.variant.gpu -}}
+{{- $ea := default dict $v.engineArgs -}}
+{{- /* node pinning: the product when named, else the architecture's compute capability */ -}}
+{{- $nodeSelector := dict -}}
+{{- if $gpu -}}
+{{- if $v.gpu.product -}}
+{{- $_ := set $nodeSelector "nvidia.com/gpu.product" $v.gpu.product -}}
+{{- else -}}
+{{- $cap := splitList "." (first $r.variant.computeCapabilities | toString) -}}
+{{- $_ := set $nodeSelector "nvidia.com/gpu.compute.major" (index $cap 0) -}}
+{{- $_ := set $nodeSelector "nvidia.com/gpu.compute.minor" (index $cap 1) -}}
+{{- end -}}
+{{- end -}}
+{{- $nodeSelector = merge $nodeSelector (default dict $v.nodeSelector) -}}
+{{- $tolerations := default list $v.tolerations -}}
+{{- if $gpu -}}
+{{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") -}}
+{{- end -}}
+{{- $resources := deepCopy (default dict $v.resources) -}}
+{{- if $gpu -}}
+{{- $limits := default dict $resources.limits -}}
+{{- $_ := set $limits "nvidia.com/gpu" $r.gpuCount -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- $env := list -}}
+{{- $args := list -}}
+{{- if $tei -}}
+{{- $args = list "--model-id" $v.model "--port" (toString $containerPort) "--hostname" "0.0.0.0" -}}
+{{- with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end -}}
+{{- with $ea.maxBatchTokens }}{{ $args = concat $args (list "--max-batch-tokens" (toString .)) }}{{ end -}}
+{{- with $ea.maxClientBatchSize }}{{ $args = concat $args (list "--max-client-batch-size" (toString .)) }}{{ end -}}
+{{- with $ea.maxConcurrentRequests }}{{ $args = concat $args (list "--max-concurrent-requests" (toString .)) }}{{ end -}}
+{{- with $ea.pooling }}{{ $args = concat $args (list "--pooling" .) }}{{ end -}}
+{{- with $ea.dtype }}{{ $args = concat $args (list "--dtype" .) }}{{ end -}}
+{{- if $ea.autoTruncate }}{{ $args = append $args "--auto-truncate" }}{{ end -}}
+{{- $env = append $env (dict "name" "HUGGINGFACE_HUB_CACHE" "value" "/data") -}}
+{{- else -}}
+{{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $v.model) -}}
+{{- with $v.revision }}{{ $env = append $env (dict "name" "RERANKER_REVISION" "value" .) }}{{ end -}}
+{{- $env = append $env (dict "name" "RERANKER_PORT" "value" (toString $containerPort)) -}}
+{{- $env = append $env (dict "name" "RERANKER_DEVICE" "value" (ternary "cuda" "cpu" $gpu)) -}}
+{{- with $ea.maxBatchSize }}{{ $env = append $env (dict "name" "RERANKER_MAX_BATCH_SIZE" "value" (toString .)) }}{{ end -}}
+{{- with $ea.maxLength }}{{ $env = append $env (dict "name" "RERANKER_MAX_LENGTH" "value" (toString .)) }}{{ end -}}
+{{- with $ea.dtype }}{{ $env = append $env (dict "name" "RERANKER_DTYPE" "value" .) }}{{ end -}}
+{{- $env = append $env (dict "name" "HF_HOME" "value" "/data") -}}
+{{- end -}}
+{{- with $v.hfTokenSecretRef -}}
+{{- $env = append $env (dict "name" "HF_TOKEN" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) -}}
+{{- end -}}
+{{- $env = concat $env (default list $v.env) -}}
+{{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 1000
+  runAsGroup: 1000
+  fsGroup: 1000
+  seccompProfile:
+    type: RuntimeDefault
+{{- with $v.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: {{ ternary "tei" "reranker" $tei }}
+    image: {{ $r.image | quote }}
+    {{- with $args }}
+    args:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    env:
+      {{- toYaml $env | nindent 6 }}
+    ports:
+      - name: http
+        containerPort: {{ $containerPort }}
+        protocol: TCP
+    startupProbe:
+      httpGet:
+        path: /health
+        port: http
+      periodSeconds: 10
+      failureThreshold: 180
+    readinessProbe:
+      httpGet:
+        path: /health
+        port: http
+      periodSeconds: 10
+      failureThreshold: 3
+    livenessProbe:
+      httpGet:
+        path: /health
+        port: http
+      periodSeconds: 20
+      failureThreshold: 3
+    {{- with $resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: [ALL]
+    volumeMounts:
+      - name: cache
+        mountPath: /data
+      - name: tmp
+        mountPath: /tmp
+volumes:
+  - name: cache
+    {{- if $v.cache.existingClaim }}
+    persistentVolumeClaim:
+      claimName: {{ $v.cache.existingClaim }}
+    {{- else }}
+    emptyDir:
+      {{- with $v.cache.sizeLimit }}
+      sizeLimit: {{ . }}
+      {{- end }}
+    {{- end }}
+  - name: tmp
+    emptyDir: {}
+{{- end -}}
