@@ -1,0 +1,417 @@
+"""`helm template` over the values a user would write, with assertions on the rendered objects:
+GPU variant -> image and node pinning, RBAC scope, optional objects, config roll, and the clear
+failures on contradictory values."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .conftest import CHART
+
+pytestmark = pytest.mark.helm
+
+TABLE = yaml.safe_load((CHART / "files" / "variants.yaml").read_text())
+VARIANTS = {v["name"]: v for v in TABLE["variants"]}
+TEI = TABLE["tei"]["repository"]
+RERANKER = TABLE["reranker"]["repository"]
+NO_CRD = ["crds.enabled=false"]
+PLAIN = ["operator.enabled=false", "crds.enabled=false"]
+
+
+def pod_spec(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]
+
+
+def container(deployment: dict) -> dict:
+    (c,) = pod_spec(deployment)["containers"]
+    return c
+
+
+# --- operator mode -----------------------------------------------------------------------------
+
+def test_defaults_install_the_operator_and_two_modelservices(render):
+    out = render(sets=NO_CRD)
+    assert out.names("Deployment") == ["rel-embedding-images-operator"]
+    assert out.names("ModelService") == ["rel-embedding-images-embedding", "rel-embedding-images-reranker"]
+    emb = out.get("ModelService", "rel-embedding-images-embedding")["spec"]
+    assert emb["task"] == "embed" and emb["model"] == "BAAI/bge-small-en-v1.5"
+    assert emb["accelerator"] == "cpu" and emb["replicas"] == 1 and emb["port"] == 8080
+    rr = out.get("ModelService", "rel-embedding-images-reranker")["spec"]
+    assert rr["task"] == "rerank" and rr["model"] == "Qwen/Qwen3-Reranker-0.6B"
+    assert out.kinds("Service") == [], "with the operator, Services are the operator's to create"
+
+
+def test_operator_runs_modelservice_standalone_with_restricted_pod_security(render):
+    out = render(sets=NO_CRD)
+    dep = out.get("Deployment", "rel-embedding-images-operator")
+    c = container(dep)
+    assert c["command"] == ["python", "-m", "modelservice"]
+    assert "--standalone" in c["args"] and "--all-namespaces" in c["args"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["requests"]["memory"]
+    assert pod_spec(dep)["serviceAccountName"] == "rel-embedding-images-operator"
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_modelservice_spec_carries_gpu_and_options(render):
+    out = render(values={
+        "embedding": {"accelerator": "auto", "gpu": {"product": "NVIDIA-L4"}, "revision": "v1",
+                      "hfTokenSecretRef": {"name": "hf", "key": "token"},
+                      "cache": {"existingClaim": "models"}, "env": [{"name": "A", "value": "b"}]},
+    }, sets=NO_CRD)
+    spec = out.get("ModelService", "rel-embedding-images-embedding")["spec"]
+    assert spec["accelerator"] == "auto"
+    assert spec["gpu"] == {"product": "NVIDIA-L4"}
+    assert spec["revision"] == "v1"
+    assert spec["hfTokenSecretRef"] == {"name": "hf", "key": "token"}
+    assert spec["cache"] == {"existingClaim": "models"}
+    assert spec["env"] == [{"name": "A", "value": "b"}]
+
+
+def test_disabled_models_are_not_rendered(render):
+    out = render(sets=NO_CRD + ["reranker.enabled=false"])
+    assert out.names("ModelService") == ["rel-embedding-images-embedding"]
+
+
+# --- RBAC ---------------------------------------------------------------------------------------
+
+def rules_of(obj: dict) -> dict[str, set[str]]:
+    """resource -> verbs, over every rule of a Role/ClusterRole."""
+    found: dict[str, set[str]] = {}
+    for rule in obj["rules"]:
+        for res in rule["resources"]:
+            found.setdefault(res, set()).update(rule["verbs"])
+    return found
+
+
+def test_cluster_wide_rbac_is_one_clusterrole(render):
+    out = render(sets=NO_CRD)
+    assert out.kinds("Role") == [] and out.kinds("RoleBinding") == []
+    role = out.get("ClusterRole", "rel-embedding-images-operator")
+    rules = rules_of(role)
+    assert {"get", "list", "watch", "patch"} <= rules["modelservices"]
+    assert "patch" in rules["modelservices/status"]
+    assert {"create", "patch", "delete"} <= rules["deployments"] and {"create", "patch", "delete"} <= rules["services"]
+    assert rules["nodes"] == {"get", "list", "watch"}
+    assert rules["events"] == {"create"}
+    binding = out.get("ClusterRoleBinding", "rel-embedding-images-operator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-embedding-images-operator", "namespace": "models"}]
+
+
+def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
+    out = render(values={"operator": {"watchNamespaces": ["team-a", "team-b"]}}, sets=NO_CRD)
+    roles = out.kinds("Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert "modelservices" in rules_of(role) and "deployments" in rules_of(role)
+    bindings = out.kinds("RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for b in bindings:
+        assert b["subjects"][0]["namespace"] == "models"
+    cluster_rules = rules_of(out.get("ClusterRole", "rel-embedding-images-operator"))
+    assert set(cluster_rules) == {"nodes", "customresourcedefinitions", "namespaces"}
+    assert all(verbs <= {"get", "list", "watch"} for verbs in cluster_rules.values()), cluster_rules
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+@pytest.mark.parametrize("values_file", sorted((CHART / "ci").glob("*.yaml")), ids=lambda p: p.stem)
+def test_rbac_never_grants_secrets_pods_or_wildcards(render, values_file):
+    out = render(files=[values_file], sets=NO_CRD)
+    for role in out.kinds("ClusterRole") + out.kinds("Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+            assert not {"secrets", "pods", "pods/exec", "configmaps"} & set(rule["resources"]), rule
+
+
+def test_rbac_can_be_left_to_the_user(render):
+    out = render(sets=NO_CRD + ["operator.rbac.create=false", "operator.serviceAccount.create=false",
+                                "operator.serviceAccount.name=my-sa"])
+    assert out.kinds("ClusterRole") == [] and out.kinds("ServiceAccount") == []
+    assert pod_spec(out.get("Deployment", "rel-embedding-images-operator"))["serviceAccountName"] == "my-sa"
+
+
+# --- plain workloads: GPU variant -> image and node pinning --------------------------------------
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_variant_picks_its_tei_image_and_pins_its_nodes(render, name):
+    variant = VARIANTS[name]
+    out = render(sets=PLAIN + [f"embedding.accelerator={name}", "reranker.enabled=false"])
+    dep = out.get("Deployment", "rel-embedding-images-embedding")
+    spec, c = pod_spec(dep), container(dep)
+    assert c["image"] == f"{TEI}:{variant['teiTag']}"
+    if variant["gpu"]:
+        major, minor = variant["computeCapabilities"][0].split(".")
+        assert spec["nodeSelector"]["nvidia.com/gpu.compute.major"] == major
+        assert spec["nodeSelector"]["nvidia.com/gpu.compute.minor"] == minor
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    else:
+        assert "nodeSelector" not in spec and "tolerations" not in spec
+        assert "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {})
+
+
+@pytest.mark.parametrize("product", sorted(TABLE["products"]))
+def test_gpu_product_maps_to_its_architecture_and_pins_the_product(render, product):
+    cap = TABLE["products"][product]
+    (variant,) = [v for v in TABLE["variants"] if cap in v["computeCapabilities"]]
+    out = render(sets=PLAIN + ["embedding.accelerator=auto", f"embedding.gpu.product={product}",
+                               "reranker.accelerator=auto", f"reranker.gpu.product={product}"])
+    emb = out.get("Deployment", "rel-embedding-images-embedding")
+    assert container(emb)["image"] == f"{TEI}:{variant['teiTag']}"
+    assert pod_spec(emb)["nodeSelector"] == {"nvidia.com/gpu.product": product}
+    rr = out.get("Deployment", "rel-embedding-images-reranker")
+    assert container(rr)["image"] == f"{RERANKER}:{variant['rerankerTag']}"
+    assert pod_spec(rr)["nodeSelector"] == {"nvidia.com/gpu.product": product}
+
+
+def test_user_node_selector_and_tolerations_are_kept_beside_the_gpu_ones(render):
+    out = render(files=[CHART / "ci" / "plain-gpu-values.yaml"])
+    spec = pod_spec(out.get("Deployment", "rel-embedding-images-embedding"))
+    assert spec["nodeSelector"]["topology.kubernetes.io/zone"] == "zone-a"
+    assert spec["nodeSelector"]["nvidia.com/gpu.compute.major"] == "9"
+    keys = [t["key"] for t in spec["tolerations"]]
+    assert "dedicated" in keys and "nvidia.com/gpu" in keys
+    assert container(out.get("Deployment", "rel-embedding-images-embedding"))["resources"]["limits"]["nvidia.com/gpu"] == 2
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+
+
+def test_reranker_engine_follows_the_model(render):
+    out = render(sets=PLAIN)
+    assert container(out.get("Deployment", "rel-embedding-images-reranker"))["image"] == f"{RERANKER}:{VARIANTS['cpu']['rerankerTag']}"
+    out = render(sets=PLAIN + ["reranker.model=BAAI/bge-reranker-base"])
+    c = container(out.get("Deployment", "rel-embedding-images-reranker"))
+    assert c["image"] == f"{TEI}:{VARIANTS['cpu']['teiTag']}"
+    assert c["args"][:2] == ["--model-id", "BAAI/bge-reranker-base"]
+
+
+def test_service_exposes_the_port_and_targets_http(render):
+    out = render(files=[CHART / "ci" / "plain-cpu-values.yaml"])
+    svc = out.get("Service", "rel-embedding-images-reranker")
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    dep = out.get("Deployment", "rel-embedding-images-reranker")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert set(dep["spec"]["selector"]["matchLabels"]) == {
+        "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+    assert container(dep)["ports"][0]["name"] == "http"
+
+
+# --- restricted pod security everywhere ----------------------------------------------------------
+
+@pytest.mark.parametrize("values_file", sorted((CHART / "ci").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_pod_is_restricted(render, values_file):
+    out = render(files=[values_file], sets=NO_CRD)
+    pods = [pod_spec(d) for d in out.kinds("Deployment")] + [p["spec"] for p in out.kinds("Pod")]
+    assert pods
+    for spec in pods:
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+# --- PDB, HPA, NetworkPolicy, pull secrets, extra metadata ----------------------------------------
+
+def test_optional_objects_are_off_by_default(render):
+    out = render(sets=NO_CRD)
+    for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
+        assert out.kinds(kind) == []
+
+
+def test_hpa_scales_the_modelservice_with_the_operator(render):
+    out = render(files=[CHART / "ci" / "operator-namespaced-values.yaml"], sets=NO_CRD)
+    hpa = out.get("HorizontalPodAutoscaler", "rel-embedding-images-embedding")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelService",
+        "name": "rel-embedding-images-embedding"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert "replicas" not in out.get("ModelService", "rel-embedding-images-embedding")["spec"], \
+        "helm must not reset the replicas the HPA chose"
+    pdb = out.get("PodDisruptionBudget", "rel-embedding-images-embedding")
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_hpa_pdb_and_networkpolicy_without_the_operator(render):
+    out = render(files=[CHART / "ci" / "plain-gpu-values.yaml"])
+    dep = out.get("Deployment", "rel-embedding-images-embedding")
+    hpa = out.get("HorizontalPodAutoscaler", "rel-embedding-images-embedding")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu", "memory"]
+    assert "replicas" not in dep["spec"]
+    pdb = out.get("PodDisruptionBudget", "rel-embedding-images-embedding")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for name in ("rel-embedding-images-embedding", "rel-embedding-images-reranker"):
+        netpol = out.get("NetworkPolicy", name)
+        assert netpol["spec"]["policyTypes"] == ["Ingress"]
+        assert netpol["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    selector = out.get("NetworkPolicy", "rel-embedding-images-embedding")["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    # allowSameNamespace=false: only the helm test pod is let in
+    peers = out.get("NetworkPolicy", "rel-embedding-images-embedding")["spec"]["ingress"][0]["from"]
+    test_pod = out.kinds("Pod")[0]
+    assert len(peers) == 1 and peers[0]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+
+
+def test_pull_secrets_and_extra_metadata_reach_every_pod(render):
+    out = render(values={"imagePullSecrets": [{"name": "regcred"}], "commonLabels": {"team": "search"},
+                         "commonAnnotations": {"owner": "me"},
+                         "embedding": {"podAnnotations": {"a": "1"}, "podLabels": {"tier": "gold"}}},
+                 sets=PLAIN)
+    for dep in out.kinds("Deployment"):
+        assert pod_spec(dep)["imagePullSecrets"] == [{"name": "regcred"}]
+    assert out.kinds("Pod")[0]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    for obj in out.docs:
+        assert obj["metadata"]["labels"]["team"] == "search", obj["kind"]
+        assert obj["metadata"]["annotations"]["owner"] == "me", obj["kind"]
+    tmpl = out.get("Deployment", "rel-embedding-images-embedding")["spec"]["template"]["metadata"]
+    assert tmpl["annotations"]["a"] == "1" and tmpl["labels"]["tier"] == "gold"
+
+
+# --- checksum/config roll --------------------------------------------------------------------------
+
+def checksums(out) -> dict[str, str]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for d in out.kinds("Deployment")}
+
+
+def test_checksum_changes_with_the_model_config_only(render):
+    base = checksums(render(sets=PLAIN))
+    changed = checksums(render(sets=PLAIN + ["embedding.engineArgs.maxBatchTokens=4096"]))
+    assert changed["rel-embedding-images-embedding"] != base["rel-embedding-images-embedding"]
+    assert changed["rel-embedding-images-reranker"] == base["rel-embedding-images-reranker"]
+    assert checksums(render(sets=PLAIN)) == base, "the checksum must be stable for the same values"
+
+
+def test_operator_checksum_changes_with_its_settings(render):
+    base = checksums(render(sets=NO_CRD))
+    changed = checksums(render(sets=NO_CRD + ["operator.verbose=true"]))
+    assert base["rel-embedding-images-operator"] != changed["rel-embedding-images-operator"]
+
+
+# --- contradictory values fail with the field named ------------------------------------------------
+
+@pytest.mark.parametrize("sets, message", [
+    (["embedding.gpu.count=2"], "embedding.accelerator=cpu contradicts embedding.gpu.count=2"),
+    (["reranker.gpu.product=NVIDIA-L4"], "reranker.accelerator=cpu contradicts reranker.gpu.product"),
+    (["embedding.accelerator=auto", "embedding.gpu.product=Quadro-K600"], 'embedding.gpu.product="Quadro-K600" is not in files/variants.yaml'),
+    (["embedding.accelerator=hopper", "embedding.gpu.product=NVIDIA-L4"], "does not run the hopper image"),
+    (["reranker.model=Qwen/Qwen3-Reranker-4B", "reranker.engine=tei"], "cannot run on TEI"),
+    (["embedding.engine=reranker"], "embedding.engine=reranker cannot serve embeddings"),
+    (["embedding.autoscaling.enabled=true", "embedding.autoscaling.minReplicas=5", "embedding.autoscaling.maxReplicas=2"],
+     "embedding.autoscaling.minReplicas (5) is greater than embedding.autoscaling.maxReplicas (2)"),
+])
+def test_contradictory_values_fail_with_a_clear_message(render_error, sets, message):
+    assert message in render_error(sets=NO_CRD + sets)
+
+
+def test_auto_without_the_operator_asks_for_an_architecture_or_product(render_error):
+    err = render_error(sets=PLAIN + ["embedding.accelerator=auto"])
+    assert "embedding.accelerator=auto needs the operator" in err
+    assert "embedding.gpu.product" in err
+
+
+# --- strict schema: typos fail with the key named ---------------------------------------------------
+
+@pytest.mark.parametrize("sets, key", [
+    (["embeding.model=x"], "embeding"),
+    (["embedding.gpu.prodct=NVIDIA-L4"], "prodct"),
+    (["operator.watchNamespace={a}"], "watchNamespace"),
+    (["reranker.engineArgs.maxBatchTokenz=1"], "maxBatchTokenz"),
+])
+def test_unknown_key_fails_with_the_key_named(render_error, sets, key):
+    err = render_error(sets=NO_CRD + sets)
+    assert key in err and "additional properties" in err
+
+
+def test_typo_in_a_values_file_fails_with_the_key_named(render_error, tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("embedding:\n  acelerator: hopper\n")
+    err = render_error(files=[f], sets=NO_CRD)
+    assert "acelerator" in err
+
+
+def test_unknown_accelerator_is_refused_by_the_schema(render_error):
+    err = render_error(sets=NO_CRD + ["embedding.accelerator=volta"])
+    assert "/embedding/accelerator" in err
+
+
+# --- names ------------------------------------------------------------------------------------------
+
+def test_names_are_truncated_to_63_characters(render):
+    release = "a-release-name-that-is-long-enough-to-overflow-the-dns-limit-xyz"[:53]
+    out = render(release=release, sets=NO_CRD)
+    for obj in out.docs:
+        assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+        assert not obj["metadata"]["name"].endswith("-")
+
+
+def test_name_overrides(render):
+    out = render(sets=NO_CRD + ["fullnameOverride=emb", "embedding.name=search-embed"])
+    assert out.names("ModelService") == ["emb-reranker", "search-embed"]
+    assert out.names("Deployment") == ["emb-operator"]
+
+
+# --- helm test pod -----------------------------------------------------------------------------------
+
+def test_helm_test_pod_calls_each_health_endpoint(render):
+    out = render(sets=NO_CRD + ["reranker.port=9000"])
+    (pod,) = out.kinds("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    args = pod["spec"]["containers"][0]["args"]
+    assert "http://rel-embedding-images-embedding.models.svc.cluster.local:8080/health" in args
+    assert "http://rel-embedding-images-reranker.models.svc.cluster.local:9000/health" in args
+    image = pod["spec"]["containers"][0]["image"]
+    assert ":" in image and not image.endswith(":latest")
+
+
+# --- CRD ---------------------------------------------------------------------------------------------
+
+CRD_NAME = "modelservices.serving.embedding-images.io"
+
+
+def test_crd_comes_from_the_shared_file_and_is_kept_on_uninstall(render):
+    source = yaml.safe_load((CHART / "files" / "crd-modelservices.yaml").read_text())
+    crd = render().get("CustomResourceDefinition", CRD_NAME)
+    assert crd["spec"] == source["spec"], "the template must wrap files/crd-modelservices.yaml, not a copy"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_crd_keep_and_enabled_switches(render):
+    crd = render(sets=["crds.keep=false"]).get("CustomResourceDefinition", CRD_NAME)
+    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    assert render(sets=["crds.enabled=false"]).kinds("CustomResourceDefinition") == []
+
+
+# --- NOTES -------------------------------------------------------------------------------------------
+
+def install_notes(helm, *sets: str) -> str:
+    import subprocess
+
+    from .conftest import ROOT
+    cmd = [str(helm), "install", "rel", str(CHART), "-n", "models", "--dry-run=client", "--set", "crds.enabled=false"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_give_each_endpoint_and_the_next_commands(helm):
+    notes = install_notes(helm, "reranker.port=9000")
+    assert "http://rel-embedding-images-embedding.models.svc.cluster.local:8080" in notes
+    assert "http://rel-embedding-images-reranker.models.svc.cluster.local:9000" in notes
+    assert "kubectl get msvc -n models" in notes
+    assert "kubectl port-forward -n models service/rel-embedding-images-reranker 18081:9000" in notes
+    assert "helm test rel -n models" in notes
+
+
+def test_notes_without_the_operator_point_at_deployments(helm):
+    notes = install_notes(helm, "operator.enabled=false", "reranker.enabled=false")
+    assert "kubectl get msvc" not in notes
+    assert "kubectl get deployments,services -n models -l app.kubernetes.io/instance=rel" in notes
+    assert "reranker" not in notes.split("Next steps:")[0]
