@@ -415,3 +415,22 @@ def test_notes_without_the_operator_point_at_deployments(helm):
     assert "kubectl get msvc" not in notes
     assert "kubectl get deployments,services -n models -l app.kubernetes.io/instance=rel" in notes
     assert "reranker" not in notes.split("Next steps:")[0]
+
+
+# --- ModelServices on a first install (CRD in the same release) ------------------------------------
+
+MS_API = "serving.embedding-images.io/v1alpha1/ModelService"
+
+
+def test_first_install_creates_modelservices_after_the_crd_with_ownership_for_adoption(render):
+    for ms in render(sets=NO_CRD).kinds("ModelService"):
+        annotations = ms["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-install"
+        assert annotations["meta.helm.sh/release-name"] == "rel"
+        assert annotations["meta.helm.sh/release-namespace"] == "models"
+        assert ms["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_modelservices_are_release_resources_once_the_api_is_served(render):
+    for ms in render(sets=NO_CRD, extra=["--api-versions", MS_API]).kinds("ModelService"):
+        assert "helm.sh/hook" not in ms["metadata"].get("annotations", {})
