@@ -1,0 +1,274 @@
+"""The chart on the real control plane: install, CRD served, least-privilege RBAC, the operator
+(a local `python -m modelservice` authenticated as the chart's ServiceAccount) reconciling the
+chart's ModelServices onto the right simulated GPU nodes, upgrade rolling a model, uninstall
+keeping only the CRD.
+
+Runs in one module-scoped release; the tests are ordered like a user's session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "embedding-images"
+BIN = ROOT / ".cache" / "bin"
+ADMIN_KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
+NS = "chart-e2e"
+RELEASE = "e2e"
+SA = f"{RELEASE}-embedding-images-operator"
+EMBED = f"{RELEASE}-embedding-images-embedding"
+RERANK = f"{RELEASE}-embedding-images-reranker"
+CRD = "modelservices.serving.embedding-images.io"
+VALUES = {
+    "operator": {"image": {"repository": "registry.invalid/operator"}},
+    "embedding": {"accelerator": "hopper"},
+    "reranker": {"accelerator": "auto", "gpu": {"product": "NVIDIA-L4"}},
+}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def run(*cmd: str, kubeconfig: Path = ADMIN_KUBECONFIG, check: bool = True, stdin: str | None = None):
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, input=stdin, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def kubectl(*args: str, **kw):
+    return run(str(BIN / "kubectl"), *args, **kw)
+
+
+def helm(*args: str, **kw):
+    return run(str(BIN / "helm"), *args, **kw)
+
+
+def get_json(*args: str) -> dict:
+    return json.loads(kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_for(what: str, predicate, timeout: float = 90.0, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except AssertionError as exc:  # an object not there yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def can_i(verb: str, resource: str, namespace: str | None = NS) -> bool:
+    """kubectl auth can-i as the operator's ServiceAccount; `resource/sub` names a subresource."""
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{NS}:{SA}"]
+    args += [f"--subresource={sub}"] if sub else []
+    args += ["-n", namespace] if namespace else []
+    return kubectl(*args, check=False).stdout.strip() == "yes"
+
+
+def install_values(tmp_path: Path, values: dict) -> Path:
+    f = tmp_path / "values.yaml"
+    f.write_text(yaml.safe_dump(values))
+    return f
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    """The control plane from tests/cluster (its session fixture when present)."""
+    for name in ("cluster", "kube_cluster", "control_plane", "kubeconfig"):
+        try:
+            request.getfixturevalue(name)
+            break
+        except pytest.FixtureLookupError:
+            continue
+    else:
+        subprocess.run([str(ROOT / "tests" / "cluster" / "cluster.sh"), "up"], check=True, cwd=ROOT)
+    subprocess.run([str(ROOT / "tests" / "cluster" / "tools.sh")], check=True, cwd=ROOT)
+    assert ADMIN_KUBECONFIG.exists()
+    return ADMIN_KUBECONFIG
+
+
+@pytest.fixture(scope="module")
+def release(cluster, tmp_path_factory):
+    """The chart installed into NS; uninstalled (and the namespace removed) at the end."""
+    tmp = tmp_path_factory.mktemp("chart")
+    helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
+    values = install_values(tmp, VALUES)
+    proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), check=False)
+    assert proc.returncode == 0, proc.stderr
+    yield {"values": values, "tmp": tmp, "install_output": proc.stdout}
+    helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
+    kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+
+
+def sa_kubeconfig(tmp: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's operator ServiceAccount (a bound token)."""
+    token = kubectl("create", "token", SA, "-n", NS, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(ADMIN_KUBECONFIG.read_text())
+    ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "e2e", "cluster": cluster["cluster"]}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator", "namespace": NS}}],
+    }
+    path = tmp / "operator-kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def operator(release):
+    """`python -m modelservice` with the chart Deployment's own arguments, as the chart's SA."""
+    deploy = get_json("deployment", SA, "-n", NS)
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "modelservice"]
+    # The chart's liveness port may be taken on this machine; everything else is the chart's.
+    args = [a for a in container["args"] if not a.startswith("--liveness")]
+    kubeconfig = sa_kubeconfig(release["tmp"])
+    log = release["tmp"] / "operator.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelservice", *args],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+    yield {"proc": proc, "log": log}
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+def test_install_serves_the_crd_and_creates_the_modelservices(release):
+    crd = get_json("crd", CRD)
+    established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert established.get("Established") == "True"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    resources = kubectl("api-resources", "--api-group=serving.embedding-images.io", "-o", "name").stdout
+    assert "modelservices.serving.embedding-images.io" in resources
+    names = {m["metadata"]["name"] for m in get_json("modelservices", "-n", NS)["items"]}
+    assert names == {EMBED, RERANK}
+    assert get_json("deployment", SA, "-n", NS)["spec"]["template"]["spec"]["serviceAccountName"] == SA
+
+
+NEEDED = [
+    ("list", "modelservices.serving.embedding-images.io", NS),
+    ("watch", "modelservices.serving.embedding-images.io", NS),
+    ("patch", "modelservices.serving.embedding-images.io", NS),
+    ("patch", "modelservices.serving.embedding-images.io/status", NS),
+    ("create", "deployments.apps", NS),
+    ("patch", "deployments.apps", NS),
+    ("delete", "services", NS),
+    ("create", "events", NS),
+    ("list", "nodes", None),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
+]
+FORBIDDEN = [
+    ("list", "secrets", NS),
+    ("get", "secrets", NS),
+    ("delete", "secrets", NS),
+    ("create", "pods", NS),
+    ("create", "pods/exec", NS),
+    ("get", "configmaps", NS),
+    ("patch", "nodes", None),
+    ("delete", "nodes", None),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "serviceaccounts/token", NS),
+]
+
+
+@pytest.mark.parametrize("verb, resource, namespace", NEEDED)
+def test_operator_serviceaccount_may_do_what_it_needs(release, verb, resource, namespace):
+    assert can_i(verb, resource, namespace), f"{SA} cannot {verb} {resource}"
+
+
+@pytest.mark.parametrize("verb, resource, namespace", FORBIDDEN)
+def test_operator_serviceaccount_may_do_nothing_more(release, verb, resource, namespace):
+    assert not can_i(verb, resource, namespace), f"{SA} may {verb} {resource}"
+
+
+def test_forbidden_verb_is_refused_by_the_api_with_the_serviceaccount_token(release):
+    kubeconfig = sa_kubeconfig(release["tmp"])
+    proc = kubectl("get", "secrets", "-n", NS, kubeconfig=kubeconfig, check=False)
+    assert proc.returncode != 0 and "forbidden" in proc.stderr.lower()
+
+
+def pods_of(name: str) -> list[dict]:
+    deploy = get_json("deployment", name, "-n", NS)
+    selector = ",".join(f"{k}={v}" for k, v in deploy["spec"]["selector"]["matchLabels"].items())
+    return get_json("pods", "-n", NS, "-l", selector)["items"]
+
+
+def node_product(node: str) -> str:
+    return get_json("node", node)["metadata"]["labels"].get("nvidia.com/gpu.product", "")
+
+
+def test_operator_with_the_chart_rbac_reconciles_onto_the_right_gpu_nodes(operator):
+    for name in (EMBED, RERANK):
+        wait_for(f"deployment/{name}", lambda n=name: get_json("deployment", n, "-n", NS))
+    wait_for("pods scheduled", lambda: all(p["spec"].get("nodeName") for n in (EMBED, RERANK) for p in pods_of(n))
+             and pods_of(EMBED) and pods_of(RERANK), timeout=120)
+    assert {node_product(p["spec"]["nodeName"]) for p in pods_of(EMBED)} == {"NVIDIA-H100-80GB-HBM3"}
+    assert {node_product(p["spec"]["nodeName"]) for p in pods_of(RERANK)} == {"NVIDIA-L4"}
+    image = get_json("deployment", EMBED, "-n", NS)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(":hopper-1.9")
+    ms = wait_for("status on the ModelService", lambda: get_json("modelservice", EMBED, "-n", NS).get("status"))
+    assert ms
+    log = operator["log"].read_text()
+    assert operator["proc"].poll() is None, f"the operator exited:\n{log[-4000:]}"
+    for complaint in ("Not enough permissions", "403", "Forbidden"):
+        assert complaint not in log, f"the operator hit missing RBAC ({complaint}):\n{log[-4000:]}"
+
+
+def test_upgrade_changing_the_model_rolls_it(release, operator):
+    before = get_json("deployment", EMBED, "-n", NS)
+    values = dict(VALUES, embedding={**VALUES["embedding"], "model": "BAAI/bge-base-en-v1.5"})
+    proc = helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(install_values(release["tmp"], values)), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert get_json("modelservice", EMBED, "-n", NS)["spec"]["model"] == "BAAI/bge-base-en-v1.5"
+
+    def rolled():
+        d = get_json("deployment", EMBED, "-n", NS)
+        args = d["spec"]["template"]["spec"]["containers"][0].get("args", [])
+        return d["metadata"]["generation"] > before["metadata"]["generation"] and "BAAI/bge-base-en-v1.5" in args
+
+    wait_for("the embedding Deployment to roll to the new model", rolled, timeout=120)
+    # The ModelServices are release resources now (adopted from the first-install hook).
+    manifest = helm("get", "manifest", RELEASE, "-n", NS).stdout
+    assert "kind: ModelService" in manifest
+
+
+def test_uninstall_removes_everything_but_the_kept_crd(release, operator):
+    helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s")
+    wait_for("ModelServices gone", lambda: get_json("modelservices", "-n", NS)["items"] == [], timeout=120)
+    assert kubectl("get", "deployment", SA, "-n", NS, check=False).returncode != 0
+    assert kubectl("get", "serviceaccount", SA, "-n", NS, check=False).returncode != 0
+    assert kubectl("get", "clusterrole", SA, check=False).returncode != 0
+    assert kubectl("get", "clusterrolebinding", SA, check=False).returncode != 0
+    assert get_json("crd", CRD)["metadata"]["name"] == CRD, "the CRD must survive uninstall"
