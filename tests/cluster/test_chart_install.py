@@ -92,7 +92,7 @@ def install_values(tmp_path: Path, values: dict) -> Path:
 # --- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster(request):
+def chart_cluster(request):
     """The control plane from tests/cluster (its session fixture when present)."""
     for name in ("cluster", "kube_cluster", "control_plane", "kubeconfig"):
         try:
@@ -108,7 +108,7 @@ def cluster(request):
 
 
 @pytest.fixture(scope="module")
-def release(cluster, tmp_path_factory):
+def release(chart_cluster, tmp_path_factory):
     """The chart installed into NS; uninstalled (and the namespace removed) at the end."""
     tmp = tmp_path_factory.mktemp("chart")
     helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
