@@ -8,6 +8,13 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="$root/.cache/bin"
 version="${HELM3_VERSION:-v3.22.0}"
+# Helm's release builds stamp its version and the Kubernetes version it assumes offline
+# (`helm template`, `helm lint`); without these it would claim Kubernetes v1.20.
+k8s_minor=35
+ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+done
 if [[ -x "$bin/helm3" ]]; then
   exit 0
 fi
@@ -15,6 +22,6 @@ mkdir -p "$bin"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "helm3: building helm.sh/helm/v3/cmd/helm@$version" >&2
-GOBIN="$work" GOFLAGS=-trimpath CGO_ENABLED=0 nice go install "helm.sh/helm/v3/cmd/helm@$version"
+GOBIN="$work" GOFLAGS=-trimpath CGO_ENABLED=0 nice go install -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$version"
 install -m 0755 "$work/helm" "$bin/helm3"
 "$bin/helm3" version --short >&2
