@@ -106,3 +106,18 @@ def test_parity_inputs_cover_every_variant_family(render):
     assert any(":cpu-" in i for i in images) and any("hopper" in i for i in images)
     assert any("reranker:" in i and i.endswith("-cpu") for i in images)
     assert any("reranker:" in i and i.endswith("-cuda") for i in images)
+
+
+def test_pdb_and_networkpolicy_select_the_operators_pods(render):
+    """With the operator, the chart's PDB and NetworkPolicy must select the pods it creates."""
+    values = {"operator": {"enabled": True}, "networkPolicy": {"enabled": True},
+              "embedding": {"podDisruptionBudget": {"enabled": True}},
+              "reranker": {"podDisruptionBudget": {"enabled": True}}}
+    out = render(values=values, sets=["crds.enabled=false"])
+    for ms in out.kinds("ModelService"):
+        name = ms["metadata"]["name"]
+        op_deploy, _ = operator_build(ms)
+        pod_labels = op_deploy["spec"]["template"]["metadata"]["labels"]
+        for kind, path in (("PodDisruptionBudget", ("selector",)), ("NetworkPolicy", ("podSelector",))):
+            selector = out.get(kind, name)["spec"][path[0]]["matchLabels"]
+            assert selector.items() <= pod_labels.items(), f"{kind}/{name} selects {selector}, pods carry {pod_labels}"
