@@ -34,3 +34,18 @@ tools:
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+## images: build every image variant of charts/embedding-images/files/variants.yaml with docker
+## buildx (needs a Docker engine). DRY_RUN=1 prints the commands. REGISTRY, PUSH=1, PLATFORM,
+## EMBEDDING_MODEL, ONLY=embedding,reranker,operator: see images/README.md
+.PHONY: images kind-up
+IMAGES_FLAGS = $(strip $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(if $(filter-out 0,$(PUSH)),--push) \
+  $(if $(REGISTRY),--registry '$(REGISTRY)') $(if $(PLATFORM),--platform '$(PLATFORM)') \
+  $(if $(EMBEDDING_MODEL),--embedding-model '$(EMBEDDING_MODEL)') $(if $(ONLY),--only '$(ONLY)'))
+images: setup
+	$(PY) images/build.py $(IMAGES_FLAGS)
+
+## kind-up: a kind cluster with the chart, the operator and the CPU examples, then one request
+## to each (needs Docker and kind). DRY_RUN=1 prints the steps.
+kind-up: setup $(if $(filter-out 0,$(DRY_RUN)),,tools)
+	PATH="$(CURDIR)/.cache/bin:$$PATH" $(PY) images/kind_up.py $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
