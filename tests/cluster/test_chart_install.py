@@ -39,8 +39,8 @@ VALUES = {
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def run(*cmd: str, kubeconfig: Path = ADMIN_KUBECONFIG, check: bool = True, stdin: str | None = None):
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}:{os.environ['PATH']}"}
+def run(*cmd: str, kubeconfig: Path | None = None, check: bool = True, stdin: str | None = None):
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig or ADMIN_KUBECONFIG), "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, input=stdin, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -92,18 +92,10 @@ def install_values(tmp_path: Path, values: dict) -> Path:
 # --- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def chart_cluster(request):
-    """The control plane from tests/cluster (its session fixture when present)."""
-    for name in ("cluster", "kube_cluster", "control_plane", "kubeconfig"):
-        try:
-            request.getfixturevalue(name)
-            break
-        except pytest.FixtureLookupError:
-            continue
-    else:
-        subprocess.run([str(ROOT / "tests" / "cluster" / "cluster.sh"), "up"], check=True, cwd=ROOT)
-    subprocess.run([str(ROOT / "tests" / "cluster" / "tools.sh")], check=True, cwd=ROOT)
-    assert ADMIN_KUBECONFIG.exists()
+def chart_cluster(cluster):
+    """The control plane of tests/cluster/conftest.py (or the user's cluster it points at)."""
+    global ADMIN_KUBECONFIG
+    ADMIN_KUBECONFIG = Path(cluster.kubeconfig)
     return ADMIN_KUBECONFIG
 
 
