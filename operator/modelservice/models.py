@@ -1,0 +1,316 @@
+"""The ModelService resource as pydantic models: the one definition of its spec and status.
+
+The CRD's OpenAPI schema (charts/embedding-images/files/crd-modelservices.yaml) is generated from
+these models by `modelservice.crd.build_crd()`; a unit test fails when the committed file and the
+models drift apart. The CEL rules (`x-kubernetes-validations`) sit next to the pydantic
+validators that enforce the same rule in Python, so the API server refuses at `kubectl apply`
+what the operator would refuse anyway.
+
+Field names are the API's camelCase (aliases); Python code uses snake_case attributes.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+from .variants import AUTO, CPU, load_table
+
+GROUP = "serving.embedding-images.io"
+VERSION = "v1alpha1"
+KIND = "ModelService"
+PLURAL = "modelservices"
+SINGULAR = "modelservice"
+SHORT_NAMES = ("msvc",)
+
+DEFAULT_PORT = 8080
+DEFAULT_HF_TOKEN_KEY = "token"
+
+# Accelerator values: auto, then the table's variants in file order (cpu, turing, ...).
+ACCELERATORS: tuple[str, ...] = (AUTO, *load_table().names)
+Accelerator = Literal[ACCELERATORS]  # type: ignore[valid-type]
+
+Task = Literal["embed", "rerank"]
+Engine = Literal["auto", "tei", "reranker"]
+# TEI's `--pooling` and `--dtype` value enums (text-embeddings-router --help, TEI 1.9).
+TeiPooling = Literal["cls", "mean", "splade", "last-token"]
+Dtype = Literal["float16", "float32", "bfloat16"]
+
+# A Kubernetes resource quantity: an integer, or a string such as "500m" or "10Gi".
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    WithJsonSchema({
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY_PATTERN,
+        "x-kubernetes-int-or-string": True,
+    }),
+]
+# A Kubernetes name (RFC 1123 subdomain) for Secrets and claims.
+ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253,
+                                              pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+# A pass-through Kubernetes sub-object kept as the user wrote it (node/pod affinity terms).
+# Only these leaves preserve unknown fields; `spec` itself is fully typed.
+OpaqueObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class GPU(_Model):
+    """GPUs per pod and, optionally, the GPU product to run on."""
+
+    count: int = Field(
+        0, ge=0, le=16,
+        description="GPUs per pod (nvidia.com/gpu). 0 means one GPU for GPU accelerators; it must "
+                    "be 0 with accelerator cpu.",
+    )
+    product: Optional[Annotated[str, StringConstraints(min_length=1, max_length=63)]] = Field(
+        None,
+        description="GPU product, as the nvidia.com/gpu.product node label names it (e.g. "
+                    "NVIDIA-L4). Picks the architecture from the variant table and pins pods to "
+                    "nodes with that product.",
+    )
+
+
+class ResourceRequirements(_Model):
+    """Container resources; GPU accelerators add their nvidia.com/gpu limit themselves."""
+
+    requests: Optional[dict[str, Quantity]] = Field(None, description="Minimum resources.")
+    limits: Optional[dict[str, Quantity]] = Field(None, description="Maximum resources.")
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: Optional[str] = None
+    operator: Optional[Literal["Exists", "Equal"]] = None
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class Affinity(_Model):
+    """Pod scheduling affinity (core/v1 Affinity); each term is passed to the pod unchanged."""
+
+    node_affinity: Optional[OpaqueObject] = None
+    pod_affinity: Optional[OpaqueObject] = None
+    pod_anti_affinity: Optional[OpaqueObject] = None
+
+
+class KeyRef(_Model):
+    name: ObjectName
+    key: str = Field(..., min_length=1)
+    optional: Optional[bool] = None
+
+
+class FieldRef(_Model):
+    field_path: str = Field(..., min_length=1)
+    api_version: Optional[str] = None
+
+
+class ResourceFieldRef(_Model):
+    resource: str = Field(..., min_length=1)
+    container_name: Optional[str] = None
+    divisor: Optional[Quantity] = None
+
+
+class EnvVarSource(_Model):
+    secret_key_ref: Optional[KeyRef] = None
+    config_map_key_ref: Optional[KeyRef] = None
+    field_ref: Optional[FieldRef] = None
+    resource_field_ref: Optional[ResourceFieldRef] = None
+
+
+class EnvVar(_Model):
+    """An environment variable of the model container (core/v1 EnvVar)."""
+
+    name: str = Field(..., min_length=1)
+    value: Optional[str] = None
+    value_from: Optional[EnvVarSource] = None
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the ModelService's namespace."""
+
+    name: ObjectName = Field(..., description="Secret name.")
+    key: str = Field(DEFAULT_HF_TOKEN_KEY, min_length=1, description="Key in the Secret.")
+
+
+# Engine arguments that only one engine understands; the operator refuses the others
+# (condition reason UnsupportedEngineArgs) instead of silently dropping them.
+TEI_ONLY_ARGS = ("maxBatchRequests", "maxClientBatchSize", "maxConcurrentRequests", "pooling",
+                 "autoTruncate", "payloadLimit", "defaultPrompt", "defaultPromptName")
+RERANKER_ONLY_ARGS = ("maxLength", "maxDocuments", "instruction")
+
+
+class EngineArgs(_Model):
+    """Engine arguments; unset ones keep the engine's default.
+
+    TEI: text-embeddings-router flags. Reranker: RERANKER_* settings. A field that the resolved
+    engine does not understand is refused (condition reason UnsupportedEngineArgs).
+    """
+
+    max_batch_tokens: Optional[int] = Field(
+        None, ge=1, description="TEI --max-batch-tokens; reranker RERANKER_MAX_BATCH_TOKENS "
+                                "(the token budget of one forward batch).")
+    dtype: Optional[Dtype] = Field(None, description="TEI --dtype; reranker RERANKER_DTYPE.")
+    api_key_secret_ref: Optional[SecretKeyRef] = Field(
+        None, description="Secret holding an API key clients must send as a Bearer token "
+                          "(TEI API_KEY, reranker RERANKER_API_KEY).")
+    max_batch_requests: Optional[int] = Field(None, ge=1, description="TEI --max-batch-requests.")
+    max_client_batch_size: Optional[int] = Field(None, ge=1, description="TEI --max-client-batch-size.")
+    max_concurrent_requests: Optional[int] = Field(None, ge=1, description="TEI --max-concurrent-requests.")
+    pooling: Optional[TeiPooling] = Field(None, description="TEI --pooling.")
+    auto_truncate: Optional[bool] = Field(None, description="TEI --auto-truncate.")
+    payload_limit: Optional[int] = Field(None, ge=1, description="TEI --payload-limit (bytes).")
+    default_prompt: Optional[str] = Field(None, description="TEI --default-prompt.")
+    default_prompt_name: Optional[str] = Field(None, description="TEI --default-prompt-name.")
+    max_length: Optional[int] = Field(None, ge=16, description="Reranker RERANKER_MAX_LENGTH (tokens per pair).")
+    max_documents: Optional[int] = Field(None, ge=1, description="Reranker RERANKER_MAX_DOCUMENTS per request.")
+    instruction: Optional[str] = Field(None, min_length=1, description="Reranker RERANKER_INSTRUCTION (default instruction).")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!(has(self.defaultPrompt) && has(self.defaultPromptName))",
+        "message": "defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)",
+    }]})
+
+    @model_validator(mode="after")
+    def _exclusive_prompts(self) -> "EngineArgs":
+        if self.default_prompt is not None and self.default_prompt_name is not None:
+            raise ValueError("defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)")
+        return self
+
+
+class Cache(_Model):
+    """The model cache volume at /data: an emptyDir (optionally size-limited) or an existing claim."""
+
+    size_limit: Optional[Quantity] = Field(None, description="emptyDir size limit, e.g. 10Gi.")
+    existing_claim: Optional[ObjectName] = Field(
+        None, description="Existing PersistentVolumeClaim, kept across pod restarts.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!(has(self.sizeLimit) && has(self.existingClaim))",
+        "message": "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both",
+    }]})
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Cache":
+        if self.size_limit is not None and self.existing_claim is not None:
+            raise ValueError("set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both")
+        return self
+
+
+# CEL rules on spec, with the pydantic validator below enforcing the same in Python.
+SPEC_RULES = [
+    {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || self.gpu.count == 0",
+     "fieldPath": ".gpu.count",
+     "reason": "FieldValueForbidden",
+     "message": "accelerator cpu takes no GPUs: set gpu.count to 0, or choose a GPU accelerator"},
+    {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || !has(self.gpu.product)",
+     "fieldPath": ".gpu.product",
+     "reason": "FieldValueForbidden",
+     "message": "accelerator cpu takes no GPU product: remove gpu.product, or set accelerator to auto"},
+    {"rule": "!self.fallbackToCPU || self.accelerator == 'auto'",
+     "fieldPath": ".fallbackToCPU",
+     "reason": "FieldValueForbidden",
+     "message": "fallbackToCPU needs accelerator auto (a named accelerator never falls back)"},
+    {"rule": "!(self.task == 'embed' && self.engine == 'reranker')",
+     "fieldPath": ".engine",
+     "reason": "FieldValueInvalid",
+     "message": "engine reranker only serves task rerank: use engine auto or tei for embeddings"},
+]
+
+
+class ModelServiceSpec(_Model):
+    """What to serve and where: a model, its engine, and the hardware it runs on."""
+
+    task: Task = Field(..., description="embed (text embeddings) or rerank (query-document scores).")
+    model: str = Field(..., min_length=1, max_length=512,
+                       description="Hugging Face model id (org/name) or a local path in the cache volume.")
+    revision: Optional[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        None, description="Model revision (branch, tag or commit); unset: the default branch.")
+    engine: Engine = Field(
+        "auto", description="auto: embed -> tei; rerank -> reranker for Qwen3-Reranker (causal LM) "
+                            "models, tei for sequence-classification rerankers.")
+    replicas: int = Field(1, ge=0, description="Pod replicas (the scale subresource sets it).")
+    accelerator: Accelerator = Field(
+        AUTO, description="auto (choose a GPU architecture from the cluster's nodes), cpu, or a "
+                          "GPU architecture from the variant table.")
+    gpu: Optional[GPU] = Field(None, description="GPUs per pod and GPU product.")
+    fallback_to_cpu: bool = Field(
+        False, alias="fallbackToCPU",
+        description="With accelerator auto: run the CPU image when no GPU node can hold the replicas.")
+    image: Optional[Annotated[str, StringConstraints(min_length=1, max_length=512)]] = Field(
+        None, description="Full image reference; overrides the variant table's image.")
+    resources: Optional[ResourceRequirements] = Field(None, description="Container resources.")
+    node_selector: Optional[dict[str, str]] = Field(
+        None, description="Extra node selector (the accelerator's own node pinning wins on conflicts).")
+    tolerations: Optional[list[Toleration]] = Field(
+        None, description="Extra tolerations (GPU accelerators tolerate the nvidia.com/gpu taint themselves).")
+    affinity: Optional[Affinity] = Field(None, description="Pod affinity and anti-affinity.")
+    runtime_class_name: Optional[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        None, description="RuntimeClass of the pods (e.g. nvidia).")
+    env: Optional[list[EnvVar]] = Field(None, description="Extra environment variables of the model container.")
+    engine_args: Optional[EngineArgs] = Field(None, description="Engine arguments.")
+    hf_token_secret_ref: Optional[SecretKeyRef] = Field(
+        None, alias="hfTokenSecretRef",
+        description="Secret with a Hugging Face token for gated models (HF_TOKEN).")
+    cache: Optional[Cache] = Field(None, description="Model cache volume (default: an emptyDir).")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port of the Service.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelServiceSpec":
+        gpu = self.gpu or GPU()
+        if self.accelerator == CPU and gpu.count:
+            raise ValueError(SPEC_RULES[0]["message"])
+        if self.accelerator == CPU and gpu.product is not None:
+            raise ValueError(SPEC_RULES[1]["message"])
+        if self.fallback_to_cpu and self.accelerator != AUTO:
+            raise ValueError(SPEC_RULES[2]["message"])
+        if self.task == "embed" and self.engine == "reranker":
+            raise ValueError(SPEC_RULES[3]["message"])
+        return self
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: Optional[int] = None
+    last_transition_time: Optional[str] = None
+
+
+class ModelServiceStatus(_Model):
+    """What the operator made of the spec, written only when it changes."""
+
+    observed_generation: Optional[int] = None
+    phase: Optional[Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]] = None
+    conditions: Optional[list[Condition]] = None
+    replicas: Optional[int] = Field(None, description="Pods of the current Deployment (scale subresource).")
+    ready_replicas: Optional[int] = None
+    ready: Optional[str] = Field(None, description="ready/desired pods, e.g. 2/3.")
+    engine: Optional[Literal["tei", "reranker"]] = None
+    variant: Optional[str] = Field(None, description="The variant table row the pods run.")
+    image: Optional[str] = None
+    node_selector: Optional[dict[str, str]] = Field(None, description="The node pinning the operator chose.")
+    endpoint: Optional[str] = Field(None, description="http://<name>.<namespace>.svc.cluster.local:<port>")
+    selector: Optional[str] = Field(None, description="Label selector of the pods (scale subresource).")
+
+
+def parse_spec(spec: dict[str, Any]) -> ModelServiceSpec:
+    """Validates a ModelService spec (as the API serves it) into the model."""
+    return ModelServiceSpec.model_validate(spec)

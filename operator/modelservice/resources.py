@@ -1,0 +1,257 @@
+"""The children of a ModelService, built purely: a Deployment and a ClusterIP Service.
+
+Every function here takes the ModelService body (a dict as the API serves it, or as the chart
+renders it) and, where it matters, a `plan.Plan`; none does I/O or reads a clock. `kube.py`
+applies the results with server-side apply. The chart renders the same objects without the
+operator (charts/embedding-images/templates/models/_podspec.tpl); tests/chart/test_parity.py
+compares the two.
+
+Entry point for callers outside the operator: `build_children(body)` -> (Deployment, Service).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from .models import DEFAULT_HF_TOKEN_KEY, ModelServiceSpec, parse_spec
+from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
+
+MANAGER = "embedding-images-operator"
+SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
+CACHE_PATH = "/data"
+TEI_PORT = 8080
+RERANKER_PORT = 8000
+RUN_AS = 1000
+
+# Probes: TEI and the reranker bind their port only once the model is loaded, so the startup probe
+# allows 30 minutes (180 x 10 s) for the download; readiness and liveness then take over.
+STARTUP_PROBE = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                 "failureThreshold": 180}
+READINESS_PROBE = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                   "failureThreshold": 3}
+LIVENESS_PROBE = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20,
+                  "failureThreshold": 3}
+
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                              "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _meta(body: Mapping[str, Any]) -> tuple[str, str | None]:
+    meta = body.get("metadata") or {}
+    return meta["name"], meta.get("namespace")
+
+
+def _spec(body: Mapping[str, Any]) -> ModelServiceSpec:
+    return parse_spec(body.get("spec") or {})
+
+
+def build_selector_labels(name: str) -> dict[str, str]:
+    """The labels that select a ModelService's pods (immutable in a Deployment's selector)."""
+    return {SELECTOR_LABEL: name}
+
+
+def build_selector(name: str) -> str:
+    """The same selector as a string, for status.selector (the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in build_selector_labels(name).items())
+
+
+def build_labels(body: Mapping[str, Any]) -> dict[str, str]:
+    """Labels of the children and their pods: the recommended app.kubernetes.io labels, then the
+    ModelService's own labels (so a chart's PDB or NetworkPolicy selecting them finds the pods),
+    then the operator's manager and selector labels, which nothing overrides."""
+    name, _ = _meta(body)
+    spec = body.get("spec") or {}
+    labels = {
+        "app.kubernetes.io/name": "embedding-images",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "reranker" if spec.get("task") == "rerank" else "embedding",
+        "app.kubernetes.io/part-of": "embedding-images",
+    }
+    labels.update((body.get("metadata") or {}).get("labels") or {})
+    labels["app.kubernetes.io/managed-by"] = MANAGER
+    labels.update(build_selector_labels(name))
+    return labels
+
+
+def build_endpoint(body: Mapping[str, Any]) -> str:
+    name, namespace = _meta(body)
+    return f"http://{name}.{namespace or 'default'}.svc.cluster.local:{_spec(body).port}"
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name,
+                                                         "key": ref.key or DEFAULT_HF_TOKEN_KEY}}}
+
+
+def build_tei_args(spec: ModelServiceSpec) -> list[str]:
+    """text-embeddings-router flags (TEI 1.9). --hostname is explicit: TEI reads HOSTNAME, which
+    Kubernetes sets to the pod name, and would bind to that instead of every address."""
+    args = ["--model-id", spec.model, "--port", str(TEI_PORT), "--hostname", "0.0.0.0"]
+    if spec.revision:
+        args += ["--revision", spec.revision]
+    ea = spec.engine_args
+    if ea is not None:
+        for flag, value in (("--max-batch-tokens", ea.max_batch_tokens),
+                            ("--max-client-batch-size", ea.max_client_batch_size),
+                            ("--max-concurrent-requests", ea.max_concurrent_requests),
+                            ("--pooling", ea.pooling),
+                            ("--dtype", ea.dtype)):
+            if value is not None:
+                args += [flag, str(value)]
+        if ea.auto_truncate:
+            args.append("--auto-truncate")
+        for flag, value in (("--max-batch-requests", ea.max_batch_requests),
+                            ("--payload-limit", ea.payload_limit),
+                            ("--default-prompt", ea.default_prompt),
+                            ("--default-prompt-name", ea.default_prompt_name)):
+            if value is not None:
+                args += [flag, str(value)]
+    return args
+
+
+def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
+    """The model container's environment: engine settings, cache, token, then the user's env."""
+    env: list[dict[str, Any]] = []
+    ea = spec.engine_args
+    if plan.engine == "tei":
+        env.append({"name": "HUGGINGFACE_HUB_CACHE", "value": CACHE_PATH})
+        if ea is not None and ea.api_key_secret_ref is not None:
+            env.append(_secret_env("API_KEY", ea.api_key_secret_ref))
+    else:
+        env.append({"name": "RERANKER_MODEL", "value": spec.model})
+        if spec.revision:
+            env.append({"name": "RERANKER_REVISION", "value": spec.revision})
+        env.append({"name": "RERANKER_HOST", "value": "0.0.0.0"})
+        env.append({"name": "RERANKER_PORT", "value": str(RERANKER_PORT)})
+        env.append({"name": "RERANKER_DEVICE", "value": "cuda" if plan.gpu_count else "cpu"})
+        if ea is not None:
+            for var, value in (("RERANKER_MAX_BATCH_TOKENS", ea.max_batch_tokens),
+                               ("RERANKER_MAX_LENGTH", ea.max_length),
+                               ("RERANKER_DTYPE", ea.dtype),
+                               ("RERANKER_MAX_DOCUMENTS", ea.max_documents),
+                               ("RERANKER_INSTRUCTION", ea.instruction)):
+                if value is not None:
+                    env.append({"name": var, "value": str(value)})
+            if ea.api_key_secret_ref is not None:
+                env.append(_secret_env("RERANKER_API_KEY", ea.api_key_secret_ref))
+        env.append({"name": "HF_HOME", "value": CACHE_PATH})
+    if spec.hf_token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", spec.hf_token_secret_ref))
+    env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or []]
+    return env
+
+
+def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
+    resources = spec.resources.model_dump(by_alias=True, exclude_none=True) if spec.resources else {}
+    resources = copy.deepcopy(resources)
+    if plan.gpu_count:
+        resources.setdefault("limits", {})[GPU_RESOURCE] = plan.gpu_count
+    return resources
+
+
+def build_pod_spec(body: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    """The pod spec of the model's pods."""
+    spec = _spec(body)
+    tei = plan.engine == "tei"
+    port = TEI_PORT if tei else RERANKER_PORT
+    container: dict[str, Any] = {"name": "tei" if tei else "reranker", "image": plan.image}
+    if tei:
+        container["args"] = build_tei_args(spec)
+    container["env"] = build_env(spec, plan)
+    container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    container["startupProbe"] = copy.deepcopy(STARTUP_PROBE)
+    container["readinessProbe"] = copy.deepcopy(READINESS_PROBE)
+    container["livenessProbe"] = copy.deepcopy(LIVENESS_PROBE)
+    resources = build_resources(spec, plan)
+    if resources:
+        container["resources"] = resources
+    container["securityContext"] = copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
+    container["volumeMounts"] = [{"name": "cache", "mountPath": CACHE_PATH},
+                                 {"name": "tmp", "mountPath": "/tmp"}]
+
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+    }
+    if spec.runtime_class_name:
+        pod["runtimeClassName"] = spec.runtime_class_name
+    node_selector = {**(spec.node_selector or {}), **plan.node_selector}
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []]
+    if plan.gpu_count and GPU_TOLERATION not in tolerations:
+        tolerations.append(dict(GPU_TOLERATION))
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.affinity is not None:
+        affinity = spec.affinity.model_dump(by_alias=True, exclude_none=True)
+        if affinity:
+            pod["affinity"] = affinity
+    pod["containers"] = [container]
+    cache = spec.cache
+    if cache is not None and cache.existing_claim:
+        cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": cache.existing_claim}}
+    else:
+        empty_dir = {"sizeLimit": cache.size_limit} if cache is not None and cache.size_limit else {}
+        cache_volume = {"name": "cache", "emptyDir": empty_dir}
+    pod["volumes"] = [cache_volume, {"name": "tmp", "emptyDir": {}}]
+    return pod
+
+
+def build_deployment(body: Mapping[str, Any], plan: Plan | None = None) -> dict[str, Any]:
+    """The Deployment of a ModelService body. Without a plan, one is built without nodes (fine
+    for a named accelerator or gpu.product; accelerator auto alone raises PlanError)."""
+    name, namespace = _meta(body)
+    spec = _spec(body)
+    plan = plan or build_plan(spec)
+    labels = build_labels(body)
+    metadata: dict[str, Any] = {"name": name, "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": spec.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": build_selector_labels(name)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": build_pod_spec(body, plan),
+            },
+        },
+    }
+
+
+def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ClusterIP Service: spec.port -> the container port named http."""
+    name, namespace = _meta(body)
+    metadata: dict[str, Any] = {"name": name, "labels": build_labels(body)}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": build_selector_labels(name),
+            "ports": [{"name": "http", "port": _spec(body).port, "targetPort": "http",
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def build_children(body: Mapping[str, Any], nodes: list[Mapping[str, Any]] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ModelService body (or a plain {metadata, spec} dict) -> (Deployment, Service).
+
+    `nodes` are needed only for accelerator auto without gpu.product. Raises PlanError for
+    specs that cannot run, pydantic.ValidationError for invalid ones.
+    """
+    plan = build_plan(_spec(body), nodes)
+    return build_deployment(body, plan), build_service(body)
