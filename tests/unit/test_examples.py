@@ -148,3 +148,66 @@ def test_chart_only_install_renders_plain_workloads(path):
         assert container["resources"] == values[component]["resources"]
         model_flags = container.get("args", []) + [e.get("value") for e in container["env"]]
         assert values[component]["model"] in model_flags
+
+
+def gpu_node(product: str, gpus: int = 8) -> dict:
+    major, minor = TABLE["products"][product].split(".")
+    return {
+        "metadata": {"name": product.lower(), "labels": {
+            "nvidia.com/gpu.product": product, "nvidia.com/gpu.compute.major": major,
+            "nvidia.com/gpu.compute.minor": minor}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": str(gpus)}},
+    }
+
+
+CPU_NODE = {"metadata": {"name": "cpu", "labels": {}}, "spec": {}, "status": {"allocatable": {"cpu": "16"}}}
+GPU_CLUSTER = [CPU_NODE, gpu_node("NVIDIA-L4"), gpu_node("NVIDIA-H100-80GB-HBM3")]
+
+
+def expected_image(engine: str, variant: str) -> str:
+    row = next(v for v in TABLE["variants"] if v["name"] == variant)
+    if engine == "tei":
+        return f"{TABLE['tei']['repository']}:{row['teiTag']}"
+    return f"{TABLE['reranker']['repository']}:{row['rerankerTag']}"
+
+
+@pytest.mark.parametrize("path", MODEL_SERVICES, ids=lambda p: p.name)
+def test_operator_plans_each_example_onto_matching_hardware(path):
+    """On a cluster with CPU, L4 and H100 nodes the operator runs every example, with the image
+    of the architecture its pods are pinned to."""
+    from modelservice.resources import build_children  # noqa: PLC0415
+
+    doc = example(path)
+    deployment, service = build_children(doc, GPU_CLUSTER)
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    spec = doc["spec"]
+    engine = "reranker" if "Qwen3-Reranker" in spec["model"] else "tei"
+    assert container["ports"][0]["containerPort"] == (8080 if engine == "tei" else 8000)
+    assert service["spec"]["ports"][0]["port"] == spec.get("port", 8080)
+    selector = pod.get("nodeSelector", {})
+    if spec["accelerator"] == "cpu":
+        assert container["image"] == expected_image(engine, "cpu")
+        assert "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {})
+        return
+    # A GPU example: pinned to one architecture, with that architecture's image.
+    if "nvidia.com/gpu.product" in selector:
+        capability = TABLE["products"][selector["nvidia.com/gpu.product"]]
+    else:
+        capability = f"{selector['nvidia.com/gpu.compute.major']}.{selector['nvidia.com/gpu.compute.minor']}"
+    [variant] = [v["name"] for v in TABLE["variants"] if capability in v["computeCapabilities"]]
+    assert container["image"] == expected_image(engine, variant)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == spec["gpu"].get("count", 1)
+    if spec["gpu"].get("product"):
+        assert selector["nvidia.com/gpu.product"] == spec["gpu"]["product"]
+
+
+def test_gpu_reranker_example_falls_back_to_cpu_without_gpu_nodes():
+    from modelservice.resources import build_children  # noqa: PLC0415
+
+    [doc] = [example(p) for p in MODEL_SERVICES
+             if example(p)["spec"].get("fallbackToCPU") and example(p)["spec"]["task"] == "rerank"]
+    deployment, _ = build_children(doc, [CPU_NODE])
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == expected_image("reranker", "cpu")
