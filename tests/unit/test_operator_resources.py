@@ -1,0 +1,171 @@
+"""The operator's Deployment and Service, as a user would inspect them with kubectl get -o yaml.
+
+Golden files (tests/unit/operator_golden/*.yaml: input, Deployment, Service) pin the full objects
+for a GPU TEI and a CPU reranker ModelService; property tests check the invariants that keep pods
+on hardware their image runs on, for any spec.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from modelservice.models import ACCELERATORS
+from modelservice.plan import build_plan
+from modelservice.models import parse_spec
+from modelservice.resources import (build_children, build_deployment, build_endpoint, build_selector,
+                                    build_service)
+from modelservice.variants import load_table
+
+GOLDEN = Path(__file__).parent / "operator_golden"
+TABLE = load_table()
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.yaml")), ids=lambda p: p.stem)
+def test_golden_objects(path):
+    body, deployment, service = yaml.safe_load_all(path.read_text())
+    built_deployment, built_service = build_children(body)
+    assert built_deployment == deployment
+    assert built_service == service
+
+
+def container(deployment):
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def body(name="m", namespace="ns", labels=None, **spec):
+    meta = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
+    return {"metadata": meta, "spec": spec}
+
+
+def test_tei_binds_every_address_and_gets_its_flags():
+    ms = body(task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu",
+              engineArgs={"maxBatchTokens": 2048, "maxClientBatchSize": 8, "pooling": "mean",
+                          "autoTruncate": False, "payloadLimit": 4000000})
+    args = container(build_deployment(ms))["args"]
+    # TEI would otherwise read HOSTNAME (the pod name) and bind to it only
+    assert args[args.index("--hostname") + 1] == "0.0.0.0"
+    assert args[args.index("--port") + 1] == "8080"
+    assert args[args.index("--model-id") + 1] == "BAAI/bge-small-en-v1.5"
+    assert args[args.index("--max-batch-tokens") + 1] == "2048"
+    assert args[args.index("--pooling") + 1] == "mean"
+    assert args[args.index("--payload-limit") + 1] == "4000000"
+    assert "--auto-truncate" not in args and "--revision" not in args
+    assert container(build_deployment(ms))["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"
+
+
+def test_image_override_and_user_env_come_last():
+    ms = body(task="embed", model="m", accelerator="ada", image="registry.example/tei:mine",
+              env=[{"name": "RUST_LOG", "value": "debug"}])
+    c = container(build_deployment(ms))
+    assert c["image"] == "registry.example/tei:mine"
+    assert c["env"][-1] == {"name": "RUST_LOG", "value": "debug"}
+
+
+def test_service_exposes_spec_port_to_the_named_container_port():
+    ms = body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="cpu", port=9000)
+    service = build_service(ms)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    assert container(build_deployment(ms))["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert build_endpoint(ms) == "http://m.ns.svc.cluster.local:9000"
+
+
+def test_modelservice_labels_reach_the_pods_but_never_the_selector():
+    ms = body(labels={"app.kubernetes.io/instance": "release", "app.kubernetes.io/managed-by": "Helm",
+                      "team": "search"}, task="embed", model="m", accelerator="cpu")
+    deployment = build_deployment(ms)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["team"] == "search" and pod_labels["app.kubernetes.io/instance"] == "release"
+    assert pod_labels["app.kubernetes.io/managed-by"] == "embedding-images-operator"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {"serving.embedding-images.io/modelservice": "m"}
+    assert selector == build_service(ms)["spec"]["selector"]
+    assert build_selector("m") == "serving.embedding-images.io/modelservice=m"
+
+
+def test_restricted_security_and_writable_cache_and_tmp():
+    deployment = build_deployment(body(task="embed", model="m", accelerator="cpu"))
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not c["securityContext"]["allowPrivilegeEscalation"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"/data": "cache", "/tmp": "tmp"}
+    assert {v["name"] for v in pod["volumes"]} == {"cache", "tmp"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    # a model download may take long: the startup probe allows at least 15 minutes
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 900
+
+
+def test_cpu_pods_get_no_gpu_and_no_gpu_toleration():
+    pod = build_deployment(body(task="embed", model="m", accelerator="cpu"))["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in str(container({"spec": {"template": {"spec": pod}}}).get("resources", {}))
+
+
+# Property tests over specs ---------------------------------------------------------------------
+
+gpu_accelerators = [a for a in ACCELERATORS if a not in ("auto", "cpu")]
+specs = st.fixed_dictionaries(
+    {"task": st.sampled_from(["embed", "rerank"]),
+     "model": st.sampled_from(["BAAI/bge-small-en-v1.5", "Qwen/Qwen3-Reranker-0.6B", "BAAI/bge-reranker-base"]),
+     "accelerator": st.sampled_from([*gpu_accelerators, "auto"])},
+    optional={
+        "gpu": st.fixed_dictionaries({}, optional={"count": st.integers(0, 4),
+                                                   "product": st.sampled_from(sorted(TABLE.products))}),
+        "replicas": st.integers(0, 5),
+        "nodeSelector": st.dictionaries(st.sampled_from(["pool", "nvidia.com/gpu.product"]),
+                                        st.sampled_from(["a", "b"]), max_size=2),
+        "tolerations": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["team", "nvidia.com/gpu"]),
+                                                       "operator": st.just("Exists")}), max_size=2),
+        "resources": st.fixed_dictionaries({}, optional={"limits": st.fixed_dictionaries({"memory": st.just("4Gi")})}),
+    })
+
+
+def _buildable(spec: dict):
+    """The plan for a spec, or None when the spec is one the operator refuses."""
+    from pydantic import ValidationError
+    from modelservice.plan import PlanError
+    try:
+        return build_plan(parse_spec(spec))
+    except (PlanError, ValidationError):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs)
+def test_gpu_pods_always_get_toleration_gpus_and_pinning_that_match_their_image(spec):
+    plan = _buildable(spec)
+    assume(plan is not None)
+    deployment = build_deployment({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec}, plan)
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    variant = TABLE.by_name(plan.variant)
+    assert variant.gpu
+    # the GPU taint is tolerated and GPUs are requested, as many as asked (at least one)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    wanted = (spec.get("gpu") or {}).get("count") or 1
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == wanted
+    # the pods are pinned to nodes whose GPUs the image was built for
+    selector = pod["nodeSelector"]
+    if "nvidia.com/gpu.compute.major" in selector:
+        capability = f'{selector["nvidia.com/gpu.compute.major"]}.{selector["nvidia.com/gpu.compute.minor"]}'
+    else:
+        capability = TABLE.product_capability(selector["nvidia.com/gpu.product"])
+    assert capability in variant.compute_capabilities
+    expected_tag = variant.tei_tag if plan.engine == "tei" else variant.reranker_tag
+    assert c["image"].endswith(":" + expected_tag)
+    # the Service selects exactly these pods
+    service = build_service({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec})
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert deployment["spec"]["replicas"] == spec.get("replicas", 1)
