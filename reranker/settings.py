@@ -1,0 +1,67 @@
+"""Service settings, read once at start-up from `RERANKER_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+DEFAULT_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. `Settings()` reads the environment; tests pass values."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore")
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face model id or local directory (works offline with HF_HUB_OFFLINE=1).",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name reported by /health and /info; defaults to `model`."
+    )
+    host: str = Field("127.0.0.1", description="Address uvicorn binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when a GPU is visible, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU."
+    )
+    max_length: int = Field(
+        8192, ge=64, description="Tokens per (prompt + document) pair; longer documents are truncated."
+    )
+    batch_tokens: int = Field(
+        8192, ge=256, description="Token budget of one forward pass; documents are packed under it."
+    )
+    max_documents: int = Field(1000, ge=1, description="Documents per request; more is a 413.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Request body size limit; larger is a 413."
+    )
+    max_queue: int = Field(
+        64, ge=1, description="Requests waiting for the model; when the queue is full, 429."
+    )
+    instruction: str = Field(
+        DEFAULT_INSTRUCTION, description="Instruction used when a request gives none."
+    )
+    api_key: str | None = Field(
+        None, description="When set, every request but /health needs `Authorization: Bearer <key>`."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch; default: all cores torch sees."
+    )
+    log_level: str = Field("info", description="uvicorn log level.")
+
+    @field_validator("api_key", "served_model_name")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model

