@@ -1,0 +1,46 @@
+"""`python -m modelservice` / `modelservice`: runs the ModelService operator.
+
+Credentials: in-cluster (service account) when running in a pod, else the current kubeconfig
+context. By default it serves every namespace; --namespace (repeatable) limits it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="serve ModelServices of this namespace (repeatable; glob patterns allowed)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="serve ModelServices of every namespace (the default)")
+    parser.add_argument("--standalone", action="store_true", default=True,
+                        help="no peering with other operator instances (always on; accepted for clarity)")
+    parser.add_argument("--liveness", metavar="URL", default=None,
+                        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The only module that talks to the Kubernetes API.
+
+Children are written with server-side apply under one fixed field manager, forcing conflicts, so
+a reconcile is idempotent, takes back fields someone edited by hand and never trips on a 409.
+Objects come back as plain dicts (the API's JSON), the shape the pure build_* functions use.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from .models import GROUP, PLURAL, VERSION
+from .resources import MANAGER
+
+APPLY = "application/apply-patch+yaml"   # JSON is YAML: the client sends the dict as JSON
+JSON_PATCH = "application/json-patch+json"
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a pod, else the current kubeconfig context."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+class Kube:
+    """Typed access to the few API calls the operator makes."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None):
+        self.client = api_client or kubernetes.client.ApiClient()
+        self.client.user_agent = f"{MANAGER}/{self.client.user_agent}"
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a Deployment or Service; returns the live object."""
+        meta = obj["metadata"]
+        kwargs = dict(name=meta["name"], namespace=meta["namespace"], body=dict(obj),
+                      field_manager=MANAGER, force=True, _content_type=APPLY,
+                      _preload_content=False)
+        if obj["kind"] == "Deployment":
+            return _json(self.apps.patch_namespaced_deployment(**kwargs))
+        if obj["kind"] == "Service":
+            return _json(self.core.patch_namespaced_service(**kwargs))
+        raise ValueError(f"the operator does not apply {obj['kind']}")
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_modelservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return _json(self.core.list_node(_preload_content=False)).get("items", [])
+
+    def replace_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Writes the whole status (a JSON patch on the status subresource, so fields the new
+        status no longer has, such as an old nodeSelector, disappear)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name,
+            [{"op": "add", "path": "/status", "value": dict(status)}],
+            _content_type=JSON_PATCH, _preload_content=False)
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether `live` (as the API serves it, with defaults filled in) still holds everything in
+    `desired`. Lists must match element by element; scalars compare as text, so the API's "1"
+    equals the 1 that was applied."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(k in live and contains(live[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(contains(a, b) for a, b in zip(live, desired)))
+    return str(live) == str(desired)
