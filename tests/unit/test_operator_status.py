@@ -1,0 +1,124 @@
+"""The ModelService status a user reads with kubectl get msvc -o yaml, and drift detection."""
+from __future__ import annotations
+
+from modelservice.kube import contains
+from modelservice.plan import Plan, PlanError
+from modelservice.status import build_status, plan_from_status, status_changed
+from modelservice.__main__ import parse_args
+
+PLAN = Plan("tei", "hopper", "ghcr.io/huggingface/text-embeddings-inference:hopper-1.9", 1,
+            {"nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0"})
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def ms(replicas=2, generation=3, status=None):
+    body = {"metadata": {"name": "emb", "namespace": "search", "generation": generation},
+            "spec": {"task": "embed", "model": "m", "replicas": replicas}}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def deployment(ready, updated=None, replicas=None, generation=1, observed=1, conditions=()):
+    return {"metadata": {"generation": generation},
+            "status": {"observedGeneration": observed, "replicas": replicas if replicas is not None else ready,
+                       "updatedReplicas": updated if updated is not None else ready,
+                       "readyReplicas": ready, "conditions": list(conditions)}}
+
+
+def conditions(status):
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_rolled_out_is_ready_with_endpoint_variant_and_selector():
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
+    assert conditions(status) == {"Ready": ("True", "AllReplicasReady"),
+                                  "Progressing": ("False", "RolloutComplete"),
+                                  "Degraded": ("False", "AsExpected")}
+    assert status["phase"] == "Ready" and status["ready"] == "2/2"
+    assert status["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+    assert status["endpoint"] == "http://emb.search.svc.cluster.local:8080"
+    assert status["selector"] == "serving.embedding-images.io/modelservice=emb"
+    assert (status["variant"], status["image"], status["engine"]) == ("hopper", PLAN.image, "tei")
+
+
+def test_rolling_out_is_progressing_not_ready():
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(1, updated=1, replicas=2))
+    assert conditions(status)["Ready"] == ("False", "ReplicasNotReady")
+    assert conditions(status)["Progressing"] == ("True", "RolloutInProgress")
+    assert status["phase"] == "Progressing" and status["ready"] == "1/2"
+
+
+def test_stuck_rollout_is_degraded():
+    stuck = deployment(0, replicas=1, conditions=[{"type": "Progressing", "status": "False",
+                                                   "reason": "ProgressDeadlineExceeded",
+                                                   "message": "ReplicaSet has timed out progressing."}])
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=stuck)
+    assert conditions(status)["Degraded"] == ("True", "ProgressDeadlineExceeded")
+    assert status["phase"] == "Degraded"
+
+
+def test_refused_spec_reports_the_reason_and_keeps_what_runs():
+    error = PlanError("UnsupportedModelForEngine", "use engine reranker")
+    old = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
+    status = build_status(ms(status=old, generation=4), now=T1, error=error, deployment=deployment(2))
+    assert conditions(status)["Ready"] == ("False", "UnsupportedModelForEngine")
+    assert conditions(status)["Degraded"] == ("True", "UnsupportedModelForEngine")
+    assert status["phase"] == "Failed" and status["variant"] == "hopper"
+    assert "use engine reranker" in status["conditions"][0]["message"]
+    # the child handler must not re-apply the old plan over the refused generation
+    assert plan_from_status(ms(status=status, generation=4)) is None
+
+
+def test_no_gpu_node_is_pending():
+    error = PlanError("NoMatchingGPUNodes", "no nodes", retry=True)
+    status = build_status(ms(), now=T0, error=error)
+    assert status["phase"] == "Pending" and conditions(status)["Ready"] == ("False", "NoMatchingGPUNodes")
+    assert conditions(status)["Degraded"] == ("False", "AsExpected")
+
+
+def test_cpu_fallback_is_ready_but_degraded():
+    plan = Plan("tei", "cpu", "tei:cpu-1.9", 0, {}, fell_back_to_cpu=True)
+    status = build_status(ms(replicas=1), now=T0, plan=plan, deployment=deployment(1))
+    assert conditions(status)["Ready"] == ("True", "AllReplicasReady")
+    assert conditions(status)["Degraded"] == ("True", "FellBackToCPU")
+
+
+def test_same_inputs_same_status_so_nothing_is_written_again():
+    first = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
+    again = build_status(ms(status=first), now=T1, plan=PLAN, deployment=deployment(2))
+    assert not status_changed(ms(status=first), again)
+    # a transition moves lastTransitionTime only for the condition that changed
+    later = build_status(ms(status=first), now=T1, plan=PLAN, deployment=deployment(1, replicas=2))
+    times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
+    assert times == {"Ready": T1, "Progressing": T1, "Degraded": T0}
+    assert status_changed(ms(status=first), later)
+
+
+def test_plan_round_trips_through_the_status():
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
+    assert plan_from_status(ms(status=status)) == PLAN
+    assert plan_from_status(ms(status=status, generation=4)) is None  # status is for an older spec
+
+
+def test_drift_detection_ignores_api_defaults_but_sees_edits():
+    desired = {"replicas": 1, "template": {"spec": {"containers": [
+        {"name": "tei", "image": "a", "resources": {"limits": {"nvidia.com/gpu": 1}}}], "volumes": [
+        {"name": "tmp", "emptyDir": {}}]}}}
+    live = {"replicas": 1, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [
+        {"name": "tei", "image": "a", "imagePullPolicy": "IfNotPresent",
+         "resources": {"limits": {"nvidia.com/gpu": "1"}}}], "dnsPolicy": "ClusterFirst",
+        "volumes": [{"name": "tmp", "emptyDir": {}}]}}}
+    assert contains(live, desired)
+    live["template"]["spec"]["containers"][0]["image"] = "b"
+    assert not contains(live, desired)
+    live["template"]["spec"]["containers"][0]["image"] = "a"
+    live["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not contains(live, desired)
+
+
+def test_command_line():
+    assert parse_args([]).namespace == [] and parse_args(["-A"]).all_namespaces
+    args = parse_args(["--standalone", "--namespace=a", "--namespace=b", "--liveness=http://0.0.0.0:8080/healthz"])
+    assert args.namespace == ["a", "b"] and args.liveness.endswith("/healthz")
