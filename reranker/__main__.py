@@ -1,0 +1,42 @@
+"""`python -m reranker` / `reranker`: serve the API with uvicorn, settings from RERANKER_*."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in {"-h", "--help"}:
+        print(
+            "usage: reranker\n\nServes the Qwen3 reranker API. Configure with RERANKER_* "
+            "environment variables:\n"
+        )
+        for name, field in Settings.model_fields.items():
+            print(f"  RERANKER_{name.upper():<20} {field.description} (default: {field.default!r})")
+        return 0
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Clients may hold connections open across many requests; keep them.
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

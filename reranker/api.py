@@ -1,0 +1,311 @@
+"""HTTP routes, request checks and the mapping of every error to one JSON shape.
+
+Routes: GET /health, GET /info, POST /rerank and /v1/rerank (Cohere v1), POST /v2/rerank
+(Cohere v2). Every error body is `{"message": ..., "type": ...}` with the status from
+`errors.STATUS_BY_KIND`; request validation problems are 422s whose message names the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .engine import sigmoid
+from .errors import (
+    BackendError,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    http_status,
+)
+from .schemas import (
+    ErrorBody,
+    Health,
+    Info,
+    Limits,
+    RerankRequestV1,
+    RerankRequestV2,
+    RerankResponse,
+)
+from .settings import Settings
+
+log = logging.getLogger("reranker.api")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (401, "Missing or wrong API key"),
+        (413, "Too many documents, or the body is too large"),
+        (422, "Malformed or invalid request"),
+        (424, "The model failed while scoring"),
+        (429, "Too many requests queued"),
+        (503, "The model is not loaded (yet)"),
+    )
+}
+
+
+def error_response(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"message": message, "type": kind}, status_code=status)
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """One readable line per problem, each naming the field: `documents[2]: ...`."""
+    problems: dict[str, list[str]] = {}
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", error["msg"])
+            problems.setdefault("body", []).append(f"not valid JSON ({reason})")
+            continue
+        where = ""
+        union_member = False
+        for part in error.get("loc", ()):
+            if part == "body":
+                continue
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif part in {"str", "dict[str,any]"}:
+                union_member = True  # the member of `str | object` that failed, not a field
+            else:
+                where += f".{part}" if where else part
+        if error.get("type") == "missing":
+            message = "field required"
+        elif not where and error.get("type") in {"model_attributes_type", "dict_type"}:
+            where, message = "body", "expected a JSON object"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        if union_member:
+            message = "must be a string or an object with a `text` field"
+        problems.setdefault(where, [])
+        if message not in problems[where]:
+            problems[where].append(message)
+    lines = [f"{where}: {m}" if where else m for where, ms in problems.items() for m in ms]
+    return "; ".join(lines) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(http_status(exc), exc.message, exc.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, describe_validation_error(exc), "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), "http_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(424, "the model backend failed; see the server log", "backend")
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_api_key(request: Request) -> None:
+    key = _settings(request).api_key
+    if not key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), key):
+        raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>`")
+
+
+def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
+    if isinstance(item, str):
+        return item
+    fields = rank_fields or ["text"]
+    missing = [f for f in fields if f not in item]
+    if missing:
+        raise InvalidRequest(f"documents[{index}]: object has no `{missing[0]}` field")
+    values = [item[f] for f in fields]
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidRequest(f"documents[{index}]: `{fields[0]}` must be a string")
+    if rank_fields:
+        return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
+    return values[0]
+
+
+async def rerank(
+    request: Request, body: RerankRequestV1 | RerankRequestV2, version: str
+) -> RerankResponse:
+    settings = _settings(request)
+    items = body.items()
+    if len(items) > settings.max_documents:
+        raise PayloadTooLarge(
+            f"documents: {len(items)} documents, more than the maximum of {settings.max_documents}"
+        )
+    rank_fields = getattr(body, "rank_fields", None)
+    texts = [document_text(item, i, rank_fields) for i, item in enumerate(items)]
+
+    state = request.app.state
+    if state.status != "ok":
+        raise NotReady(f"the model is {state.status}: {state.status_message or 'not ready'}")
+    try:
+        scores = await state.scheduler.submit(
+            state.engine.score, body.query, texts, body.instruction, body.max_tokens_per_doc
+        )
+    except ServiceError:
+        raise
+    except Exception as exc:  # the model's own failure: logged in full, answered without it
+        log.exception("scoring failed")
+        raise BackendError(f"the model failed while scoring: {type(exc).__name__}") from exc
+
+    values = scores.logits if body.raw_scores else [sigmoid(x) for x in scores.logits]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    if body.top_n is not None:
+        order = order[: body.top_n]
+    results = []
+    for i in order:
+        result: dict[str, Any] = {"index": i, "relevance_score": values[i]}
+        if body.return_documents:
+            item = items[i]
+            result["document"] = {"text": item} if isinstance(item, str) else item
+        results.append(result)
+    return RerankResponse(
+        id=f"rerank-{uuid.uuid4().hex}",
+        results=results,
+        meta={
+            "api_version": {"version": version},
+            "billed_units": {"search_units": -(-len(texts) // 100)},
+            "tokens": {"input_tokens": scores.tokens},
+        },
+    )
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    protected = [Depends(require_api_key)]
+
+    @router.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Loading, or the model failed"}},
+        summary="Readiness: 200 once the model is loaded",
+    )
+    async def health(request: Request):
+        state = request.app.state
+        info = state.engine.info
+        body = Health(
+            status=state.status, model=info.model, device=info.device,
+            message=state.status_message,
+        )
+        code = 200 if state.status == "ok" else 503
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
+
+    @router.get("/info", response_model=Info, dependencies=protected, responses=ERROR_RESPONSES)
+    async def info(request: Request) -> Info:
+        settings = _settings(request)
+        engine_info = request.app.state.engine.info
+        return Info(
+            model=engine_info.model,
+            max_length=engine_info.max_length,
+            dtype=engine_info.dtype,
+            device=engine_info.device,
+            instruction=settings.instruction,
+            limits=Limits(
+                max_documents=settings.max_documents,
+                max_body_bytes=settings.max_body_bytes,
+                max_queue=settings.max_queue,
+                batch_tokens=settings.batch_tokens,
+            ),
+            version=__version__,
+        )
+
+    @router.post(
+        "/rerank",
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        dependencies=protected,
+        responses=ERROR_RESPONSES,
+        summary="Rerank documents (Cohere v1 shape)",
+    )
+    async def rerank_default(request: Request, body: RerankRequestV1) -> RerankResponse:
+        return await rerank(request, body, "1")
+
+    @router.post(
+        "/v1/rerank",
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        dependencies=protected,
+        responses=ERROR_RESPONSES,
+        summary="Rerank documents (Cohere v1)",
+    )
+    async def rerank_v1(request: Request, body: RerankRequestV1) -> RerankResponse:
+        return await rerank(request, body, "1")
+
+    @router.post(
+        "/v2/rerank",
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        dependencies=protected,
+        responses=ERROR_RESPONSES,
+        summary="Rerank documents (Cohere v2)",
+    )
+    async def rerank_v2(request: Request, body: RerankRequestV2) -> RerankResponse:
+        return await rerank(request, body, "2")
+
+    return router
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed.
+
+    Checks Content-Length up front, then reads the body (chunked ones too) counting bytes, and
+    hands the app the buffered body: the app would buffer it anyway to parse the JSON.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(
+            413,
+            f"body: the request body is larger than the limit of {self.limit} bytes",
+            PayloadTooLarge.kind,
+        )
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await too_large(scope, receive, send)
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                return  # the client went away
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not event.get("more_body", False):
+                break
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
