@@ -1,0 +1,294 @@
+"""The ModelService operator on the real control plane, as a user drives it with kubectl.
+
+One operator process (`python -m modelservice`, the real code under kopf) serves the module; it
+watches only namespaces named msvc-*, so an operator started by another test module never
+competes with it. Pods run on kwok's simulated nodes (2 CPU, T4, A10, A100, L4, H100x8), which
+become Ready without pulling images, so each test takes seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from control_plane import ROOT, Cluster, KubectlError, wait_for
+
+pytestmark = pytest.mark.cluster
+
+CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD = "modelservices.serving.embedding-images.io"
+API = "serving.embedding-images.io/v1alpha1"
+TEI = "ghcr.io/huggingface/text-embeddings-inference"
+
+
+class Operator:
+    """`python -m modelservice` as a child process, restartable, logging to a file."""
+
+    def __init__(self, cluster: Cluster, log: Path):
+        self.cluster = cluster
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelservice", "--namespace=msvc-*", "--verbose"],
+            env={**self.cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def ns(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace the module's operator serves, deleted afterwards."""
+    name = f"msvc-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "modelservices", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def modelservice(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "ModelService", "metadata": {"name": name}, "spec": spec}
+
+
+def get_ms(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get("modelservice", name, "-n", ns)
+
+
+def condition(ms: dict[str, Any], type_: str) -> tuple[str, str] | None:
+    for c in (ms.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c["status"], c["reason"]
+    return None
+
+
+def wait_ready(cluster: Cluster, ns: str, name: str, operator: Operator, timeout: float = 60) -> dict:
+    def ready():
+        ms = get_ms(cluster, ns, name)
+        status = ms.get("status") or {}
+        ok = (condition(ms, "Ready") == ("True", "AllReplicasReady")
+              and status.get("observedGeneration") == ms["metadata"]["generation"])
+        return ms if ok else None
+    try:
+        return wait_for(f"ModelService {ns}/{name} Ready", ready, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
+
+
+def pods(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    return cluster.get("pods", "-n", ns, "-l", f"serving.embedding-images.io/modelservice={name}")["items"]
+
+
+def deployment(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get("deployment", name, "-n", ns)
+
+
+# --- refused at kubectl apply ------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"task": "classify", "model": "m"}, "spec.task", "Unsupported value"),
+    ({"task": "embed", "model": "m", "replicas": -1}, "spec.replicas", "greater than or equal to 0"),
+    ({"task": "embed", "model": "m", "accelerator": "cpu", "gpu": {"count": 1}}, "spec.gpu.count",
+     "accelerator cpu takes no GPUs"),
+    ({"task": "embed", "model": "m", "accelerator": "volta"}, "spec.accelerator", "Unsupported value"),
+    ({"task": "embed", "model": "m", "engine": "reranker"}, "spec.engine", "only serves task rerank"),
+    ({"task": "embed", "model": "m", "cache": {"sizeLimit": "1Gi", "existingClaim": "c"}}, "spec.cache",
+     "not both"),
+    ({"task": "embed", "model": "m", "replica": 2}, "replica", "unknown field"),
+])
+def test_invalid_modelservices_are_refused_naming_the_field(cluster, operator, ns, spec, field, words):
+    with pytest.raises(KubectlError) as info:
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(modelservice("bad", **spec)))
+    message = info.value.stderr
+    assert field in message and words in message, message
+    assert cluster.get("modelservices", "-n", ns)["items"] == []
+
+
+# --- placement: each task and variant -----------------------------------------------------------
+
+PLACEMENTS = [
+    # name, spec, node, variant, image
+    ("embed-auto", {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "replicas": 2},
+     "gpu-h100", "hopper", f"{TEI}:hopper-1.9"),
+    ("embed-turing", {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "accelerator": "turing"},
+     "gpu-t4", "turing", f"{TEI}:turing-1.9"),
+    ("embed-a10", {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "accelerator": "ampere-86"},
+     "gpu-a10", "ampere-86", f"{TEI}:86-1.9"),
+    ("bge-rerank-a100", {"task": "rerank", "model": "BAAI/bge-reranker-base", "gpu": {"product": "NVIDIA-A100-SXM4-80GB"}},
+     "gpu-a100", "ampere-80", f"{TEI}:1.9"),
+    ("qwen-rerank-l4", {"task": "rerank", "model": "Qwen/Qwen3-Reranker-0.6B", "gpu": {"product": "NVIDIA-L4"}},
+     "gpu-l4", "ada", "ghcr.io/embedding-images/reranker:0.1.0-cuda"),
+    ("qwen-rerank-cpu", {"task": "rerank", "model": "Qwen/Qwen3-Reranker-0.6B", "accelerator": "cpu"},
+     "cpu-", "cpu", "ghcr.io/embedding-images/reranker:0.1.0-cpu"),
+    ("embed-cpu", {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "accelerator": "cpu", "port": 9000},
+     "cpu-", "cpu", f"{TEI}:cpu-1.9"),
+]
+
+
+def test_each_task_and_variant_lands_on_matching_nodes_and_reports_it(cluster, operator, ns):
+    for name, spec, _, _, _ in PLACEMENTS:
+        cluster.apply(modelservice(name, **spec), namespace=ns)
+    for name, spec, node, variant, image in PLACEMENTS:
+        ms = wait_ready(cluster, ns, name, operator)
+        status = ms["status"]
+        replicas = spec.get("replicas", 1)
+        assert (status["variant"], status["image"], status["phase"]) == (variant, image, "Ready")
+        assert status["ready"] == f"{replicas}/{replicas}" and status["readyReplicas"] == replicas
+        assert status["endpoint"] == f"http://{name}.{ns}.svc.cluster.local:{spec.get('port', 8080)}"
+        assert condition(ms, "Degraded") == ("False", "AsExpected")
+        assert all(c["observedGeneration"] == ms["metadata"]["generation"] for c in status["conditions"])
+        running = pods(cluster, ns, name)
+        assert len(running) == replicas
+        for pod in running:
+            assert pod["spec"]["nodeName"].startswith(node), (name, pod["spec"]["nodeName"])
+            (container,) = pod["spec"]["containers"]
+            assert container["image"] == image
+        service = cluster.get("service", name, "-n", ns)
+        assert service["spec"]["ports"][0]["port"] == spec.get("port", 8080)
+        assert service["spec"]["ports"][0]["targetPort"] == "http"
+        owner = deployment(cluster, ns, name)["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["controller"]) == ("ModelService", name, True)
+    table = cluster.kubectl("get", "msvc", "-n", ns, "-o", "wide").stdout
+    assert "VARIANT" in table and "READY" in table and "ENDPOINT" in table
+    assert "hopper" in table and "2/2" in table
+
+
+def test_pairs_that_cannot_run_are_refused_before_any_pod(cluster, operator, ns):
+    cluster.apply(modelservice("qwen-on-tei", task="rerank", model="Qwen/Qwen3-Reranker-0.6B",
+                               engine="tei", accelerator="cpu"), namespace=ns)
+
+    def refused():
+        ms = get_ms(cluster, ns, "qwen-on-tei")
+        return ms if condition(ms, "Ready") == ("False", "UnsupportedModelForEngine") else None
+    ms = wait_for("the UnsupportedModelForEngine condition", refused, timeout=30)
+    ready = next(c for c in ms["status"]["conditions"] if c["type"] == "Ready")
+    assert "use engine reranker" in ready["message"]
+    assert ms["status"]["phase"] == "Failed"
+    assert cluster.kubectl("get", "deployment", "qwen-on-tei", "-n", ns, check=False).returncode != 0
+
+
+def test_no_fitting_gpu_node_is_reported_or_falls_back_to_cpu(cluster, operator, ns):
+    # 16 GPUs per pod: no simulated node has that many
+    cluster.apply(modelservice("too-big", task="embed", model="m", gpu={"count": 16}), namespace=ns)
+    cluster.apply(modelservice("fallback", task="embed", model="m", gpu={"count": 16}, fallbackToCPU=True),
+                  namespace=ns)
+
+    def pending():
+        ms = get_ms(cluster, ns, "too-big")
+        return ms if condition(ms, "Ready") == ("False", "NoMatchingGPUNodes") else None
+    ms = wait_for("the NoMatchingGPUNodes condition", pending, timeout=30)
+    assert ms["status"]["phase"] == "Pending"
+    ms = wait_ready(cluster, ns, "fallback", operator)
+    assert ms["status"]["variant"] == "cpu" and ms["status"]["image"] == f"{TEI}:cpu-1.9"
+    assert condition(ms, "Degraded") == ("True", "FellBackToCPU")
+    assert all(p["spec"]["nodeName"].startswith("cpu-") for p in pods(cluster, ns, "fallback"))
+
+
+def test_scale_update_and_delete(cluster, operator, ns):
+    cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu"),
+                  namespace=ns)
+    wait_ready(cluster, ns, "emb", operator)
+
+    cluster.kubectl("scale", "modelservice", "emb", "-n", ns, "--replicas=3")
+    ms = wait_ready(cluster, ns, "emb", operator)
+    wait_for("3/3 ready", lambda: get_ms(cluster, ns, "emb")["status"]["ready"] == "3/3", timeout=30)
+    assert deployment(cluster, ns, "emb")["spec"]["replicas"] == 3
+    scale = json.loads(cluster.kubectl("get", "--raw",
+                                       f"/apis/{API}/namespaces/{ns}/modelservices/emb/scale").stdout)
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == ms["status"]["selector"]
+
+    before = deployment(cluster, ns, "emb")["metadata"]["generation"]
+    cluster.kubectl("patch", "modelservice", "emb", "-n", ns, "--type=merge",
+                    "-p", json.dumps({"spec": {"model": "BAAI/bge-base-en-v1.5"}}))
+    wait_for("the Deployment to roll", lambda: deployment(cluster, ns, "emb")["metadata"]["generation"] > before)
+    args = deployment(cluster, ns, "emb")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model-id") + 1] == "BAAI/bge-base-en-v1.5"
+    wait_ready(cluster, ns, "emb", operator)
+    wait_for("every pod on the new model", lambda: all(
+        "BAAI/bge-base-en-v1.5" in p["spec"]["containers"][0]["args"] for p in pods(cluster, ns, "emb"))
+        and len(pods(cluster, ns, "emb")) == 3, timeout=60)
+
+    cluster.kubectl("delete", "modelservice", "emb", "-n", ns, "--wait=true", "--timeout=60s")
+    wait_for("the children to be garbage-collected", lambda: cluster.kubectl(
+        "get", "deployment,service", "-n", ns, "-o", "name").stdout.strip() == "", timeout=60)
+
+
+def test_deleted_and_hand_edited_children_are_put_back(cluster, operator, ns):
+    cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="ampere-80"),
+                  namespace=ns)
+    wait_ready(cluster, ns, "emb", operator)
+    first_uid = deployment(cluster, ns, "emb")["metadata"]["uid"]
+
+    cluster.kubectl("delete", "deployment", "emb", "-n", ns, "--wait=false")
+    wait_for("a new Deployment", lambda: (cluster.kubectl("get", "deployment", "emb", "-n", ns, "-o",
+                                                          "jsonpath={.metadata.uid}", check=False).stdout
+                                          not in ("", first_uid)), timeout=30)
+    cluster.kubectl("delete", "service", "emb", "-n", ns)
+    wait_for("the Service back", lambda: cluster.kubectl("get", "service", "emb", "-n", ns, check=False).returncode == 0,
+             timeout=30)
+
+    cluster.kubectl("set", "image", "deployment/emb", "-n", ns, "tei=registry.invalid/other:1")
+    cluster.kubectl("patch", "deployment", "emb", "-n", ns, "--type=json", "-p", json.dumps(
+        [{"op": "remove", "path": "/spec/template/spec/tolerations"}]))
+    wait_for("the image put back", lambda: deployment(cluster, ns, "emb")["spec"]["template"]["spec"]
+             ["containers"][0]["image"] == f"{TEI}:1.9", timeout=30)
+    wait_for("the toleration put back", lambda: deployment(cluster, ns, "emb")["spec"]["template"]["spec"]
+             .get("tolerations"), timeout=30)
+    ms = wait_ready(cluster, ns, "emb", operator)
+    assert all(p["spec"]["nodeName"] == "gpu-a100" for p in pods(cluster, ns, "emb"))
+    assert ms["status"]["variant"] == "ampere-80"
+
+
+def test_operator_killed_mid_reconcile_converges_after_restart(cluster, operator, ns):
+    cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu"),
+                  namespace=ns)
+    wait_ready(cluster, ns, "emb", operator)
+    try:
+        # a change lands, the operator dies while (or before) handling it
+        cluster.kubectl("patch", "modelservice", "emb", "-n", ns, "--type=merge",
+                        "-p", json.dumps({"spec": {"replicas": 2, "engineArgs": {"maxBatchTokens": 1024}}}))
+        time.sleep(0.2)
+        operator.stop(signal.SIGKILL)
+        cluster.apply(modelservice("late", task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="cpu"),
+                      namespace=ns)
+    finally:
+        operator.start()
+    ms = wait_ready(cluster, ns, "emb", operator)
+    wait_for("2/2 ready", lambda: get_ms(cluster, ns, "emb")["status"]["ready"] == "2/2", timeout=60)
+    args = deployment(cluster, ns, "emb")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-batch-tokens") + 1] == "1024"
+    assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"]
+    assert wait_ready(cluster, ns, "late", operator)["status"]["variant"] == "cpu"
