@@ -160,8 +160,8 @@ class EngineArgs(_Model):
     """
 
     max_batch_tokens: Optional[int] = Field(
-        None, ge=1, description="TEI --max-batch-tokens; reranker RERANKER_MAX_BATCH_TOKENS "
-                                "(the token budget of one forward batch).")
+        None, ge=1, description="TEI --max-batch-tokens; reranker RERANKER_BATCH_TOKENS "
+                                "(the token budget of one forward batch, at least 256).")
     dtype: Optional[Dtype] = Field(None, description="TEI --dtype; reranker RERANKER_DTYPE.")
     api_key_secret_ref: Optional[SecretKeyRef] = Field(
         None, description="Secret holding an API key clients must send as a Bearer token "
@@ -174,7 +174,7 @@ class EngineArgs(_Model):
     payload_limit: Optional[int] = Field(None, ge=1, description="TEI --payload-limit (bytes).")
     default_prompt: Optional[str] = Field(None, description="TEI --default-prompt.")
     default_prompt_name: Optional[str] = Field(None, description="TEI --default-prompt-name.")
-    max_length: Optional[int] = Field(None, ge=16, description="Reranker RERANKER_MAX_LENGTH (tokens per pair).")
+    max_length: Optional[int] = Field(None, ge=64, description="Reranker RERANKER_MAX_LENGTH (tokens per pair).")
     max_documents: Optional[int] = Field(None, ge=1, description="Reranker RERANKER_MAX_DOCUMENTS per request.")
     instruction: Optional[str] = Field(None, min_length=1, description="Reranker RERANKER_INSTRUCTION (default instruction).")
 

@@ -16,7 +16,8 @@ Engine/model compatibility (decided from the model id, before any pod exists):
 * ``task: embed`` never runs on engine ``reranker`` (also a CEL rule of the CRD).
 * ``engine: auto`` resolves embed -> tei; rerank -> reranker for Qwen3-Reranker, tei otherwise.
 * Engine arguments the resolved engine does not understand are refused (UnsupportedEngineArgs)
-  rather than silently dropped; TEI's --dtype takes float16 or float32 only.
+  rather than silently dropped; TEI's --dtype takes float16 or float32 only; the reranker
+  service has no revision setting, so `revision` with engine reranker is refused too.
 
 GPU choice for ``accelerator: auto`` (`choose_gpu_nodes`): a node counts when it is schedulable,
 advertises allocatable ``nvidia.com/gpu``, its taints other than ``nvidia.com/gpu`` are tolerated
@@ -112,6 +113,10 @@ def resolve_engine(task: str, model: str, engine: str) -> str:
 
 def check_engine_args(spec: ModelServiceSpec, engine: str) -> None:
     """Refuses engine arguments the resolved engine does not understand."""
+    if engine == "reranker" and spec.revision:
+        raise PlanError(UNSUPPORTED_ARGS, "revision is not a setting of the reranker engine: pin the "
+                                          "model with a local path in the cache volume, or an image "
+                                          "with the model baked in")
     if spec.engine_args is None:
         return
     given = spec.engine_args.model_dump(by_alias=True, exclude_none=True)
@@ -120,6 +125,9 @@ def check_engine_args(spec: ModelServiceSpec, engine: str) -> None:
     if wrong:
         raise PlanError(UNSUPPORTED_ARGS, f"engineArgs {', '.join(wrong)} do not apply to engine "
                                           f"{engine}: remove them, or choose the other engine")
+    if engine == "reranker" and given.get("maxBatchTokens", 256) < 256:
+        raise PlanError(UNSUPPORTED_ARGS, "engineArgs.maxBatchTokens must be at least 256 for the "
+                                          "reranker engine (RERANKER_BATCH_TOKENS)")
     if engine == "tei" and given.get("dtype") == "bfloat16":
         raise PlanError(UNSUPPORTED_ARGS, "engineArgs.dtype bfloat16 is not a TEI --dtype: use "
                                           "float16 or float32")

@@ -121,13 +121,11 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
             env.append(_secret_env("API_KEY", ea.api_key_secret_ref))
     else:
         env.append({"name": "RERANKER_MODEL", "value": spec.model})
-        if spec.revision:
-            env.append({"name": "RERANKER_REVISION", "value": spec.revision})
         env.append({"name": "RERANKER_HOST", "value": "0.0.0.0"})
         env.append({"name": "RERANKER_PORT", "value": str(RERANKER_PORT)})
         env.append({"name": "RERANKER_DEVICE", "value": "cuda" if plan.gpu_count else "cpu"})
         if ea is not None:
-            for var, value in (("RERANKER_MAX_BATCH_TOKENS", ea.max_batch_tokens),
+            for var, value in (("RERANKER_BATCH_TOKENS", ea.max_batch_tokens),
                                ("RERANKER_MAX_LENGTH", ea.max_length),
                                ("RERANKER_DTYPE", ea.dtype),
                                ("RERANKER_MAX_DOCUMENTS", ea.max_documents),

@@ -208,3 +208,18 @@ def test_engine_args_of_the_other_engine_are_refused():
     spec = parse_spec({"task": "embed", "model": "m", "accelerator": "cpu", "engineArgs": {"dtype": "bfloat16"}})
     with pytest.raises(PlanError, match="float16 or float32"):
         build_plan(spec)
+
+
+def test_reranker_batch_budget_below_its_minimum_is_refused():
+    spec = parse_spec({"task": "rerank", "model": "Qwen/Qwen3-Reranker-0.6B", "accelerator": "cpu",
+                       "engineArgs": {"maxBatchTokens": 128}})
+    with pytest.raises(PlanError, match="at least 256"):
+        build_plan(spec)
+
+
+def test_revision_on_the_reranker_engine_is_refused_not_ignored():
+    spec = parse_spec({"task": "rerank", "model": "Qwen/Qwen3-Reranker-0.6B", "accelerator": "cpu",
+                       "revision": "main"})
+    with pytest.raises(PlanError, match="revision") as info:
+        build_plan(spec)
+    assert info.value.reason == "UnsupportedEngineArgs"

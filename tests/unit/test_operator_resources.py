@@ -169,3 +169,23 @@ def test_gpu_pods_always_get_toleration_gpus_and_pinning_that_match_their_image(
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert deployment["spec"]["replicas"] == spec.get("replicas", 1)
+
+
+def test_reranker_env_is_what_the_reranker_service_reads():
+    """Every RERANKER_* variable the operator sets is a setting of the reranker service, and the
+    service reads back the values the spec asked for."""
+    from reranker.settings import Settings
+
+    ms = body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="ampere-80",
+              engineArgs={"maxLength": 4096, "maxBatchTokens": 16384, "maxDocuments": 200,
+                          "dtype": "bfloat16", "instruction": "Find the answer"})
+    env = {e["name"]: e["value"] for e in container(build_deployment(ms))["env"] if "value" in e}
+    ours = {k for k in env if k.startswith("RERANKER_")}
+    fields = {f"RERANKER_{name.upper()}" for name in Settings.model_fields}
+    assert ours <= fields, f"unknown to the reranker service: {sorted(ours - fields)}"
+    settings = Settings(_env_file=None, **{k.removeprefix("RERANKER_").lower(): v for k, v in env.items()
+                                           if k in ours})
+    assert (settings.model, settings.host, settings.port, settings.device) == (
+        "Qwen/Qwen3-Reranker-0.6B", "0.0.0.0", 8000, "cuda")
+    assert (settings.max_length, settings.batch_tokens, settings.max_documents, settings.dtype,
+            settings.instruction) == (4096, 16384, 200, "bfloat16", "Find the answer")
