@@ -158,3 +158,15 @@ class OfficialRecipe:
         for start in range(0, len(pairs), batch_size):
             out += self.compute_logits(self.process_inputs(pairs[start : start + batch_size]))
         return out
+
+
+_BUILT: dict[tuple, Path] = {}
+
+
+def shared_tiny_model(root: str | os.PathLike, **kwargs) -> Path:
+    """One tiny model per pytest session (and per kwargs), built under `root` on first use."""
+    key = tuple(sorted(kwargs.items()))
+    if key not in _BUILT or not (_BUILT[key] / "config.json").exists():
+        dest = Path(root) / ("tiny-qwen3-" + "-".join(f"{k}{v}" for k, v in key))
+        _BUILT[key] = build_qwen3_reranker(dest, "tiny", **kwargs)
+    return _BUILT[key]

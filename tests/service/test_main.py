@@ -1,0 +1,60 @@
+"""`python -m reranker` starts from RERANKER_* settings, loads a local model offline, answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from .conftest import free_port
+
+
+def test_python_m_reranker_serves_health_and_rerank(tiny_model, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),  # nothing cached: the model must come from the directory
+        "RERANKER_MODEL": str(tiny_model),
+        "RERANKER_PORT": str(port),
+        "RERANKER_HOST": "127.0.0.1",
+        "RERANKER_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reranker"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                response = httpx.get(f"{url}/health")
+                status = response.status_code
+                if status == 200:
+                    break
+                assert status == 503 and response.json()["status"] == "loading"
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert status == 200
+        assert httpx.get(f"{url}/health").json()["device"] == "cpu"
+        rerank = httpx.post(f"{url}/rerank", json={"query": "q", "documents": ["a", "b"]})
+        assert rerank.status_code == 200 and len(rerank.json()["results"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode in (0, -15)
+
+
+def test_help_lists_the_settings():
+    out = subprocess.run(
+        [sys.executable, "-m", "reranker", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("RERANKER_MODEL", "RERANKER_PORT", "RERANKER_MAX_LENGTH", "RERANKER_API_KEY"):
+        assert name in out

@@ -1,0 +1,164 @@
+"""The real server and engine (tiny random Qwen3, real tokenizer) over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_curl_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Reranker API", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("curl ")]
+
+
+def replay_curl(command: str, base_url: str) -> httpx.Response:
+    """Send what `curl -s localhost:8000/... -H ... -d ...` sends, to base_url instead."""
+    args = shlex.split(command)[1:]
+    headers, data, url = {}, None, None
+    it = iter(args)
+    for arg in it:
+        if arg == "-H":
+            name, _, value = next(it).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            data = next(it)
+        elif not arg.startswith("-"):
+            url = arg
+    assert url and url.startswith("localhost:8000/"), url
+    target = base_url + url.removeprefix("localhost:8000")
+    if data is None:
+        return httpx.get(target, headers=headers)
+    return httpx.post(target, content=data, headers=headers)
+
+
+def test_the_readme_examples_work_verbatim(live_url):
+    commands = readme_curl_commands()
+    assert len(commands) == 3
+    france, pizza, health = (replay_curl(c, live_url) for c in commands)
+
+    assert france.status_code == 200
+    body = france.json()
+    assert re.fullmatch(r"rerank-[0-9a-f]+", body["id"])
+    assert len(body["results"]) == 2  # top_n
+    docs = json.loads(shlex.split(commands[0])[-1])["documents"]
+    for result in body["results"]:
+        assert result["document"]["text"] == docs[result["index"]]
+        assert 0.0 <= result["relevance_score"] <= 1.0
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["meta"]["api_version"] == {"version": "1"}
+    assert body["meta"]["billed_units"] == {"search_units": 1}
+
+    assert pizza.status_code == 200
+    results = pizza.json()["results"]
+    assert sorted(r["index"] for r in results) == [0, 1]
+    assert all("document" not in r for r in results)
+
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model": health.json()["model"], "device": "cpu"}
+
+
+def test_v1_v2_and_default_routes_agree_and_rank_every_document(live_url):
+    docs = ["Paris is in France.", "Berlin is in Germany.", "Tokyo is in Japan.", "Rome, Italy."]
+    query = "Where is Paris?"
+    v1 = httpx.post(f"{live_url}/v1/rerank", json={"query": query, "documents": docs}).json()
+    plain = httpx.post(f"{live_url}/rerank", json={"query": query, "texts": docs}).json()
+    v2 = httpx.post(
+        f"{live_url}/v2/rerank", json={"model": "any", "query": query, "documents": docs}
+    ).json()
+    assert v2["meta"]["api_version"] == {"version": "2"}
+    assert all(set(r) == {"index", "relevance_score"} for r in v2["results"])
+    pairs = lambda body: [(r["index"], round(r["relevance_score"], 6)) for r in body["results"]]
+    assert pairs(v1) == pairs(plain) == pairs(v2)
+    assert sorted(i for i, _ in pairs(v1)) == [0, 1, 2, 3]
+
+
+def test_object_documents_and_rank_fields(live_url):
+    docs = [{"text": "Paris is in France.", "id": "a"}, {"text": "Berlin.", "id": "b"}]
+    body = httpx.post(f"{live_url}/v1/rerank", json={"query": "Paris", "documents": docs}).json()
+    assert {r["document"]["id"] for r in body["results"]} == {"a", "b"}  # echoed as given
+    fields = httpx.post(
+        f"{live_url}/v1/rerank",
+        json={"query": "Paris", "documents": [{"title": "T", "body": "B"}], "rank_fields": ["title", "body"]},
+    )
+    assert fields.status_code == 200
+
+
+def test_raw_scores_are_the_log_odds_of_the_probabilities(live_url):
+    docs = ["one", "two two", "three three three"]
+    request = {"query": "q", "documents": docs, "return_documents": False}
+    probs = httpx.post(f"{live_url}/v1/rerank", json=request).json()["results"]
+    raw = httpx.post(f"{live_url}/v1/rerank", json={**request, "raw_scores": True}).json()["results"]
+    import math
+
+    by_index = {r["index"]: r["relevance_score"] for r in raw}
+    for r in probs:
+        p = r["relevance_score"]
+        assert abs(math.log(p / (1 - p)) - by_index[r["index"]]) < 1e-6
+
+
+def test_overlong_documents_are_truncated_not_refused(live_url):
+    huge = "word " * 20000  # well over max_length=8192 tokens
+    response = httpx.post(
+        f"{live_url}/v1/rerank", json={"query": "q", "documents": [huge, "short"]}, timeout=120
+    )
+    assert response.status_code == 200
+    assert response.json()["meta"]["tokens"]["input_tokens"] <= 2 * 8192
+
+
+def test_max_tokens_per_doc_changes_what_is_read(live_url):
+    doc = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    full = httpx.post(f"{live_url}/v2/rerank", json={"query": "q", "documents": [doc]}).json()
+    cut = httpx.post(
+        f"{live_url}/v2/rerank", json={"query": "q", "documents": [doc], "max_tokens_per_doc": 2}
+    ).json()
+    assert cut["meta"]["tokens"]["input_tokens"] < full["meta"]["tokens"]["input_tokens"]
+
+
+def test_info_and_openapi(live_url):
+    info = httpx.get(f"{live_url}/info").json()
+    assert info["max_length"] == 8192
+    assert info["dtype"] == "float32"
+    assert info["limits"]["max_documents"] == 50
+    assert info["version"]
+    spec = httpx.get(f"{live_url}/openapi.json").json()
+    assert {"/rerank", "/v1/rerank", "/v2/rerank", "/health", "/info"} <= set(spec["paths"])
+    assert httpx.get(f"{live_url}/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('{"query": "q", "documents": ["a"', "JSON"),
+        ('{"documents": ["a"]}', "query"),
+        ('{"query": "q"}', "documents"),
+        ('{"query": "q", "documents": ["a"], "texts": ["b"]}', "texts"),
+        ('{"query": "q", "documents": []}', "documents"),
+        ('{"query": "q", "documents": ["a", 3]}', "documents[1]"),
+        ('{"query": "q", "documents": [{"title": "no text"}]}', "documents[0]"),
+        ('{"query": "q", "documents": ["a"], "top_n": 0}', "top_n"),
+        ('["not", "an", "object"]', "body"),
+    ],
+)
+def test_bad_requests_get_422_naming_the_problem(live_url, body, field):
+    response = httpx.post(
+        f"{live_url}/v1/rerank", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert field in response.json()["message"]
+    # The server lives on.
+    assert httpx.get(f"{live_url}/health").status_code == 200
+
+
+def test_too_many_documents_is_413(live_url):
+    response = httpx.post(f"{live_url}/v1/rerank", json={"query": "q", "documents": ["d"] * 51})
+    assert response.status_code == 413
+    assert "50" in response.json()["message"]

@@ -1,0 +1,119 @@
+"""Parity: the engine's scores against the model card's recipe, on the same random Qwen3 model.
+
+Real architecture and real Qwen3 tokenizer, random weights (tests/qwen_models.py); random and
+unicode queries and documents, documents long enough to be truncated, duplicates, a query that
+fills the whole budget. Scores must agree within 1e-4, whatever the batching.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.qwen_models import OfficialRecipe, shared_tiny_model  # noqa: E402
+
+from reranker.engine import TransformersEngine, sigmoid  # noqa: E402
+from reranker.settings import Settings  # noqa: E402
+
+TOLERANCE = 1e-4
+WORDS = [
+    "paris", "capital", "france", "the", "of", "tower", "river", "城市", "東京", "café", "naïve",
+    "e\u0301", "Ωμέγα", "Привет", "🙂", "42", "3.14", "<|im_end|>", "yes", "no", "\n", "  ", "!?",
+]
+
+
+def random_text(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return shared_tiny_model(tmp_path_factory.getbasetemp())
+
+
+def engine_for(model_dir, **overrides) -> TransformersEngine:
+    engine = TransformersEngine(Settings(model=str(model_dir), device="cpu", **overrides))
+    engine.start()
+    return engine
+
+
+def documents(seed: int, long: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = [random_text(rng, 0, 40) for _ in range(10)]
+    docs += [random_text(rng, 100, 160) for _ in range(long)]  # cut at max_length=160
+    docs += ["", " leading space", "\n\nnewlines first", docs[0]]  # edge cases and a duplicate
+    return docs
+
+
+@pytest.mark.parametrize(
+    "max_length,batch_tokens,long", [(8192, 8192, 0), (160, 8192, 4), (160, 300, 4)],
+    ids=["untruncated", "truncated", "truncated-small-batches"],
+)
+def test_scores_match_the_model_card(model_dir, max_length, batch_tokens, long):
+    card = OfficialRecipe(model_dir, max_length=max_length)
+    engine = engine_for(model_dir, max_length=max_length, batch_tokens=batch_tokens)
+    rng = random.Random(max_length + batch_tokens)
+    for seed in range(2):
+        query = random_text(rng, 1, 12)
+        docs = documents(seed, long)
+        expected = card.scores(query, docs, batch_size=8)
+        if long:
+            bodies = [card.format_instruction(None, query, d) for d in docs]
+            assert any(len(card.tokenizer(b)["input_ids"]) > max_length for b in bodies)
+        got = [sigmoid(x) for x in engine.score(query, docs).logits]
+        assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+        # The random model must spread its scores, or agreement would prove little.
+        assert max(expected) - min(expected) > 0.01
+
+
+def test_raw_scores_are_the_log_odds_of_the_card_probability(model_dir):
+    card = OfficialRecipe(model_dir)
+    engine = engine_for(model_dir)
+    docs = documents(7)
+    expected = card.scores("où est la tour Eiffel ?", docs)
+    raw = engine.score("où est la tour Eiffel ?", docs).logits
+    for p, x in zip(expected, raw):
+        assert abs(math.log(p / (1 - p)) - x) <= 1e-3
+
+
+def test_custom_instruction_matches_the_card(model_dir):
+    card = OfficialRecipe(model_dir)
+    engine = engine_for(model_dir)
+    docs = documents(3)
+    instruction = "Given a question, find the passage that answers it: ünïcödé"
+    expected = card.scores("question?", docs, instruction=instruction)
+    got = [sigmoid(x) for x in engine.score("question?", docs, instruction=instruction).logits]
+    assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+    default = [sigmoid(x) for x in engine.score("question?", docs).logits]
+    assert max(abs(a - b) for a, b in zip(default, got)) > TOLERANCE
+
+
+def test_a_query_over_the_budget_gives_every_document_the_cards_score(model_dir):
+    card = OfficialRecipe(model_dir, max_length=128)
+    engine = engine_for(model_dir, max_length=128)
+    query = "a very long query " * 60
+    docs = ["one", "two", "three"]
+    expected = card.scores(query, docs)
+    got = [sigmoid(x) for x in engine.score(query, docs).logits]
+    assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+    assert len(set(got)) == 1
+
+
+def test_documents_scored_alone_or_together_agree(model_dir):
+    engine = engine_for(model_dir, batch_tokens=256)
+    docs = documents(11)
+    together = engine.score("query", docs).logits
+    alone = [engine.score("query", [d]).logits[0] for d in docs]
+    assert max(abs(a - b) for a, b in zip(together, alone)) <= 1e-4
+
+
+def test_tokens_read_are_reported(model_dir):
+    engine = engine_for(model_dir)
+    one = engine.score("q", ["a"]).tokens
+    two = engine.score("q", ["a", "a b c"]).tokens
+    assert two > one > 0
