@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# The local Kubernetes control plane for the tests: a real kube-apiserver, kube-controller-manager,
+# kube-scheduler and etcd, started by kwokctl on loopback, with nodes and pods simulated by kwok.
+#
+#   tests/cluster/cluster.sh build     build the binaries once (cached by version), print the time
+#   tests/cluster/cluster.sh up        build if needed, start the cluster, create the simulated nodes;
+#                                      a second `up` while it runs does nothing
+#   tests/cluster/cluster.sh down      stop every process of the cluster and delete its state
+#   tests/cluster/cluster.sh status    say whether it runs (exit 1 if not) and where its kubeconfig is
+#   tests/cluster/cluster.sh built     exit 0 when the binaries of the pinned versions are cached
+#   tests/cluster/cluster.sh pin-k8s vX.Y.Z   rewrite modules/k8s/go.mod for another release
+#
+# Everything lives in .cache/cluster (git-ignored): bin-<versions>/ holds the binaries, kubeconfig
+# is the admin kubeconfig, kwok/ is kwokctl's home with the cluster's certificates and logs.
+# Versions are pinned in modules/{k8s,etcd,kwok}/go.mod; the binaries are built from the Go module
+# proxy with CGO_ENABLED=0. Needs Go (>= the go line of those go.mod files) and flock.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+state="$root/.cache/cluster"
+cluster_name="embedding-images"
+kubeconfig="$state/kubeconfig"
+export KWOK_WORKDIR="$state/kwok"
+export PATH="$root/.cache/bin:$PATH"
+
+say() { echo "cluster: $*" >&2; }
+die() { echo "cluster: ERROR: $*" >&2; exit 1; }
+
+# The version a go.mod of build/ requires of a module, e.g. `required k8s k8s.io/kubernetes`.
+required() {
+  awk -v m="$2" '$1 == "require" && $2 == m { print $3 } $1 == m { print $2 }' \
+    "$here/modules/$1/go.mod" | head -1
+}
+
+k8s_version="$(required k8s k8s.io/kubernetes)"
+etcd_version="$(required etcd go.etcd.io/etcd/server/v3)"
+kwok_version="$(required kwok sigs.k8s.io/kwok)"
+bin="$state/bin-k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version"
+k8s_binaries=(kube-apiserver kube-controller-manager kube-scheduler)
+
+# missing BINARY...: true when one of them is not in $bin yet.
+missing() {
+  local b
+  for b in "$@"; do
+    [[ -x "$bin/$b" ]] || return 0
+  done
+  return 1
+}
+
+have_binaries() {
+  local b
+  for b in "${k8s_binaries[@]}" etcd kwok kwokctl; do
+    [[ -x "$bin/$b" ]] || return 1
+  done
+}
+
+# go_build PIECE LOG ARGS...: one `go build` in modules/PIECE, logged; names the piece on failure.
+go_build() {
+  local piece="$1" log="$2"
+  shift 2
+  local start=$SECONDS
+  say "building $piece (log: $log)"
+  if ! (cd "$here/modules/$piece" && CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" \
+        GOTOOLCHAIN=local nice go build "$@") >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    die "building $piece failed; the full log is $log"
+  fi
+  say "built $piece in $((SECONDS - start)) s"
+}
+
+build_k8s() {
+  local v="k8s.io/component-base/version" c="k8s.io/client-go/pkg/version" major minor ldflags=""
+  major="${k8s_version#v}"; major="${major%%.*}"
+  minor="${k8s_version#v*.}"; minor="${minor%%.*}"
+  local build_date
+  build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  for pkg in "$v" "$c"; do
+    ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  # One invocation for the three commands: they share most packages, compiled once.
+  go_build k8s "$state/build-k8s.log" -ldflags "-s -w$ldflags" -o "$1/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+build_etcd() {
+  go_build etcd "$state/build-etcd.log" -ldflags "-s -w" -o "$1/etcd" .
+}
+
+build_kwok() {
+  go_build kwok "$state/build-kwok.log" -ldflags "-s -w" -o "$1/" \
+    sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+}
+
+cmd_build() {
+  mkdir -p "$state"
+  command -v go >/dev/null || die "Go is not on PATH; install Go >= $(awk '$1=="go"{print $2}' "$here/modules/kwok/go.mod") to build the control plane"
+  # One build at a time: a second caller (the test fixture, `make cluster-up`) waits for it.
+  exec 9>"$state/build.lock"
+  flock -w 3600 9 || die "another build still holds $state/build.lock after an hour"
+  if ! have_binaries; then
+    local start=$SECONDS tmp="$bin.partial" b
+    rm -rf "$tmp"
+    mkdir -p "$tmp" "$bin"
+    say "building Kubernetes $k8s_version, etcd $etcd_version, kwok $kwok_version into $bin"
+    missing kube-apiserver kube-controller-manager kube-scheduler && build_k8s "$tmp"
+    missing etcd && build_etcd "$tmp"
+    missing kwok kwokctl && build_kwok "$tmp"
+    for b in "$tmp"/*; do mv "$b" "$bin/"; done
+    rmdir "$tmp"
+    echo "$((SECONDS - start))" >"$bin/.build-seconds"
+    say "cold build took $((SECONDS - start)) s"
+  fi
+  exec 9>&-
+}
+
+cluster_dir="$KWOK_WORKDIR/clusters/$cluster_name"
+logs="$cluster_dir/logs"
+
+# The apiserver answers /readyz with the admin kubeconfig.
+running() {
+  [[ -f "$kubeconfig" ]] && kubectl --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz >/dev/null 2>&1
+}
+
+# Prints the end of each component's log, so a failure names the piece that failed.
+show_logs() {
+  local f
+  for f in "$state/kwokctl.log" "$logs"/*.log; do
+    [[ -f "$f" ]] || continue
+    echo "----- $f (last lines)" >&2
+    tail -5 "$f" >&2
+  done
+}
+
+# wait_until SECONDS WHAT LOG COMMAND...: retries COMMAND; on timeout fails naming WHAT and LOG.
+wait_until() {
+  local limit="$1" what="$2" log="$3"
+  shift 3
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      show_logs
+      cmd_down >/dev/null 2>&1 || true
+      die "$what did not happen within $limit s; see $log"
+    fi
+    sleep 0.5
+  done
+}
+
+# The node lifecycle controller taints a node not-ready until kwok reports it Ready.
+nodes_untainted() {
+  local keys
+  keys="$(kubectl --kubeconfig "$kubeconfig" get nodes -o jsonpath='{.items[*].spec.taints[*].key}')" || return 1
+  [[ " $keys " != *" node.kubernetes.io/not-ready "* && " $keys " != *" node.kubernetes.io/unreachable "* ]]
+}
+
+# Serializes up and down (a second `up` waits for the first, then finds the cluster running).
+lock_cluster() {
+  exec 8>"$state/cluster.lock"
+  flock -w "$1" 8 || die "another tests/cluster/cluster.sh still holds $state/cluster.lock after $1 s"
+}
+
+cmd_up() {
+  local start=$SECONDS
+  mkdir -p "$state"
+  lock_cluster 1800
+  "$here/tools.sh"
+  if running; then
+    say "already running (KUBECONFIG=$kubeconfig)"
+    return 0
+  fi
+  cmd_build
+  if [[ -d "$cluster_dir" ]]; then
+    say "removing the state of a cluster that no longer answers"
+    cmd_down
+  fi
+  rm -f "$kubeconfig"
+  say "starting kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok (logs: $logs)"
+  # kwokctl would download kubectl; the one of tools.sh is used instead. The lock fds are closed
+  # for it, or the daemons it starts would hold the locks for as long as they run.
+  if ! KWOK_KUBE_VERSION="$k8s_version" KWOK_KUBECTL_BINARY="$(command -v kubectl)" \
+      "$bin/kwokctl" --config "$here/kwokctl.yaml" create cluster --name "$cluster_name" --runtime binary \
+      --kube-apiserver-binary "$bin/kube-apiserver" \
+      --kube-controller-manager-binary "$bin/kube-controller-manager" \
+      --kube-scheduler-binary "$bin/kube-scheduler" \
+      --kwok-controller-binary "$bin/kwok" \
+      --etcd-binary "$bin/etcd" \
+      --kubeconfig "$kubeconfig" \
+      --wait 90s >"$state/kwokctl.log" 2>&1 8>&- 9>&-; then
+    show_logs
+    cmd_down >/dev/null 2>&1 || true
+    die "kwokctl create cluster failed; its log is $state/kwokctl.log, the components' logs are in $logs"
+  fi
+  wait_until 60 "the apiserver becoming ready" "$logs/kube-apiserver.log" running
+  kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" >/dev/null
+  wait_until 60 "kwok marking the simulated nodes Ready" "$logs/kwok-controller.log" \
+    kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node --all --timeout=5s
+  wait_until 60 "kube-controller-manager lifting the not-ready taints of the nodes" \
+    "$logs/kube-controller-manager.log" nodes_untainted
+  wait_until 60 "kube-controller-manager creating the default ServiceAccount" \
+    "$logs/kube-controller-manager.log" \
+    kubectl --kubeconfig "$kubeconfig" get serviceaccount default -n default
+  say "up in $((SECONDS - start)) s: KUBECONFIG=$kubeconfig"
+}
+
+# Pids of the cluster's processes, from kwokctl's pid files.
+cluster_pids() {
+  local f
+  for f in "$cluster_dir"/pids/*.pid; do
+    [[ -f "$f" ]] && printf '%s\n' "$(<"$f")"  # the files end without a newline
+  done
+  return 0
+}
+
+cmd_down() {
+  local pids pid
+  pids="$(cluster_pids)"
+  if [[ -d "$cluster_dir" ]]; then
+    local kwokctl="$bin/kwokctl"
+    [[ -x "$kwokctl" ]] || kwokctl="$(ls -d "$state"/bin-*/kwokctl 2>/dev/null | head -1)"
+    if [[ -n "$kwokctl" ]]; then
+      "$kwokctl" delete cluster --name "$cluster_name" >>"$state/kwokctl.log" 2>&1 \
+        || say "kwokctl delete cluster failed (log: $state/kwokctl.log); stopping the processes by pid"
+    fi
+  fi
+  # Whatever kwokctl did not stop (its pid files name the cluster's own processes).
+  for pid in $pids; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+  for pid in $pids; do
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+  rm -rf "$cluster_dir"
+  rm -f "$kubeconfig"
+  say "down"
+}
+
+cmd_status() {
+  if running; then
+    say "running: KUBECONFIG=$kubeconfig"
+    kubectl --kubeconfig "$kubeconfig" get nodes >&2
+  else
+    say "not running"
+    return 1
+  fi
+}
+
+# Rewrites modules/k8s/go.mod for another Kubernetes release: every staging module that release's
+# go.mod replaces with a local path is replaced with its published v0.Y.Z, then `go mod tidy`.
+cmd_pin_k8s() {
+  local version="${1:?usage: cluster.sh pin-k8s vX.Y.Z}" gomod staging
+  gomod="$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$version" \
+    | awk -F'"' '$2 == "GoMod" { print $4 }')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$version from the module proxy"
+  staging="v0.${version#v1.}"
+  {
+    echo "// Builds kube-apiserver, kube-controller-manager and kube-scheduler $version for tests/cluster."
+    echo "// k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local"
+    echo "// paths; a dependency's replace directives do not apply here, so every staging module is"
+    echo "// replaced with its published release ($staging). Regenerate with: tests/cluster/cluster.sh pin-k8s <version>"
+    echo "module embedding-images/tests/cluster/modules/k8s"
+    echo
+    awk '$1 == "go" { print; exit }' "$gomod"
+    echo
+    echo "require k8s.io/kubernetes $version"
+    echo
+    echo "tool ("
+    printf '\tk8s.io/kubernetes/cmd/%s\n' "${k8s_binaries[@]}"
+    echo ")"
+    echo
+    echo "replace ("
+    awk '/^replace \(/ { r = 1; next } r && /^\)/ { r = 0 } r && /=> \.\/staging/ { print $1 }' "$gomod" \
+      | while read -r module; do printf '\t%s => %s %s\n' "$module" "$module" "$staging"; done
+    echo ")"
+  } >"$here/modules/k8s/go.mod"
+  rm -f "$here/modules/k8s/go.sum"
+  (cd "$here/modules/k8s" && GOFLAGS=-mod=mod go mod tidy)
+  say "modules/k8s/go.mod now pins Kubernetes $version; the next build goes into a new bin- folder"
+}
+
+main() {
+  case "${1:-}" in
+    build) cmd_build ;;
+    built) have_binaries ;;
+    up) cmd_up ;;
+    down) mkdir -p "$state"; lock_cluster 120; cmd_down ;;
+    status) cmd_status ;;
+    pin-k8s) cmd_pin_k8s "${2:-}" ;;
+    *) die "usage: $0 build|up|down|status|pin-k8s VERSION" ;;
+  esac
+}
+
+main "$@"; exit
