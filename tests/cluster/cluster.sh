@@ -97,11 +97,12 @@ build_kwok() {
 
 cmd_build() {
   mkdir -p "$state"
-  command -v go >/dev/null || die "Go is not on PATH; install Go >= $(awk '$1=="go"{print $2}' "$here/modules/kwok/go.mod") to build the control plane"
   # One build at a time: a second caller (the test fixture, `make cluster-up`) waits for it.
   exec 9>"$state/build.lock"
   flock -w 3600 9 || die "another build still holds $state/build.lock after an hour"
   if ! have_binaries; then
+    command -v go >/dev/null \
+      || die "Go is not on PATH; the control plane is built with Go >= $(awk '$1 == "go" { print $2 }' "$here/modules/kwok/go.mod")"
     local start=$SECONDS tmp="$bin.partial" b
     rm -rf "$tmp"
     mkdir -p "$tmp" "$bin"
@@ -135,12 +136,28 @@ show_logs() {
   done
 }
 
-# wait_until SECONDS WHAT LOG COMMAND...: retries COMMAND; on timeout fails naming WHAT and LOG.
+# Fails, naming the component and its log, when one of the cluster's processes has exited.
+components_alive() {
+  local f name
+  for f in "$cluster_dir"/pids/*.pid; do
+    [[ -f "$f" ]] || continue
+    name="$(basename "$f" .pid)"
+    if ! kill -0 "$(<"$f")" 2>/dev/null; then
+      show_logs
+      cmd_down >/dev/null 2>&1 || true
+      die "$name exited; its log is $logs/$name.log"
+    fi
+  done
+}
+
+# wait_until SECONDS WHAT LOG COMMAND...: retries COMMAND while every component runs; on timeout
+# fails naming WHAT and LOG.
 wait_until() {
   local limit="$1" what="$2" log="$3"
   shift 3
   local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
+    components_alive
     if ((SECONDS >= deadline)); then
       show_logs
       cmd_down >/dev/null 2>&1 || true
@@ -203,6 +220,9 @@ cmd_up() {
   wait_until 60 "kube-controller-manager creating the default ServiceAccount" \
     "$logs/kube-controller-manager.log" \
     kubectl --kubeconfig "$kubeconfig" get serviceaccount default -n default
+  wait_until 60 "kube-scheduler taking its leader lease" "$logs/kube-scheduler.log" \
+    kubectl --kubeconfig "$kubeconfig" get lease kube-scheduler -n kube-system
+  components_alive
   say "up in $((SECONDS - start)) s: KUBECONFIG=$kubeconfig"
 }
 
