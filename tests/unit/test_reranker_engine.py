@@ -21,6 +21,8 @@ from reranker.engine import TransformersEngine, sigmoid  # noqa: E402
 from reranker.settings import Settings  # noqa: E402
 
 TOLERANCE = 1e-4
+# The card pads with `padding=True, max_length=...`, which transformers warns about; it is the card.
+pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored")
 WORDS = [
     "paris", "capital", "france", "the", "of", "tower", "river", "城市", "東京", "café", "naïve",
     "e\u0301", "Ωμέγα", "Привет", "🙂", "42", "3.14", "<|im_end|>", "yes", "no", "\n", "  ", "!?",

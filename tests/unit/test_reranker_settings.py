@@ -1,0 +1,52 @@
+"""Settings come from RERANKER_* variables once; device and dtype resolve as the issue says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from reranker.engine import resolve_device, resolve_dtype
+from reranker.settings import Settings
+
+
+def test_defaults():
+    s = Settings(_env_file=None)
+    assert s.model == "Qwen/Qwen3-Reranker-0.6B"
+    assert s.port == 8000
+    assert s.max_length == 8192
+    assert s.instruction == (
+        "Given a web search query, retrieve relevant passages that answer the query"
+    )
+    assert s.api_key is None
+
+
+def test_environment_is_read(monkeypatch):
+    monkeypatch.setenv("RERANKER_MODEL", "/models/Qwen/Qwen3-Reranker-0.6B")
+    monkeypatch.setenv("RERANKER_PORT", "9001")
+    monkeypatch.setenv("RERANKER_MAX_DOCUMENTS", "7")
+    monkeypatch.setenv("RERANKER_API_KEY", "")
+    monkeypatch.setenv("RERANKER_DEVICE", "cpu")
+    s = Settings()
+    assert (s.model, s.port, s.max_documents, s.api_key, s.device) == (
+        "/models/Qwen/Qwen3-Reranker-0.6B", 9001, 7, None, "cpu",
+    )
+
+
+@pytest.mark.parametrize(
+    "name,value", [("RERANKER_DEVICE", "tpu"), ("RERANKER_PORT", "0"), ("RERANKER_MAX_LENGTH", "8")]
+)
+def test_bad_values_are_refused_naming_the_setting(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("RERANKER_").lower()):
+        Settings()
+
+
+def test_device_and_dtype_resolution():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        assert resolve_dtype("auto", "cuda") is expected
