@@ -113,7 +113,7 @@ cmd_build() {
     for b in "$tmp"/*; do mv "$b" "$bin/"; done
     rmdir "$tmp"
     echo "$((SECONDS - start))" >"$bin/.build-seconds"
-    say "cold build took $((SECONDS - start)) s"
+    say "cold build (no cached binaries) took $((SECONDS - start)) s"
   fi
   exec 9>&-
 }
