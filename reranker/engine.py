@@ -213,11 +213,12 @@ class PackedQwen3:
             mlp.up_proj.weight = torch.nn.Parameter(up, requires_grad=False)
             self.gate_up.append(gate_up)
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         if x.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         # Half precision: normalise in fp32 and cast back before the weight, as Qwen3RMSNorm.
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
+        return normed if weight is None else weight * normed
 
     def _rope_tables(self, positions: torch.Tensor, like: torch.Tensor):
         cos, sin = self.base.rotary_emb(like, positions[None])

@@ -119,3 +119,15 @@ def test_tokens_read_are_reported(model_dir):
     one = engine.score("q", ["a"]).tokens
     two = engine.score("q", ["a", "a b c"]).tokens
     assert two > one > 0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_path_stays_close_to_fp32(model_dir, dtype):
+    """The GPU default is bf16 (fp16 without bf16): the same code path, run here on the CPU."""
+    docs = documents(5)
+    full = [sigmoid(x) for x in engine_for(model_dir).score("where is paris", docs).logits]
+    engine = engine_for(model_dir, dtype=dtype)
+    assert engine.info.dtype == dtype
+    half = [sigmoid(x) for x in engine.score("where is paris", docs).logits]
+    assert max(full) - min(full) > 0.05  # the scores spread wider than the tolerance
+    assert max(abs(a - b) for a, b in zip(full, half)) < 0.01
