@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +46,20 @@ def _local_cluster_running() -> bool:
     return subprocess.run([str(CLUSTER_SH), "status"], cwd=ROOT, capture_output=True).returncode == 0
 
 
+_session_start = time.time()
+_timings: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Reports the cold build (when this session built the binaries) and the start of the cluster."""
+    for stamp in STATE.glob("bin-*/.build-seconds"):
+        if stamp.stat().st_mtime >= _session_start:
+            terminalreporter.write_line(f"control plane: cold build took {stamp.read_text().strip()} s "
+                                        f"({stamp.parent.name})")
+    if "up" in _timings:
+        terminalreporter.write_line(f"control plane: cluster.sh up took {_timings['up']:.1f} s")
+
+
 # A cold build takes many minutes; start it (niced) as soon as collection shows that cluster tests
 # will run, so that it overlaps with the tests that run before them. `cluster.sh up` waits for it.
 _background_build: subprocess.Popen | None = None
@@ -59,9 +74,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if subprocess.run([str(CLUSTER_SH), "built"], cwd=ROOT, capture_output=True).returncode == 0:
         return
     STATE.mkdir(parents=True, exist_ok=True)
-    log = open(STATE / "build.log", "ab")
-    _background_build = subprocess.Popen(["nice", str(CLUSTER_SH), "build"], cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+    with open(STATE / "build.log", "ab") as log:
+        _background_build = subprocess.Popen(["nice", str(CLUSTER_SH), "build"], cwd=ROOT, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -76,7 +91,8 @@ def cluster() -> Iterator[Cluster]:
     """The cluster of this test session (see the module docstring)."""
     subprocess.run([str(TOOLS_SH)], cwd=ROOT, check=True)
     if _wants_existing_cluster():
-        kubeconfig = Path(os.environ.get("KUBECONFIG", Path.home() / ".kube" / "config")).expanduser()
+        first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        kubeconfig = Path(first or Path.home() / ".kube" / "config").expanduser()
         if not kubeconfig.is_file():
             pytest.fail(f"{EXISTING_ENV} is set but the kubeconfig {kubeconfig} does not exist; "
                         "point KUBECONFIG at your cluster's kubeconfig")
@@ -87,7 +103,9 @@ def cluster() -> Iterator[Cluster]:
 
     started_here = not _local_cluster_running()
     if started_here:
+        start = time.monotonic()
         up = subprocess.run([str(CLUSTER_SH), "up"], cwd=ROOT)
+        _timings["up"] = time.monotonic() - start
         if up.returncode != 0:
             subprocess.run([str(CLUSTER_SH), "down"], cwd=ROOT)
             pytest.fail("tests/cluster/cluster.sh up failed; its message above names the piece and its log")
