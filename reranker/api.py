@@ -201,7 +201,9 @@ def build_router() -> APIRouter:
         state = request.app.state
         info = state.engine.info
         body = Health(
-            status=state.status, model=info.model, device=info.device,
+            status=state.status,
+            model=info.model,
+            device=info.device,
             message=state.status_message,
         )
         code = 200 if state.status == "ok" else 503

@@ -128,9 +128,9 @@ class Qwen3Prompt:
         head = head[: self.body_budget]
         room = self.body_budget - len(head)
         if documents:
-            tails = self.tokenizer(
-                [" " + doc for doc in documents], add_special_tokens=False
-            )["input_ids"]
+            tails = self.tokenizer([" " + doc for doc in documents], add_special_tokens=False)[
+                "input_ids"
+            ]
         else:
             tails = []
         limit = room if max_tokens_per_doc is None else min(room, max_tokens_per_doc)
@@ -259,8 +259,13 @@ class PackedQwen3:
     def _attend(self, q, k, v, mask=None, causal=False) -> torch.Tensor:
         """q [heads, n, d] against k, v [kv_heads, m, d] -> [n, heads, d]."""
         out = F.scaled_dot_product_attention(
-            q[None], k[None], v[None], attn_mask=mask, is_causal=causal,
-            scale=self.scale, enable_gqa=self.heads != self.kv_heads,
+            q[None],
+            k[None],
+            v[None],
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.scale,
+            enable_gqa=self.heads != self.kv_heads,
         )
         return out[0].transpose(0, 1)
 
@@ -312,9 +317,7 @@ class PackedQwen3:
         own = torch.cat(
             [torch.arange(o + shared, o + s, device=device) for o, s in zip(offsets, spans)]
         )
-        prefix_slots = torch.cat(
-            [torch.arange(o, o + shared, device=device) for o in offsets[:-1]]
-        )
+        prefix_slots = torch.cat([torch.arange(o, o + shared, device=device) for o in offsets[:-1]])
         keys = torch.empty(self.kv_heads, offsets[-1], self.head_dim, device=device, dtype=x.dtype)
         values = torch.empty_like(keys)
         # A document sees the whole prefix and, causally, itself.
@@ -336,13 +339,17 @@ class PackedQwen3:
                 for j, n in enumerate(lengths):
                     s, e, o = starts[j], starts[j + 1], offsets[j]
                     out[s:e] = self._attend(
-                        q[:, s:e], keys[:, o : o + spans[j]], values[:, o : o + spans[j]],
+                        q[:, s:e],
+                        keys[:, o : o + spans[j]],
+                        values[:, o : o + spans[j]],
                         mask=masks[n],
                     )
                 x = self._mlp(i, x.add_(self._o_proj(i, out)))
             else:
                 # Last layer: only each document's final token goes on.
-                out = torch.empty(len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype)
+                out = torch.empty(
+                    len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype
+                )
                 for j in range(len(tails)):
                     e, o = starts[j + 1], offsets[j]
                     out[j] = self._attend(
@@ -436,4 +443,3 @@ class TransformersEngine:
         per_doc = results.tolist()
         tokens = len(ids.shared) + sum(len(t) for t in ids.tails)
         return Scores(logits=[per_doc[s] for s in slot], tokens=tokens)
-

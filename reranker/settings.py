@@ -8,9 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
-DEFAULT_INSTRUCTION = (
-    "Given a web search query, retrieve relevant passages that answer the query"
-)
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 class Settings(BaseSettings):
@@ -34,7 +32,9 @@ class Settings(BaseSettings):
         "auto", description="auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU."
     )
     max_length: int = Field(
-        8192, ge=64, description="Tokens per (prompt + document) pair; longer documents are truncated."
+        8192,
+        ge=64,
+        description="Tokens per (prompt + document) pair; longer documents are truncated.",
     )
     batch_tokens: int = Field(
         8192, ge=256, description="Token budget of one forward pass; documents are packed under it."

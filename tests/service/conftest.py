@@ -36,9 +36,17 @@ def free_port() -> int:
 class FakeEngine:
     """Scores = number of query words in the document minus 1 (as logit_yes - logit_no)."""
 
-    def __init__(self, *, load_gate: threading.Event | None = None, fail_start: bool = False,
-                 fail_score: bool = False, score_gate: threading.Event | None = None):
-        self.info = EngineInfo(model="fake-reranker", device="cpu", dtype="float32", max_length=8192)
+    def __init__(
+        self,
+        *,
+        load_gate: threading.Event | None = None,
+        fail_start: bool = False,
+        fail_score: bool = False,
+        score_gate: threading.Event | None = None,
+    ):
+        self.info = EngineInfo(
+            model="fake-reranker", device="cpu", dtype="float32", max_length=8192
+        )
         self.load_gate = load_gate
         self.fail_start = fail_start
         self.fail_score = fail_score

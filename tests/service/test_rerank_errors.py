@@ -26,7 +26,9 @@ def test_health_is_503_while_loading_then_200(serve):
     with httpx.Client(base_url=url) as client:
         wait_ready(client, 10)
     assert httpx.get(f"{url}/health").json() == {
-        "status": "ok", "model": "fake-reranker", "device": "cpu",
+        "status": "ok",
+        "model": "fake-reranker",
+        "device": "cpu",
     }
     assert httpx.post(f"{url}/v1/rerank", json=REQUEST).status_code == 200
 
@@ -60,7 +62,9 @@ def test_instruction_and_max_tokens_reach_the_engine(serve):
     url = serve(Settings(), engine)
     with httpx.Client(base_url=url) as client:
         wait_ready(client)
-        client.post("/v2/rerank", json={**REQUEST, "instruction": "find it", "max_tokens_per_doc": 5})
+        client.post(
+            "/v2/rerank", json={**REQUEST, "instruction": "find it", "max_tokens_per_doc": 5}
+        )
     assert engine.calls[-1] == (REQUEST["query"], REQUEST["documents"], "find it", 5)
 
 

@@ -87,7 +87,11 @@ def test_object_documents_and_rank_fields(live_url):
     assert {r["document"]["id"] for r in body["results"]} == {"a", "b"}  # echoed as given
     fields = httpx.post(
         f"{live_url}/v1/rerank",
-        json={"query": "Paris", "documents": [{"title": "T", "body": "B"}], "rank_fields": ["title", "body"]},
+        json={
+            "query": "Paris",
+            "documents": [{"title": "T", "body": "B"}],
+            "rank_fields": ["title", "body"],
+        },
     )
     assert fields.status_code == 200
 
@@ -96,7 +100,9 @@ def test_raw_scores_are_the_log_odds_of_the_probabilities(live_url):
     docs = ["one", "two two", "three three three"]
     request = {"query": "q", "documents": docs, "return_documents": False}
     probs = httpx.post(f"{live_url}/v1/rerank", json=request).json()["results"]
-    raw = httpx.post(f"{live_url}/v1/rerank", json={**request, "raw_scores": True}).json()["results"]
+    raw = httpx.post(f"{live_url}/v1/rerank", json={**request, "raw_scores": True}).json()[
+        "results"
+    ]
     import math
 
     by_index = {r["index"]: r["relevance_score"] for r in raw}

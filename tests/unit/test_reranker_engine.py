@@ -24,8 +24,29 @@ TOLERANCE = 1e-4
 # The card pads with `padding=True, max_length=...`, which transformers warns about; it is the card.
 pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored")
 WORDS = [
-    "paris", "capital", "france", "the", "of", "tower", "river", "城市", "東京", "café", "naïve",
-    "e\u0301", "Ωμέγα", "Привет", "🙂", "42", "3.14", "<|im_end|>", "yes", "no", "\n", "  ", "!?",
+    "paris",
+    "capital",
+    "france",
+    "the",
+    "of",
+    "tower",
+    "river",
+    "城市",
+    "東京",
+    "café",
+    "naïve",
+    "e\u0301",
+    "Ωμέγα",
+    "Привет",
+    "🙂",
+    "42",
+    "3.14",
+    "<|im_end|>",
+    "yes",
+    "no",
+    "\n",
+    "  ",
+    "!?",
 ]
 
 
@@ -53,7 +74,8 @@ def documents(seed: int, long: int = 0) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "max_length,batch_tokens,long", [(8192, 8192, 0), (160, 8192, 4), (160, 300, 4)],
+    "max_length,batch_tokens,long",
+    [(8192, 8192, 0), (160, 8192, 4), (160, 300, 4)],
     ids=["untruncated", "truncated", "truncated-small-batches"],
 )
 def test_scores_match_the_model_card(model_dir, max_length, batch_tokens, long):

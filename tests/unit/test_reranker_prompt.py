@@ -59,9 +59,42 @@ def test_yes_and_no_are_single_tokens(tokenizer):
 # Text that stresses the pre-tokenizer at the head/document boundary: leading spaces and
 # newlines, punctuation runs, digits, combining marks, CJK, emoji, special-token strings.
 PIECES = [
-    " ", "  ", "\n", "\r\n", "\t", ":", ">", "<", "!!", "'s", "'ll", "...", "0", "42", "é",
-    "e\u0301", "\u0301", "ß", "İ", "日本語", "中文", "한국어", "🙂", "👩‍👩‍👧", "Ωμέγα", "Привет",
-    "<|im_end|>", "<think>", "yes", "no", "Document", "<Document>:", "\u00a0", "\u200b", "a", "Z",
+    " ",
+    "  ",
+    "\n",
+    "\r\n",
+    "\t",
+    ":",
+    ">",
+    "<",
+    "!!",
+    "'s",
+    "'ll",
+    "...",
+    "0",
+    "42",
+    "é",
+    "e\u0301",
+    "\u0301",
+    "ß",
+    "İ",
+    "日本語",
+    "中文",
+    "한국어",
+    "🙂",
+    "👩‍👩‍👧",
+    "Ωμέγα",
+    "Привет",
+    "<|im_end|>",
+    "<think>",
+    "yes",
+    "no",
+    "Document",
+    "<Document>:",
+    "\u00a0",
+    "\u200b",
+    "a",
+    "Z",
 ]
 text = st.one_of(
     st.text(max_size=60),
@@ -69,7 +102,9 @@ text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(query=text, doc=text, instruction=st.one_of(st.just(CARD_INSTRUCTION), text))
 def test_split_tokenization_equals_the_whole_string(tokenizer, query, doc, instruction):
     assert engine_ids(tokenizer, query, [doc], instruction, 8192) == [
@@ -77,7 +112,9 @@ def test_split_tokenization_equals_the_whole_string(tokenizer, query, doc, instr
     ]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     query=text,
     docs=st.lists(text, min_size=1, max_size=4),

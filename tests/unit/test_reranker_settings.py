@@ -29,7 +29,11 @@ def test_environment_is_read(monkeypatch):
     monkeypatch.setenv("RERANKER_DEVICE", "cpu")
     s = Settings()
     assert (s.model, s.port, s.max_documents, s.api_key, s.device) == (
-        "/models/Qwen/Qwen3-Reranker-0.6B", 9001, 7, None, "cpu",
+        "/models/Qwen/Qwen3-Reranker-0.6B",
+        9001,
+        7,
+        None,
+        "cpu",
     )
 
 
