@@ -27,7 +27,7 @@ export PATH="$root/.cache/bin:$PATH"
 say() { echo "cluster: $*" >&2; }
 die() { echo "cluster: ERROR: $*" >&2; exit 1; }
 
-# The version a go.mod of build/ requires of a module, e.g. `required k8s k8s.io/kubernetes`.
+# The version a go.mod of modules/ requires of a module, e.g. `required k8s k8s.io/kubernetes`.
 required() {
   awk -v m="$2" '$1 == "require" && $2 == m { print $3 } $1 == m { print $2 }' \
     "$here/modules/$1/go.mod" | head -1
@@ -49,10 +49,7 @@ missing() {
 }
 
 have_binaries() {
-  local b
-  for b in "${k8s_binaries[@]}" etcd kwok kwokctl; do
-    [[ -x "$bin/$b" ]] || return 1
-  done
+  ! missing "${k8s_binaries[@]}" etcd kwok kwokctl
 }
 
 # go_build PIECE LOG ARGS...: one `go build` in modules/PIECE, logged; names the piece on failure.
@@ -235,29 +232,35 @@ cluster_pids() {
   return 0
 }
 
+# ours PID: true while PID runs a program of this cluster's directory.
+ours() {
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$cluster_dir/"
+}
+
 cmd_down() {
   local pids pid
   pids="$(cluster_pids)"
   if [[ -d "$cluster_dir" ]]; then
-    local kwokctl="$bin/kwokctl"
-    [[ -x "$kwokctl" ]] || kwokctl="$(ls -d "$state"/bin-*/kwokctl 2>/dev/null | head -1)"
-    if [[ -n "$kwokctl" ]]; then
+    local kwokctl="$bin/kwokctl" other
+    for other in "$state"/bin-*/kwokctl; do  # a cluster started before the versions changed
+      [[ -x "$kwokctl" ]] || kwokctl="$other"
+    done
+    if [[ -x "$kwokctl" ]]; then
       "$kwokctl" delete cluster --name "$cluster_name" >>"$state/kwokctl.log" 2>&1 \
         || say "kwokctl delete cluster failed (log: $state/kwokctl.log); stopping the processes by pid"
     fi
   fi
-  # Whatever kwokctl did not stop (its pid files name the cluster's own processes).
+  # Whatever kwokctl did not stop: the pids of its pid files that still run one of this
+  # cluster's binaries (a pid reused by another process is left alone).
   for pid in $pids; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-    fi
+    ours "$pid" && kill "$pid" 2>/dev/null || true
   done
   for pid in $pids; do
     for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
+      ours "$pid" || break
       sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours "$pid"; then
       kill -9 "$pid" 2>/dev/null || true
     fi
   done
@@ -280,7 +283,7 @@ cmd_status() {
 # go.mod replaces with a local path is replaced with its published v0.Y.Z, then `go mod tidy`.
 cmd_pin_k8s() {
   local version="${1:?usage: cluster.sh pin-k8s vX.Y.Z}" gomod staging
-  gomod="$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$version" \
+  gomod="$(cd / && GOFLAGS= go mod download -json "k8s.io/kubernetes@$version" \
     | awk -F'"' '$2 == "GoMod" { print $4 }')"
   [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$version from the module proxy"
   staging="v0.${version#v1.}"

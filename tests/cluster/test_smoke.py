@@ -7,13 +7,14 @@ import base64
 import json
 import re
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from control_plane import GPU_TAINT, GPU_TOLERATION, HERE, Cluster, wait_for
+from control_plane import CLUSTER_SH, GPU_TAINT, GPU_TOLERATION, HERE, STATE, Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -60,6 +61,18 @@ def test_apiserver_reports_the_pinned_release(cluster: Cluster):
     assert server["gitVersion"] == pinned
     major, minor = pinned.lstrip("v").split(".")[:2]
     assert (server["major"], server["minor"]) == (major, minor)
+
+
+def test_a_second_up_while_running_changes_nothing(cluster: Cluster):
+    if not cluster.local:
+        pytest.skip("cluster.sh manages the local control plane only")
+    pid_file = STATE / "kwok" / "clusters" / "embedding-images" / "pids" / "kube-apiserver.pid"
+    pid = pid_file.read_text()
+    up = subprocess.run([str(CLUSTER_SH), "up"], capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert "already running" in up.stderr
+    assert pid_file.read_text() == pid
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
 
 
 def test_every_node_is_ready(cluster: Cluster):
