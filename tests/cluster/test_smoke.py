@@ -4,6 +4,7 @@ nothing, TLS and service-account tokens work, and the apiserver is the pinned re
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 import ssl
@@ -145,6 +146,9 @@ def test_gpu_deployment_becomes_ready_on_the_h100_node_and_its_service_gets_endp
         assert pod["status"]["phase"] == "Running"
         assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
         assert pod["status"].get("podIP")
+        pod_cidr = gpu_nodes[pod["spec"]["nodeName"]]["spec"].get("podCIDR")
+        if pod_cidr:
+            assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(pod_cidr)
     pod_ips = sorted(p["status"]["podIP"] for p in pods)
 
     def ready_endpoint_ips():
