@@ -23,9 +23,14 @@ INPUTS = {
     "embedding-ampere86-engine-args": {"embedding": {
         "accelerator": "ampere-86", "revision": "main",
         "engineArgs": {"maxBatchTokens": 4096, "maxClientBatchSize": 64, "maxConcurrentRequests": 128,
-                       "pooling": "cls", "dtype": "float16", "autoTruncate": True}}},
+                       "pooling": "cls", "dtype": "float16", "autoTruncate": True,
+                       "maxBatchRequests": 16, "payloadLimit": 4000000, "defaultPromptName": "query",
+                       "apiKeySecretRef": {"name": "tei-key"}}}},
     "reranker-cpu": {"reranker": {"accelerator": "cpu"}},
-    "reranker-a100": {"reranker": {"accelerator": "ampere-80", "engineArgs": {"maxBatchSize": 8, "maxLength": 4096}}},
+    "reranker-a100": {"reranker": {"accelerator": "ampere-80", "engineArgs": {
+        "maxBatchTokens": 8192, "maxLength": 4096, "dtype": "bfloat16", "maxDocuments": 500,
+        "instruction": "Given a support ticket, retrieve the runbook that resolves it",
+        "apiKeySecretRef": {"name": "rerank-key", "key": "api-key"}}}},
     "reranker-tei-bge-h100-product": {"reranker": {
         "model": "BAAI/bge-reranker-v2-m3", "accelerator": "auto", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}}},
     "custom-everything": {

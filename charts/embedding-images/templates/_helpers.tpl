@@ -196,6 +196,26 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- if and (eq $engine "tei") $qwen -}}
 {{- fail (printf "%s.model=%q cannot run on TEI (Qwen3-Reranker is a causal LM; TEI refuses it at start-up): use engine auto or reranker" $c $v.model) -}}
 {{- end -}}
+{{- /* engine arguments the resolved engine does not understand are refused, as the operator does */ -}}
+{{- $ea := default dict $v.engineArgs -}}
+{{- if and (eq $engine "reranker") $v.revision -}}
+{{- fail (printf "%s.revision is not a setting of the reranker engine: clear it, and pin the model with a local path in the cache volume or an image with the model baked in" $c) -}}
+{{- end -}}
+{{- $foreign := list "maxLength" "maxDocuments" "instruction" -}}
+{{- if eq $engine "reranker" -}}
+{{- $foreign = list "maxBatchRequests" "maxClientBatchSize" "maxConcurrentRequests" "pooling" "autoTruncate" "payloadLimit" "defaultPrompt" "defaultPromptName" -}}
+{{- end -}}
+{{- $wrong := list -}}
+{{- range $foreign }}{{ if hasKey $ea . }}{{ $wrong = append $wrong (printf "%s.engineArgs.%s" $c .) }}{{ end }}{{ end -}}
+{{- with $wrong -}}
+{{- fail (printf "%s: not an argument of engine %s; remove it, or choose the other engine in %s.engine" (join ", " .) $engine $c) -}}
+{{- end -}}
+{{- if and (eq $engine "reranker") (hasKey $ea "maxBatchTokens") (lt (int $ea.maxBatchTokens) 256) -}}
+{{- fail (printf "%s.engineArgs.maxBatchTokens=%d: the reranker engine needs at least 256 (RERANKER_BATCH_TOKENS)" $c (int $ea.maxBatchTokens)) -}}
+{{- end -}}
+{{- if and (eq $engine "tei") (eq (toString (default "" $ea.dtype)) "bfloat16") -}}
+{{- fail (printf "%s.engineArgs.dtype=bfloat16 is not a TEI --dtype: use float16 or float32" $c) -}}
+{{- end -}}
 {{- $image := $v.image -}}
 {{- if and (not $image) $variant -}}
 {{- if eq $engine "tei" -}}
@@ -205,6 +225,14 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- end -}}
 {{- end -}}
 {{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count "productCapability" $productCap | toJson -}}
+{{- end -}}
+
+{{/*
+A scalar value as text, numbers as integers: values files give Helm float64s, which toString
+would print as 4e+06. Argument: the value.
+*/}}
+{{- define "embedding-images.scalar" -}}
+{{- if kindIs "float64" . }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
 {{- end -}}
 
 {{/*
@@ -226,10 +254,17 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- if not $v.autoscaling.enabled -}}
 {{- $_ := set $spec "replicas" (int $v.replicas) -}}
 {{- end -}}
-{{- range $key := list "revision" "image" "runtimeClassName" "resources" "nodeSelector" "tolerations" "affinity" "env" "engineArgs" "hfTokenSecretRef" -}}
+{{- range $key := list "revision" "image" "runtimeClassName" "resources" "nodeSelector" "tolerations" "affinity" "env" "hfTokenSecretRef" -}}
 {{- with index $v $key -}}
 {{- $_ := set $spec $key . -}}
 {{- end -}}
+{{- end -}}
+{{- $engineArgs := dict -}}
+{{- range $key, $val := default dict $v.engineArgs -}}
+{{- $_ := set $engineArgs $key (ternary (int64 $val) $val (kindIs "float64" $val)) -}}
+{{- end -}}
+{{- with $engineArgs -}}
+{{- $_ := set $spec "engineArgs" . -}}
 {{- end -}}
 {{- if $v.fallbackToCPU -}}
 {{- $_ := set $spec "fallbackToCPU" true -}}

@@ -40,21 +40,24 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- if $tei -}}
 {{- $args = list "--model-id" $v.model "--port" (toString $containerPort) "--hostname" "0.0.0.0" -}}
 {{- with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end -}}
-{{- with $ea.maxBatchTokens }}{{ $args = concat $args (list "--max-batch-tokens" (toString .)) }}{{ end -}}
-{{- with $ea.maxClientBatchSize }}{{ $args = concat $args (list "--max-client-batch-size" (toString .)) }}{{ end -}}
-{{- with $ea.maxConcurrentRequests }}{{ $args = concat $args (list "--max-concurrent-requests" (toString .)) }}{{ end -}}
-{{- with $ea.pooling }}{{ $args = concat $args (list "--pooling" .) }}{{ end -}}
-{{- with $ea.dtype }}{{ $args = concat $args (list "--dtype" .) }}{{ end -}}
+{{- range $flag := list (list "--max-batch-tokens" "maxBatchTokens") (list "--max-client-batch-size" "maxClientBatchSize") (list "--max-concurrent-requests" "maxConcurrentRequests") (list "--pooling" "pooling") (list "--dtype" "dtype") }}
+{{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
+{{- end -}}
 {{- if $ea.autoTruncate }}{{ $args = append $args "--auto-truncate" }}{{ end -}}
+{{- range $flag := list (list "--max-batch-requests" "maxBatchRequests") (list "--payload-limit" "payloadLimit") (list "--default-prompt" "defaultPrompt") (list "--default-prompt-name" "defaultPromptName") }}
+{{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
+{{- end -}}
 {{- $env = append $env (dict "name" "HUGGINGFACE_HUB_CACHE" "value" "/data") -}}
+{{- with $ea.apiKeySecretRef }}{{ $env = append $env (dict "name" "API_KEY" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) }}{{ end -}}
 {{- else -}}
 {{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $v.model) -}}
-{{- with $v.revision }}{{ $env = append $env (dict "name" "RERANKER_REVISION" "value" .) }}{{ end -}}
+{{- $env = append $env (dict "name" "RERANKER_HOST" "value" "0.0.0.0") -}}
 {{- $env = append $env (dict "name" "RERANKER_PORT" "value" (toString $containerPort)) -}}
 {{- $env = append $env (dict "name" "RERANKER_DEVICE" "value" (ternary "cuda" "cpu" $gpu)) -}}
-{{- with $ea.maxBatchSize }}{{ $env = append $env (dict "name" "RERANKER_MAX_BATCH_SIZE" "value" (toString .)) }}{{ end -}}
-{{- with $ea.maxLength }}{{ $env = append $env (dict "name" "RERANKER_MAX_LENGTH" "value" (toString .)) }}{{ end -}}
-{{- with $ea.dtype }}{{ $env = append $env (dict "name" "RERANKER_DTYPE" "value" .) }}{{ end -}}
+{{- range $var := list (list "RERANKER_BATCH_TOKENS" "maxBatchTokens") (list "RERANKER_MAX_LENGTH" "maxLength") (list "RERANKER_DTYPE" "dtype") (list "RERANKER_MAX_DOCUMENTS" "maxDocuments") (list "RERANKER_INSTRUCTION" "instruction") }}
+{{- if hasKey $ea (index $var 1) }}{{ $env = append $env (dict "name" (index $var 0) "value" (include "embedding-images.scalar" (index $ea (index $var 1)))) }}{{ end }}
+{{- end -}}
+{{- with $ea.apiKeySecretRef }}{{ $env = append $env (dict "name" "RERANKER_API_KEY" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) }}{{ end -}}
 {{- $env = append $env (dict "name" "HF_HOME" "value" "/data") -}}
 {{- end -}}
 {{- with $v.hfTokenSecretRef -}}
