@@ -71,6 +71,7 @@ PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
     {"name": "Variant", "type": "string", "jsonPath": ".status.variant"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    {"name": "Node-Selector", "type": "string", "jsonPath": ".status.nodeSelector", "priority": 1},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Image", "type": "string", "jsonPath": ".status.image", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
