@@ -104,10 +104,17 @@ def release(chart_cluster, tmp_path_factory):
     """The chart installed into NS; uninstalled (and the namespace removed) at the end."""
     tmp = tmp_path_factory.mktemp("chart")
     helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
+    for ns in (NS, f"{NS}-second"):  # an earlier run's namespaces may still be terminating
+        wait_for(f"namespace {ns} of an earlier run to finish terminating",
+                 lambda: kubectl("get", "namespace", ns, "-o", "jsonpath={.status.phase}",
+                                 check=False).stdout != "Terminating", timeout=120)
+    # A CRD left by an earlier release (kept on uninstall) is never deleted here: that would delete
+    # every ModelService in a user's cluster. The chart leaves such a CRD alone and says so.
+    preexisting_crd = kubectl("get", "crd", CRD, check=False).returncode == 0
     values = install_values(tmp, VALUES)
     proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), check=False)
     assert proc.returncode == 0, proc.stderr
-    yield {"values": values, "tmp": tmp, "install_output": proc.stdout}
+    yield {"values": values, "tmp": tmp, "install_output": proc.stdout, "preexisting_crd": preexisting_crd}
     helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
     kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
 
@@ -160,7 +167,9 @@ def test_install_serves_the_crd_and_creates_the_modelservices(release):
     crd = get_json("crd", CRD)
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established.get("Established") == "True"
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    if not release["preexisting_crd"]:
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
     resources = kubectl("api-resources", "--api-group=serving.embedding-images.io", "-o", "name").stdout
     assert "modelservices.serving.embedding-images.io" in resources
     names = {m["metadata"]["name"] for m in get_json("modelservices", "-n", NS)["items"]}
@@ -254,6 +263,28 @@ def test_upgrade_changing_the_model_rolls_it(release, operator):
     # The ModelServices are release resources now (adopted from the first-install hook).
     manifest = helm("get", "manifest", RELEASE, "-n", NS).stdout
     assert "kind: ModelService" in manifest
+
+
+def test_second_release_installs_beside_the_first_and_leaves_its_crd(release):
+    """A CRD another release owns would make Helm refuse the install; the chart leaves it alone."""
+    before = get_json("crd", CRD)["metadata"]
+    other_ns = f"{NS}-second"
+    values = {"operator": {"enabled": False}, "embedding": {"enabled": False}, "reranker": {"enabled": False}}
+    path = install_values(release["tmp"], values)
+    try:
+        proc = helm("install", "second", str(CHART), "-n", other_ns, "--create-namespace", "-f", str(path), check=False)
+        assert proc.returncode == 0, proc.stderr
+        owner = before.get("annotations", {}).get("meta.helm.sh/release-name")
+        expected = f'release "{owner}"' if owner else "no Helm release"
+        assert "The ModelService CRD was already in the cluster, owned by " + expected in proc.stdout
+        assert "kubectl annotate crd modelservices.serving.embedding-images.io" in proc.stdout
+        after = get_json("crd", CRD)["metadata"]
+        assert after.get("annotations") == before.get("annotations")
+        assert after["resourceVersion"] == before["resourceVersion"]
+    finally:
+        helm("uninstall", "second", "-n", other_ns, "--ignore-not-found", check=False)
+        kubectl("delete", "namespace", other_ns, "--ignore-not-found", "--wait=false", check=False)
+    assert get_json("crd", CRD)["metadata"]["name"] == CRD
 
 
 def test_uninstall_removes_everything_but_the_kept_crd(release, operator):

@@ -228,6 +228,24 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- end -}}
 
 {{/*
+When the ModelService CRD is already in the cluster and not this release's (kept by an uninstalled
+release, owned by a release in another namespace, or applied with kubectl), says who has it;
+empty otherwise. Helm refuses to install an object another release owns, so the CRD template
+leaves such a CRD alone. `helm template` has no cluster: always empty there.
+*/}}
+{{- define "embedding-images.crd.foreignOwner" -}}
+{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "modelservices.serving.embedding-images.io" -}}
+{{- if $crd -}}
+{{- $ann := default dict $crd.metadata.annotations -}}
+{{- $name := index $ann "meta.helm.sh/release-name" | default "" -}}
+{{- $ns := index $ann "meta.helm.sh/release-namespace" | default "" -}}
+{{- if not (and (eq $name .Release.Name) (eq $ns .Release.Namespace)) -}}
+{{- if $name -}}release "{{ $name }}" in namespace "{{ $ns }}"{{- else -}}no Helm release (applied outside Helm){{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 A scalar value as text, numbers as integers: values files give Helm float64s, which toString
 would print as 4e+06. Argument: the value.
 */}}
