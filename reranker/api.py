@@ -1,18 +1,30 @@
 """HTTP routes, request checks and the mapping of every error to one JSON shape.
 
-Routes: GET /health, GET /info, POST /rerank and /v1/rerank (Cohere v1), POST /v2/rerank
-(Cohere v2). Every error body is `{"message": ..., "type": ...}` with the status from
-`errors.STATUS_BY_KIND`; request validation problems are 422s whose message names the field.
+Routes: GET /health, GET /info, GET /metrics (Prometheus), POST /rerank and /v1/rerank
+(Cohere v1), POST /v2/rerank (Cohere v2). Every error body is `{"message": ..., "type": ...}`
+with the status from `errors.STATUS_BY_KIND`; request validation problems are 422s whose
+message names the field, a 429 carries Retry-After.
+
+Rerank answers carry timing and size headers (times in milliseconds):
+
+| header | value |
+|---|---|
+| x-compute-time | time in the service: tokenization + queue + inference |
+| x-tokenization-time | tokenizing the request |
+| x-queue-time | waiting for the request's first forward pass |
+| x-inference-time | the forward passes that held the request's documents |
+| x-compute-tokens | tokens the request reads (the `meta.tokens.input_tokens` of the body) |
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +35,7 @@ from .errors import (
     BackendError,
     InvalidRequest,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
@@ -37,6 +50,7 @@ from .schemas import (
     RerankRequestV2,
     RerankResponse,
 )
+from .metrics import CONTENT_TYPE_LATEST
 from .settings import Settings
 
 log = logging.getLogger("reranker.api")
@@ -48,14 +62,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "Too many documents, or the body is too large"),
         (422, "Malformed or invalid request"),
         (424, "The model failed while scoring"),
-        (429, "Too many requests queued"),
-        (503, "The model is not loaded (yet)"),
+        (429, "Too many requests queued; retry after the Retry-After header's seconds"),
+        (503, "The model is not loaded (yet), or the server is shutting down"),
+        (504, "The request did not finish within RERANKER_REQUEST_TIMEOUT"),
     )
 }
 
 
-def error_response(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"message": message, "type": kind}, status_code=status)
+def error_response(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"message": message, "type": kind}, status_code=status, headers=headers)
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -95,7 +112,10 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(http_status(exc), exc.message, exc.kind)
+        headers = None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(http_status(exc), exc.message, exc.kind, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,8 +161,9 @@ def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str]
 
 
 async def rerank(
-    request: Request, body: RerankRequestV1 | RerankRequestV2, version: str
+    request: Request, response: Response, body: RerankRequestV1 | RerankRequestV2, version: str
 ) -> RerankResponse:
+    arrived = time.perf_counter()
     settings = _settings(request)
     items = body.items()
     if len(items) > settings.max_documents:
@@ -155,17 +176,35 @@ async def rerank(
     state = request.app.state
     if state.status != "ok":
         raise NotReady(f"the model is {state.status}: {state.status_message or 'not ready'}")
+    tokenized: list[float] = []
+
+    def prepare():
+        started = time.perf_counter()
+        try:
+            return state.engine.prepare(
+                body.query, texts, body.instruction, body.max_tokens_per_doc
+            )
+        finally:
+            tokenized.append(time.perf_counter() - started)
+
     try:
-        scores = await state.scheduler.submit(
-            state.engine.score, body.query, texts, body.instruction, body.max_tokens_per_doc
-        )
+        outcome = await state.scheduler.run(prepare, settings.request_timeout)
     except ServiceError:
         raise
     except Exception as exc:  # the model's own failure: logged in full, answered without it
         log.exception("scoring failed")
         raise BackendError(f"the model failed while scoring: {type(exc).__name__}") from exc
 
-    values = scores.logits if body.raw_scores else [sigmoid(x) for x in scores.logits]
+    response.headers.update(
+        {
+            "x-compute-time": _ms(time.perf_counter() - arrived),
+            "x-tokenization-time": _ms(sum(tokenized)),
+            "x-queue-time": _ms(outcome.queue_seconds),
+            "x-inference-time": _ms(outcome.inference_seconds),
+            "x-compute-tokens": str(outcome.tokens),
+        }
+    )
+    values = outcome.scores if body.raw_scores else [sigmoid(x) for x in outcome.scores]
     order = sorted(range(len(values)), key=lambda i: (-values[i], i))
     if body.top_n is not None:
         order = order[: body.top_n]
@@ -182,9 +221,13 @@ async def rerank(
         meta={
             "api_version": {"version": version},
             "billed_units": {"search_units": -(-len(texts) // 100)},
-            "tokens": {"input_tokens": scores.tokens},
+            "tokens": {"input_tokens": outcome.tokens},
         },
     )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
 
 
 def build_router() -> APIRouter:
@@ -218,12 +261,15 @@ def build_router() -> APIRouter:
             max_length=engine_info.max_length,
             dtype=engine_info.dtype,
             device=engine_info.device,
+            architecture=engine_info.architecture,
             instruction=settings.instruction,
             limits=Limits(
                 max_documents=settings.max_documents,
                 max_body_bytes=settings.max_body_bytes,
                 max_queue=settings.max_queue,
                 batch_tokens=settings.batch_tokens,
+                batch_requests=settings.batch_requests,
+                request_timeout=settings.request_timeout,
             ),
             version=__version__,
         )
@@ -236,8 +282,10 @@ def build_router() -> APIRouter:
         responses=ERROR_RESPONSES,
         summary="Rerank documents (Cohere v1 shape)",
     )
-    async def rerank_default(request: Request, body: RerankRequestV1) -> RerankResponse:
-        return await rerank(request, body, "1")
+    async def rerank_default(
+        request: Request, response: Response, body: RerankRequestV1
+    ) -> RerankResponse:
+        return await rerank(request, response, body, "1")
 
     @router.post(
         "/v1/rerank",
@@ -247,8 +295,10 @@ def build_router() -> APIRouter:
         responses=ERROR_RESPONSES,
         summary="Rerank documents (Cohere v1)",
     )
-    async def rerank_v1(request: Request, body: RerankRequestV1) -> RerankResponse:
-        return await rerank(request, body, "1")
+    async def rerank_v1(
+        request: Request, response: Response, body: RerankRequestV1
+    ) -> RerankResponse:
+        return await rerank(request, response, body, "1")
 
     @router.post(
         "/v2/rerank",
@@ -258,8 +308,20 @@ def build_router() -> APIRouter:
         responses=ERROR_RESPONSES,
         summary="Rerank documents (Cohere v2)",
     )
-    async def rerank_v2(request: Request, body: RerankRequestV2) -> RerankResponse:
-        return await rerank(request, body, "2")
+    async def rerank_v2(
+        request: Request, response: Response, body: RerankRequestV2
+    ) -> RerankResponse:
+        return await rerank(request, response, body, "2")
+
+    @router.get(
+        "/metrics",
+        dependencies=protected,
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+        summary="Prometheus metrics: requests, latency, queue depth, batch sizes, tokens",
+    )
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -2,8 +2,13 @@
 
 The model loads in a background thread after the server starts listening, so /health answers
 503 `loading` at once (what a Kubernetes startup probe wants) and 200 once the model is ready;
-a failed load stays 503 `failed` with the reason. The engine and the request scheduler live on
-`app.state`; nothing is read from the environment here.
+a failed load (an unsupported architecture included) stays 503 `failed` with the reason. The
+engine, the request scheduler and the metrics live on `app.state`; nothing is read from the
+environment here.
+
+Shutdown is graceful: uvicorn stops accepting connections and waits (RERANKER_SHUTDOWN_TIMEOUT)
+for in-flight requests, whose documents the scheduler keeps scoring; only then does the
+lifespan close the scheduler and release the model.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from . import __version__
 from .api import BodySizeLimit, build_router, install_error_handlers
 from .batching import Scheduler
 from .engine import Engine, TransformersEngine
+from .metrics import Metrics, RequestMetrics
 from .settings import Settings
 
 log = logging.getLogger("reranker.app")
@@ -25,12 +31,21 @@ log = logging.getLogger("reranker.app")
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     engine = engine if engine is not None else TransformersEngine(settings)
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.status = "loading"
         app.state.status_message = None
-        app.state.scheduler = Scheduler(settings.max_queue)
+        scheduler = Scheduler(
+            engine,
+            max_queue=settings.max_queue,
+            token_budget=settings.batch_tokens,
+            batch_requests=settings.batch_requests,
+            on_pass=metrics.observe_pass,
+        )
+        app.state.scheduler = scheduler
+        metrics.track_queue(lambda: scheduler.depth)
         loader = asyncio.create_task(_load(app))
         try:
             yield
@@ -38,7 +53,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            app.state.scheduler.close()
+            await asyncio.to_thread(scheduler.close, max(settings.shutdown_timeout, 1.0))
             engine.stop()
 
     async def _load(app: FastAPI) -> None:
@@ -53,16 +68,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         log.info("ready: %s on %s", engine.info.model, engine.info.device)
 
     app = FastAPI(
-        title="Qwen3 reranker",
+        title="Reranker",
         version=__version__,
-        description="Qwen3-Reranker scores behind Cohere-compatible rerank endpoints (v1 and v2).",
+        description="Qwen3-Reranker and cross-encoder scores behind Cohere-compatible rerank "
+        "endpoints (v1 and v2), with Prometheus metrics at /metrics.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.metrics = metrics
     app.state.status = "loading"
     app.state.status_message = None
     install_error_handlers(app)
     app.include_router(build_router())
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMetrics,
+        metrics=metrics,
+        routes=lambda: {getattr(route, "path", "") for route in app.routes},
+    )
     return app

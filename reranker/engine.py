@@ -1,4 +1,5 @@
-"""The scoring engine: Qwen3-Reranker scores, exactly as the model card computes them, faster.
+"""The scoring engines: Qwen3-Reranker exactly as its model card computes it, faster, and
+classic cross-encoders; which one serves a model is read from its config.json.
 
 The model card's recipe builds, for every document,
 
@@ -12,14 +13,18 @@ gives the same numbers while removing work:
   <Document>:" and the per-document tail " {doc}". The Qwen3 pre-tokenizer always ends a
   pre-token after that colon (a punctuation run stops before a space), so the ids are those of
   the whole string; `tests/unit/test_reranker_prompt.py` checks it on random and unicode text.
-* The shared part (system prompt + head) runs once per request; its keys and values are
-  reused by every document.
-* Documents are packed, without padding, into passes under a token budget (see
-  `batching.plan_batches`): the linear layers run on one [tokens, hidden] matrix, attention
-  runs per document against the shared keys and values.
+* The shared part (system prompt + head) runs once per request and forward pass; its keys and
+  values, layer by layer, are read by every document of the request in that pass.
+* Documents of one or several requests are packed, without padding, into passes under a token
+  budget (see `batching.plan_pass`): the linear layers run on one [tokens, hidden] matrix,
+  attention runs per document against its request's shared keys and values, in chunks of
+  query rows so that a long document's attention scratch stays small.
 * In the last layer only each document's final token goes past attention, and the vocabulary
   projection is a single row, lm_head[yes] - lm_head[no]: the engine returns
   logit_yes - logit_no, and P(yes) = sigmoid of it.
+
+Nothing a pass computes outlives it, so the memory a pass needs is set by the token budget
+(and max_length, for a single document longer than the budget), not by the request.
 """
 
 from __future__ import annotations
@@ -27,16 +32,21 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
-from .batching import plan_batches
+from .batching import Prepared, plan_padded, score_alone
+from .errors import InvalidRequest
 from .settings import Settings
 
 log = logging.getLogger("reranker.engine")
+
+# Query rows per attention call: bounds the scratch of a long document's attention.
+ATTENTION_ROWS = 512
 
 PROMPT_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -60,10 +70,17 @@ class EngineInfo:
     device: str
     dtype: str
     max_length: int
+    architecture: str = "unknown"  # qwen3-reranker or cross-encoder, once loaded
 
 
 class Engine(Protocol):
-    """What the API needs from a scorer. `score` is called from one worker thread at a time."""
+    """What the service needs from a scorer.
+
+    `prepare` tokenizes one request (request threads, any number at once); `forward` runs one
+    pass over units of several prepared requests and returns their raw scores (the scheduler's
+    single worker thread). Raw scores are logit_yes - logit_no for Qwen3-Reranker and the
+    relevance logit for a cross-encoder; relevance_score is their sigmoid either way.
+    """
 
     info: EngineInfo
 
@@ -71,13 +88,15 @@ class Engine(Protocol):
 
     def stop(self) -> None: ...
 
-    def score(
+    def prepare(
         self,
         query: str,
         documents: list[str],
         instruction: str | None = None,
         max_tokens_per_doc: int | None = None,
-    ) -> Scores: ...
+    ) -> Prepared: ...
+
+    def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]: ...
 
 
 def sigmoid(x: float) -> float:
@@ -256,108 +275,98 @@ class PackedQwen3:
         act = F.silu(gate_up[:, : self.inter]).mul_(gate_up[:, self.inter :])
         return x.add_(F.linear(act, layer.mlp.down_proj.weight, layer.mlp.down_proj.bias))
 
-    def _attend(self, q, k, v, mask=None, causal=False) -> torch.Tensor:
+    def _attend(self, q, k, v, mask=None) -> torch.Tensor:
         """q [heads, n, d] against k, v [kv_heads, m, d] -> [n, heads, d]."""
         out = F.scaled_dot_product_attention(
             q[None],
             k[None],
             v[None],
             attn_mask=mask,
-            is_causal=causal,
             scale=self.scale,
             enable_gqa=self.heads != self.kv_heads,
         )
         return out[0].transpose(0, 1)
 
+    def _attend_causal(self, q, k, v, out) -> None:
+        """Rows q [heads, n, d] that follow the first m - n of k, v [kv_heads, m, d]: each
+        sees everything before it and itself. Written into out [n, heads, d].
+
+        Queries go in chunks of `ATTENTION_ROWS`, each against only the keys it can see, so
+        the attention scratch stays bounded by the chunk, however long the document.
+        """
+        n, m = q.shape[1], k.shape[1]
+        before = m - n
+        for r0 in range(0, n, ATTENTION_ROWS):
+            r1 = min(n, r0 + ATTENTION_ROWS)
+            seen = before + r1
+            out[r0:r1] = self._attend(
+                q[:, r0:r1], k[:, :seen], v[:, :seen], mask=causal_lower_right(r1 - r0, seen)
+            )
+
     def _o_proj(self, i: int, a: torch.Tensor) -> torch.Tensor:
         o = self.layers[i].self_attn.o_proj
         return F.linear(a.reshape(a.shape[0], -1), o.weight, o.bias)
 
-    def prefix_cache(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Keys and values of every layer for the shared ids: [kv_heads, len, head_dim] each."""
-        device = self.score_row.device
-        n = len(ids)
-        x = self.base.embed_tokens(torch.tensor(ids, device=device))
-        cos, sin = self._rope_tables(torch.arange(n, device=device), x)
-        cache = []
-        for i, layer in enumerate(self.layers):
-            qk, v = self._qkv(i, self._norm(x, layer.input_layernorm.weight), cos, sin)
-            q = qk[:, : self.heads].transpose(0, 1)
-            k = qk[:, self.heads :].transpose(0, 1).contiguous()
-            v = v.transpose(0, 1).contiguous()
-            cache.append((k, v))
-            if i == len(self.layers) - 1:
-                break  # the shared part's own output is never read
-            x = self._mlp(i, x.add_(self._o_proj(i, self._attend(q, k, v, causal=True))))
-        return cache
+    def score_pass(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+        """logit_yes - logit_no for each tail of each group, read after the group's shared ids.
 
-    def score_packed(
-        self, cache: list[tuple[torch.Tensor, torch.Tensor]], tails: list[list[int]]
-    ) -> torch.Tensor:
-        """logit_yes - logit_no for each tail, read after `cache`'s shared prefix."""
+        One forward pass: every group's shared ids and all tails are packed, without padding,
+        into one [rows, hidden] matrix for the linear layers. Attention runs per sequence:
+        the shared rows causally among themselves, each tail against its group's shared keys
+        and values of the same layer, then causally against itself. Nothing outlives the pass,
+        so its memory is set by its rows alone.
+        """
         device = self.score_row.device
-        shared = cache[0][0].shape[1]
-        lengths = [len(t) for t in tails]
-        total = sum(lengths)
-        ids = torch.tensor([t for tail in tails for t in tail], device=device)
-        starts = [0]
-        for n in lengths:
-            starts.append(starts[-1] + n)
-        last = torch.tensor(starts[1:], device=device) - 1
-        x = self.base.embed_tokens(ids)
-        positions = torch.cat([torch.arange(shared, shared + n, device=device) for n in lengths])
-        cos, sin = self._rope_tables(positions, x)
-        # Each document's keys and values sit right after a copy of the shared ones, so one
-        # contiguous slice feeds its attention: the prefix slots are refreshed per layer, the
-        # document slots are written by one index_copy_.
-        spans = [shared + n for n in lengths]
-        offsets = [0]
-        for n in spans:
-            offsets.append(offsets[-1] + n)
-        own = torch.cat(
-            [torch.arange(o + shared, o + s, device=device) for o, s in zip(offsets, spans)]
-        )
-        prefix_slots = torch.cat([torch.arange(o, o + shared, device=device) for o in offsets[:-1]])
-        keys = torch.empty(self.kv_heads, offsets[-1], self.head_dim, device=device, dtype=x.dtype)
-        values = torch.empty_like(keys)
-        # A document sees the whole prefix and, causally, itself.
-        masks = {
-            n: torch.ones(n, shared + n, dtype=torch.bool, device=device).tril(shared)
-            for n in set(lengths)
-        }
+        ids: list[int] = []
+        positions: list[torch.Tensor] = []
+        prefixes: list[tuple[int, int]] = []  # (start, length) of each group's shared rows
+        tails: list[tuple[int, int, int]] = []  # (group, start, length) of each tail
+        for g, (shared, group_tails) in enumerate(groups):
+            prefixes.append((len(ids), len(shared)))
+            ids += shared
+            positions.append(torch.arange(len(shared), device=device))
+            for tail in group_tails:
+                tails.append((g, len(ids), len(tail)))
+                ids += tail
+                positions.append(torch.arange(len(shared), len(shared) + len(tail), device=device))
+        x = self.base.embed_tokens(torch.tensor(ids, device=device))
+        cos, sin = self._rope_tables(torch.cat(positions), x)
+        last = torch.tensor([start + n - 1 for _, start, n in tails], device=device)
         final = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            pk, pv = cache[i]
             qk, v = self._qkv(i, self._norm(x, layer.input_layernorm.weight), cos, sin)
-            q = qk[:, : self.heads].transpose(0, 1)  # [heads, T, d]
-            keys.index_copy_(1, own, qk[:, self.heads :].transpose(0, 1))
-            values.index_copy_(1, own, v.transpose(0, 1))
-            keys.index_copy_(1, prefix_slots, pk.repeat(1, len(tails), 1))
-            values.index_copy_(1, prefix_slots, pv.repeat(1, len(tails), 1))
+            q = qk[:, : self.heads].transpose(0, 1)  # [heads, rows, d]
+            k = qk[:, self.heads :].transpose(0, 1).contiguous()  # [kv_heads, rows, d]
+            v = v.transpose(0, 1).contiguous()
             if i < final:
-                out = torch.empty(total, self.heads, self.head_dim, device=device, dtype=x.dtype)
-                for j, n in enumerate(lengths):
-                    s, e, o = starts[j], starts[j + 1], offsets[j]
-                    out[s:e] = self._attend(
-                        q[:, s:e],
-                        keys[:, o : o + spans[j]],
-                        values[:, o : o + spans[j]],
-                        mask=masks[n],
-                    )
+                out = torch.empty(x.shape[0], self.heads, self.head_dim, device=device, dtype=x.dtype)
+                for start, n in prefixes:
+                    span = slice(start, start + n)
+                    self._attend_causal(q[:, span], k[:, span], v[:, span], out[span])
+            else:  # the last layer only carries each tail's final row on
+                out = torch.empty(len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype)
+            for j, (g, start, n) in enumerate(tails):
+                p_start, p_len = prefixes[g]
+                if start == p_start + p_len:  # right after its shared rows: one slice
+                    keys, values = k[:, p_start : start + n], v[:, p_start : start + n]
+                else:
+                    keys = torch.cat([k[:, p_start : p_start + p_len], k[:, start : start + n]], 1)
+                    values = torch.cat([v[:, p_start : p_start + p_len], v[:, start : start + n]], 1)
+                if i < final:
+                    span = slice(start, start + n)
+                    self._attend_causal(q[:, span], keys, values, out[span])
+                else:
+                    out[j] = self._attend(q[:, start + n - 1 : start + n], keys, values)[0]
+            if i < final:
                 x = self._mlp(i, x.add_(self._o_proj(i, out)))
             else:
-                # Last layer: only each document's final token goes on.
-                out = torch.empty(
-                    len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype
-                )
-                for j in range(len(tails)):
-                    e, o = starts[j + 1], offsets[j]
-                    out[j] = self._attend(
-                        q[:, e - 1 : e], keys[:, o : o + spans[j]], values[:, o : o + spans[j]]
-                    )[0]
                 x = self._mlp(i, x[last] + self._o_proj(i, out))
         hidden = self._norm(x, self.base.norm.weight)
-        return hidden.float() @ self.score_row.float() + self.score_bias
+        scores = (hidden.float() @ self.score_row.float() + self.score_bias).cpu().tolist()
+        result: list[list[float]] = [[] for _ in groups]
+        for (g, _, _), score in zip(tails, scores):
+            result[g].append(score)
+        return result
 
 
 # --- the engine ----------------------------------------------------------------------------
@@ -377,8 +386,171 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+class UnsupportedModel(ValueError):
+    """The model's config.json names an architecture this service cannot score with."""
+
+
+QWEN3_RERANKER = "qwen3-reranker"
+CROSS_ENCODER = "cross-encoder"
+
+
+def choose_backend(config) -> str:
+    """Which scorer fits a model, from its config.json: `architectures` and `num_labels`.
+
+    Qwen3ForCausalLM is a Qwen3-Reranker (the yes/no prompt); any *ForSequenceClassification
+    with a single label is a classic cross-encoder (bge-reranker-v2-m3, ms-marco MiniLM, ...).
+    Anything else is refused with the reason, rather than scored with the wrong recipe.
+    """
+    architectures = list(getattr(config, "architectures", None) or [])
+    if "Qwen3ForCausalLM" in architectures:
+        return QWEN3_RERANKER
+    classifiers = [a for a in architectures if a.endswith("ForSequenceClassification")]
+    if classifiers:
+        if config.num_labels != 1:
+            raise UnsupportedModel(
+                f"{classifiers[0]} has num_labels={config.num_labels}; a cross-encoder reranker "
+                "has a single relevance logit (num_labels=1)"
+            )
+        return CROSS_ENCODER
+    named = ", ".join(architectures) or f"none (model_type={getattr(config, 'model_type', None)})"
+    raise UnsupportedModel(
+        f"unsupported architecture: {named}. Supported: Qwen3ForCausalLM (Qwen3-Reranker) and "
+        "*ForSequenceClassification with num_labels=1 (cross-encoders such as "
+        "BAAI/bge-reranker-v2-m3 or cross-encoder/ms-marco-MiniLM-L-6-v2)"
+    )
+
+
+class Qwen3Reranker:
+    """Qwen3-Reranker: the model card's prompt, scored by `PackedQwen3`."""
+
+    kind = QWEN3_RERANKER
+
+    def __init__(self, settings: Settings, device: str, dtype: torch.dtype):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.settings = settings
+        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+        model.to(device).eval()
+        self.max_length = settings.max_length
+        self.prompt = Qwen3Prompt(tokenizer, settings.max_length)
+        self.packed = PackedQwen3(
+            model, tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+        )
+
+    def prepare(self, query, documents, instruction, max_tokens_per_doc) -> Prepared:
+        ids = self.prompt.build(
+            query, documents, instruction or self.settings.instruction, max_tokens_per_doc
+        )
+        # Identical tails (duplicate documents, or all documents once the head fills the
+        # budget) are scored once.
+        unique: dict[tuple[int, ...], int] = {}
+        slot = [unique.setdefault(tuple(t), len(unique)) for t in ids.tails]
+        tails = [list(t) for t in unique]
+        return Prepared(
+            shared=len(ids.shared),
+            costs=[len(t) for t in tails],
+            slot=slot,
+            tokens=len(ids.shared) + sum(len(t) for t in ids.tails),
+            payload=(ids.shared, tails),
+        )
+
+    def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:
+        groups = [(p.payload[0], [p.payload[1][u] for u in units]) for p, units in parts]
+        return self.packed.score_pass(groups)
+
+
+class CrossEncoder:
+    """A sequence-classification reranker: (query, document) pairs through the encoder, the
+    single logit as the raw score, as sentence-transformers' CrossEncoder and FlagEmbedding
+    compute it (pairs truncated longest-first to the model's maximum length)."""
+
+    kind = CROSS_ENCODER
+
+    def __init__(self, settings: Settings, device: str, dtype: torch.dtype, config):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.settings = settings
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                settings.model, dtype=dtype, attn_implementation="sdpa"
+            )
+        except ValueError:  # an architecture without an SDPA implementation
+            model = AutoModelForSequenceClassification.from_pretrained(settings.model, dtype=dtype)
+        self.model = model.to(device).eval()
+        self.max_length = min(settings.max_length, self._model_limit(config))
+
+    def _model_limit(self, config) -> int:
+        limits = []
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions:
+            # RoBERTa-style position ids start after the padding index.
+            if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+                positions -= (config.pad_token_id or 0) + 1
+            limits.append(positions)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if tokenizer_limit and tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        return min(limits) if limits else self.settings.max_length
+
+    def _cut(self, documents: list[str], limit: int) -> list[str]:
+        """Each document cut after its first `limit` tokens, at that token's last character."""
+        enc = self.tokenizer(documents, add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            doc if len(ids) <= limit else doc[: offsets[limit - 1][1]]
+            for doc, ids, offsets in zip(documents, enc["input_ids"], enc["offset_mapping"])
+        ]
+
+    def prepare(self, query, documents, instruction, max_tokens_per_doc) -> Prepared:
+        if instruction is not None:
+            raise InvalidRequest(
+                "instruction: this model is a cross-encoder and takes no instruction; "
+                "leave the field out"
+            )
+        if max_tokens_per_doc is not None:
+            documents = self._cut(documents, max_tokens_per_doc)
+        enc = self.tokenizer(
+            [query] * len(documents), documents, truncation=True, max_length=self.max_length
+        )
+        types = enc.get("token_type_ids") or [None] * len(documents)
+        unique: dict[tuple, int] = {}
+        slot = [
+            unique.setdefault((tuple(ids), tuple(t) if t else None), len(unique))
+            for ids, t in zip(enc["input_ids"], types)
+        ]
+        pairs = list(unique)
+        return Prepared(
+            shared=0,
+            costs=[len(ids) for ids, _ in pairs],
+            slot=slot,
+            tokens=sum(len(ids) for ids in enc["input_ids"]),
+            payload=pairs,
+        )
+
+    def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:
+        pairs = [p.payload[u] for p, units in parts for u in units]
+        scores = [0.0] * len(pairs)
+        for batch in plan_padded(
+            [len(ids) for ids, _ in pairs], self.settings.batch_tokens
+        ):
+            features = {"input_ids": [list(pairs[i][0]) for i in batch]}
+            if pairs[batch[0]][1] is not None:
+                features["token_type_ids"] = [list(pairs[i][1]) for i in batch]
+            inputs = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
+            logits = self.model(**inputs).logits[:, 0].float().cpu().tolist()
+            for i, value in zip(batch, logits):
+                scores[i] = value
+        out, at = [], 0
+        for _, units in parts:
+            out.append(scores[at : at + len(units)])
+            at += len(units)
+        return out
+
+
 class TransformersEngine:
-    """Loads the model with transformers and scores with `PackedQwen3`."""
+    """Loads the model with transformers; the scorer is chosen from the model's config.json."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -390,30 +562,54 @@ class TransformersEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             max_length=settings.max_length,
         )
-        self._lock = threading.Lock()
-        self.prompt: Qwen3Prompt | None = None
-        self.packed: PackedQwen3 | None = None
+        self._tokenize = threading.Lock()
+        self.backend: Qwen3Reranker | CrossEncoder | None = None
 
     def start(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        log.info("loading %s on %s (%s)", self.settings.model, self.info.device, self.info.dtype)
-        tokenizer = AutoTokenizer.from_pretrained(self.settings.model)
-        model = AutoModelForCausalLM.from_pretrained(self.settings.model, dtype=self.dtype)
-        model.to(self.info.device).eval()
-        yes_id = tokenizer.convert_tokens_to_ids("yes")
-        no_id = tokenizer.convert_tokens_to_ids("no")
-        self.prompt = Qwen3Prompt(tokenizer, self.settings.max_length)
-        self.packed = PackedQwen3(model, yes_id, no_id)
+        config = AutoConfig.from_pretrained(self.settings.model)
+        kind = choose_backend(config)
+        log.info(
+            "loading %s (%s) on %s (%s)", self.settings.model, kind, self.info.device, self.info.dtype
+        )
+        if kind == QWEN3_RERANKER:
+            backend = Qwen3Reranker(self.settings, self.info.device, self.dtype)
+        else:
+            backend = CrossEncoder(self.settings, self.info.device, self.dtype, config)
+        self.backend = backend
+        self.info = replace(self.info, max_length=backend.max_length, architecture=kind)
         log.info("model ready")
 
     def stop(self) -> None:
-        self.packed = None
-        self.prompt = None
+        self.backend = None
         if self.info.device == "cuda":
             torch.cuda.empty_cache()
+
+    def _started(self) -> Qwen3Reranker | CrossEncoder:
+        if self.backend is None:
+            raise RuntimeError("engine not started")
+        return self.backend
+
+    def prepare(
+        self,
+        query: str,
+        documents: list[str],
+        instruction: str | None = None,
+        max_tokens_per_doc: int | None = None,
+    ) -> Prepared:
+        """Tokenize one request; safe to call from request threads while `forward` runs."""
+        backend = self._started()
+        with self._tokenize:
+            return backend.prepare(query, documents, instruction, max_tokens_per_doc)
+
+    def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:
+        """One pass: raw scores for the given units of each prepared request. One caller."""
+        backend = self._started()
+        with torch.inference_mode():
+            return backend.forward(parts)
 
     def score(
         self,
@@ -422,24 +618,7 @@ class TransformersEngine:
         instruction: str | None = None,
         max_tokens_per_doc: int | None = None,
     ) -> Scores:
-        if self.packed is None or self.prompt is None:
-            raise RuntimeError("engine not started")
-        with self._lock, torch.inference_mode():
-            return self._score(
-                query, documents, instruction or self.settings.instruction, max_tokens_per_doc
-            )
-
-    def _score(self, query, documents, instruction, max_tokens_per_doc) -> Scores:
-        ids = self.prompt.build(query, documents, instruction, max_tokens_per_doc)
-        # Identical tails (duplicate documents, or all documents once the head fills the
-        # budget) are scored once.
-        unique: dict[tuple[int, ...], int] = {}
-        slot = [unique.setdefault(tuple(t), len(unique)) for t in ids.tails]
-        tails = [list(t) for t in unique]
-        cache = self.packed.prefix_cache(ids.shared)
-        results = torch.empty(len(tails), dtype=torch.float32)
-        for batch in plan_batches([len(t) for t in tails], self.settings.batch_tokens):
-            results[batch] = self.packed.score_packed(cache, [tails[i] for i in batch]).cpu()
-        per_doc = results.tolist()
-        tokens = len(ids.shared) + sum(len(t) for t in ids.tails)
-        return Scores(logits=[per_doc[s] for s in slot], tokens=tokens)
+        """One request on its own, in passes under the token budget (no scheduler)."""
+        prepared = self.prepare(query, documents, instruction, max_tokens_per_doc)
+        logits = score_alone(self, prepared, self.settings.batch_tokens)
+        return Scores(logits=logits, tokens=prepared.tokens)

@@ -38,9 +38,19 @@ class Unauthorized(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """The request queue is full; the client should retry later."""
+    """The request queue is full; the client should retry after `retry_after` seconds."""
 
     kind = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Timeout(ServiceError):
+    """The request was not scored within the configured timeout (queue wait included)."""
+
+    kind = "timeout"
 
 
 class NotReady(ServiceError):
@@ -55,13 +65,15 @@ class BackendError(ServiceError):
     kind = "backend"
 
 
-# TEI's convention: 413 too large, 422 unprocessable, 424 backend, 429 overloaded, 503 not ready.
+# TEI's convention: 413 too large, 422 unprocessable, 424 backend, 429 overloaded, 503 not ready;
+# and 504 for a request that ran out of time.
 STATUS_BY_KIND: dict[str, int] = {
     InvalidRequest.kind: 422,
     PayloadTooLarge.kind: 413,
     Unauthorized.kind: 401,
     Overloaded.kind: 429,
     NotReady.kind: 503,
+    Timeout.kind: 504,
     BackendError.kind: 424,
     ServiceError.kind: 424,
 }

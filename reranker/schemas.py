@@ -39,12 +39,14 @@ class _RerankCommon(_Body):
     )
     instruction: str | None = Field(
         None,
-        description="Task instruction of the Qwen3-Reranker prompt; default: the server's.",
+        description="Task instruction of the Qwen3-Reranker prompt; default: the server's. "
+        "A cross-encoder takes none (422).",
         examples=["Given a web search query, retrieve relevant passages that answer the query"],
     )
     raw_scores: bool = Field(
         False,
-        description="Return logit(yes) - logit(no) instead of the probability P(yes) in [0, 1].",
+        description="Return the raw score (logit(yes) - logit(no) for Qwen3-Reranker, the logit "
+        "for a cross-encoder) instead of its sigmoid in [0, 1].",
     )
 
 
@@ -103,7 +105,9 @@ class RankedDocument(BaseModel):
 class RerankResult(BaseModel):
     index: int = Field(..., description="Position of the document in the request.")
     relevance_score: float = Field(
-        ..., description="P(yes) in [0, 1]; logit(yes) - logit(no) with raw_scores."
+        ...,
+        description="In [0, 1]: P(yes) for Qwen3-Reranker, the sigmoid of the logit for a "
+        "cross-encoder. With raw_scores: logit(yes) - logit(no), or the logit.",
     )
     document: dict[str, Any] | None = Field(
         None, description="The document, when return_documents is true."
@@ -146,6 +150,8 @@ class Limits(BaseModel):
     max_body_bytes: int
     max_queue: int
     batch_tokens: int
+    batch_requests: bool = Field(..., description="Documents of concurrent requests share passes.")
+    request_timeout: float = Field(..., description="Seconds a request may take (504 past it).")
 
 
 class Info(BaseModel):
@@ -153,7 +159,10 @@ class Info(BaseModel):
     max_length: int
     dtype: str
     device: str
-    instruction: str
+    architecture: str = Field(
+        ..., description="qwen3-reranker or cross-encoder, from the model's config.json."
+    )
+    instruction: str = Field(..., description="Default instruction (Qwen3-Reranker only).")
     limits: Limits
     version: str
 

@@ -37,14 +37,35 @@ class Settings(BaseSettings):
         description="Tokens per (prompt + document) pair; longer documents are truncated.",
     )
     batch_tokens: int = Field(
-        8192, ge=256, description="Token budget of one forward pass; documents are packed under it."
+        8192,
+        ge=256,
+        description="Token budget of one forward pass: documents of one or more requests, and "
+        "their shared prompt, are packed under it. It bounds the memory scoring needs.",
     )
     max_documents: int = Field(1000, ge=1, description="Documents per request; more is a 413.")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Request body size limit; larger is a 413."
     )
     max_queue: int = Field(
-        64, ge=1, description="Requests waiting for the model; when the queue is full, 429."
+        64,
+        ge=1,
+        description="Requests queued or being scored at once; one more is answered 429 with "
+        "Retry-After.",
+    )
+    batch_requests: bool = Field(
+        True,
+        description="Batch documents of concurrent requests into the same forward passes; "
+        "false scores one request at a time (the load benchmark's baseline).",
+    )
+    request_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a request may take, queueing included; past it the answer is 504.",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, seconds to finish in-flight requests before closing them.",
     )
     instruction: str = Field(
         DEFAULT_INSTRUCTION, description="Instruction used when a request gives none."

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from tests.qwen_models import shared_tiny_model  # noqa: E402
 
 from reranker.app import create_app  # noqa: E402
-from reranker.engine import EngineInfo, Scores  # noqa: E402
+from reranker.batching import Prepared  # noqa: E402
+from reranker.engine import EngineInfo  # noqa: E402
 from reranker.settings import Settings  # noqa: E402
 
 
@@ -34,7 +35,12 @@ def free_port() -> int:
 
 
 class FakeEngine:
-    """Scores = number of query words in the document minus 1 (as logit_yes - logit_no)."""
+    """Scores = number of query words in the document minus 1 (as logit_yes - logit_no).
+
+    Implements the engine protocol (`prepare`, `forward`): a document costs its word count plus
+    one token, requests share nothing. `passes` records each forward pass as a list of
+    (query, documents) per request in it. Can be told to load slowly, fail, or block.
+    """
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class FakeEngine:
         self.score_gate = score_gate
         self.scoring = threading.Event()
         self.calls: list[tuple] = []
+        self.passes: list[list[tuple[str, list[str]]]] = []
         self.stopped = False
 
     def start(self) -> None:
@@ -64,16 +71,32 @@ class FakeEngine:
     def stop(self) -> None:
         self.stopped = True
 
-    def score(self, query, documents, instruction=None, max_tokens_per_doc=None) -> Scores:
+    def prepare(self, query, documents, instruction=None, max_tokens_per_doc=None) -> Prepared:
         self.calls.append((query, list(documents), instruction, max_tokens_per_doc))
+        costs = [len(d.split()) + 1 for d in documents]
+        return Prepared(
+            shared=0,
+            costs=costs,
+            slot=list(range(len(documents))),
+            tokens=sum(costs),
+            payload=(query, list(documents)),
+        )
+
+    def forward(self, parts):
+        self.passes.append([(p.payload[0], [p.payload[1][u] for u in units]) for p, units in parts])
         self.scoring.set()
         if self.score_gate is not None:
             self.score_gate.wait(30)
         if self.fail_score:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (secret detail)")
-        words = set(query.lower().split())
-        logits = [float(len(words & set(d.lower().split()))) - 1.0 for d in documents]
-        return Scores(logits=logits, tokens=sum(len(d.split()) for d in documents))
+        out = []
+        for prepared, units in parts:
+            query, documents = prepared.payload
+            words = set(query.lower().split())
+            out.append(
+                [float(len(words & set(documents[u].lower().split()))) - 1.0 for u in units]
+            )
+        return out
 
 
 class RunningServer:

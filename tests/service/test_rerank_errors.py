@@ -115,15 +115,15 @@ def test_engine_failure_is_424_without_internals_and_the_server_lives_on(serve):
         assert client.get("/health").status_code == 200
 
 
-def test_a_full_queue_is_429(serve):
-    """max_queue=1: one request runs, one waits, the next is refused at once."""
+def test_a_full_queue_is_429_with_retry_after(serve):
+    """max_queue=2: one request is scored, one waits, the next is refused at once."""
     from reranker.app import create_app
 
     from .conftest import RunningServer, free_port
 
     gate = threading.Event()
     engine = FakeEngine(score_gate=gate)
-    server = RunningServer(create_app(Settings(max_queue=1), engine), free_port()).start()
+    server = RunningServer(create_app(Settings(max_queue=2), engine), free_port()).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             wait_ready(client)
@@ -138,9 +138,10 @@ def test_a_full_queue_is_429(serve):
             waiting = threading.Thread(target=post, args=("waiting",))
             waiting.start()
             deadline = time.monotonic() + 10
-            while server.app.state.scheduler.depth < 1 and time.monotonic() < deadline:
+            while server.app.state.scheduler.depth < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             refused = client.post("/v1/rerank", json=REQUEST)
+            depth = client.get("/metrics").text
             gate.set()
             running.join(10)
             waiting.join(10)
@@ -149,6 +150,8 @@ def test_a_full_queue_is_429(serve):
         server.stop()
     assert refused.status_code == 429
     assert refused.json()["type"] == "overloaded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "reranker_queue_depth 2.0" in depth
     assert results["running"].status_code == 200
     assert results["waiting"].status_code == 200
 
