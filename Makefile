@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test test-unit cluster-up cluster-down tools bench clean
+.PHONY: setup test test-unit cluster-up cluster-down tools bench clean demo
 
 ## setup: create .venv and install the project with its test dependencies
 setup: $(VENV)/.installed
@@ -27,6 +27,11 @@ cluster-up:
 	tests/cluster/cluster.sh up
 cluster-down:
 	tests/cluster/cluster.sh down
+
+## demo: the simulated cluster, the chart, the examples, the operator and the reranker with the
+## README's curl examples, no Docker needed (KEEP=1 leaves the cluster up; DEMO_ARGS=--help)
+demo: setup
+	$(PY) demo/demo.py $(DEMO_ARGS)
 
 ## tools: helm and kubectl into .cache/bin
 tools:
