@@ -82,9 +82,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_router())
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    app.add_middleware(
-        RequestMetrics,
-        metrics=metrics,
-        routes=lambda: {getattr(route, "path", "") for route in app.routes},
-    )
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -481,6 +481,9 @@ class CrossEncoder:
             model = AutoModelForSequenceClassification.from_pretrained(settings.model, dtype=dtype)
         self.model = model.to(device).eval()
         self.max_length = min(settings.max_length, self._model_limit(config))
+        # Segment ids only where the model has more than one segment embedding (BERT, not
+        # XLM-R): a tokenizer may emit them either way.
+        self.token_types = (getattr(config, "type_vocab_size", 0) or 0) > 1
 
     def _model_limit(self, config) -> int:
         limits = []
@@ -514,7 +517,8 @@ class CrossEncoder:
         enc = self.tokenizer(
             [query] * len(documents), documents, truncation=True, max_length=self.max_length
         )
-        types = enc.get("token_type_ids") or [None] * len(documents)
+        types = enc.get("token_type_ids") if self.token_types else None
+        types = types or [None] * len(documents)
         unique: dict[tuple, int] = {}
         slot = [
             unique.setdefault((tuple(ids), tuple(t) if t else None), len(unique))

