@@ -1,0 +1,173 @@
+"""`make demo` on the session's cluster: every example is listed with its variant, the nodes its
+pods run on and its endpoint; pods that cannot run are explained; the README's curl examples
+answer with ranked relevance scores; and afterwards nothing the demo started is left running,
+while the cluster it found running is left as it was.
+
+The demo uses the cluster of the `cluster` fixture (the running local control plane, or the
+user's through --kubeconfig), so it starts and stops no cluster here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+
+import pytest
+import yaml
+
+from control_plane import CLUSTER_SH, ROOT, Cluster
+
+# demo/demo.py is a script, not a package: load it by path.
+_spec = importlib.util.spec_from_file_location("demo_script", ROOT / "demo" / "demo.py")
+demo_script = sys.modules["demo_script"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_script)
+example_modelservices = demo_script.example_modelservices
+free_port = demo_script.free_port
+readme_curl_commands = demo_script.readme_curl_commands
+
+pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
+
+VARIANTS = yaml.safe_load((ROOT / "charts" / "embedding-images" / "files" / "variants.yaml").read_text())
+GPU_VARIANTS = {v["name"] for v in VARIANTS["variants"] if v["gpu"]}
+
+
+@pytest.fixture(scope="module")
+def demo_run(cluster: Cluster) -> dict:
+    namespace = f"demo-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    args = ["--namespace", namespace, "--release", namespace, "--port", str(port)]
+    if not cluster.local:
+        args += ["--kubeconfig", str(cluster.kubeconfig)]
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "-s", "demo", f"DEMO_ARGS={shlex.join(args)}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    yield {"proc": proc, "out": output, "namespace": namespace, "port": port}
+    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
+
+
+def block(out: str, start: str, end: str) -> str:
+    assert start in out, f"the demo printed no '{start}':\n{out[-3000:]}"
+    return out.split(start, 1)[1].split(end, 1)[0]
+
+
+def table(text: str) -> dict[str, dict[str, str]]:
+    """A kubectl-style table (columns aligned under the header) by its first column."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith(" ") or not re.match(r"[a-z0-9]", line):
+            break
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [len(line) + 1])]
+        rows[cells[0]] = dict(zip(names, cells))
+    return rows
+
+
+def test_make_demo_succeeds(demo_run):
+    proc = demo_run["proc"]
+    assert proc.returncode == 0, demo_run["out"][-5000:]
+    assert re.search(r"demo finished in \d+ s", demo_run["out"])
+    for step in range(1, 9):
+        assert f"==> [{step}/8]" in demo_run["out"]
+
+
+def test_every_example_is_listed_with_its_variant_and_endpoint(demo_run):
+    namespace = demo_run["namespace"]
+    wide = table(block(demo_run["out"], f"kubectl get modelservices -n {namespace} -o wide\n", "\nWhere"))
+    for _, doc in example_modelservices():
+        name, spec = doc["metadata"]["name"], doc["spec"]
+        row = wide.get(name)
+        assert row, f"{name} missing from kubectl get modelservices -o wide:\n{wide}"
+        if spec.get("accelerator", "auto") == "auto":
+            assert row["VARIANT"] in GPU_VARIANTS | ({"cpu"} if spec.get("fallbackToCPU") else set())
+        else:
+            assert row["VARIANT"] == spec["accelerator"]
+        assert row["ENDPOINT"] == f"http://{name}.{namespace}.svc.cluster.local:{spec.get('port', 8080)}"
+        assert row["IMAGE"].endswith(
+            next(v["teiTag"] if spec["task"] == "embed" else v["rerankerTag"]
+                 for v in VARIANTS["variants"] if v["name"] == row["VARIANT"]))
+        if product := (spec.get("gpu") or {}).get("product"):
+            assert json.loads(row["NODE-SELECTOR"]) == {"nvidia.com/gpu.product": product}
+
+
+def test_every_example_shows_the_nodes_its_pods_run_on_or_why_not(demo_run, cluster):
+    placed = table(block(demo_run["out"], "Where the pods run:\n", "\n\n"))
+    gpu_nodes = {n["metadata"]["name"]: n["metadata"]["labels"].get("nvidia.com/gpu.product")
+                 for n in cluster.get("nodes")["items"]}
+    pending = demo_run["out"].split("Not running", 1)[1] if "Not running" in demo_run["out"] else ""
+    for _, doc in example_modelservices():
+        name, spec = doc["metadata"]["name"], doc["spec"]
+        row = placed[name]
+        nodes = [re.sub(r" \(.*\)$", "", n) for n in row["NODES"].split(", ")]
+        assert all(n in gpu_nodes for n in nodes), f"{name}: {row['NODES']}"
+        if row["VARIANT"] == "cpu":
+            assert all(gpu_nodes[n] is None for n in nodes), f"{name} is on a GPU node: {row['NODES']}"
+        else:
+            assert all(gpu_nodes[n] for n in nodes), f"{name} is not on a GPU node: {row['NODES']}"
+        if product := (spec.get("gpu") or {}).get("product"):
+            assert all(gpu_nodes[n] == product for n in nodes), f"{name}: {row['NODES']}"
+        ready, wanted = (int(x) for x in row["READY"].split("/"))
+        if ready < wanted:
+            assert re.search(rf"{re.escape(name)}: pod \S+ is Pending: 0/\d+ nodes are available", pending), \
+                f"{name} is {row['READY']} ready and the demo does not say why:\n{pending}"
+
+
+def test_the_readme_curl_examples_answer_with_ranked_relevance_scores(demo_run):
+    out, port = demo_run["out"], demo_run["port"]
+    commands = readme_curl_commands((ROOT / "README.md").read_text())
+    answers = []
+    for command in commands:
+        shown = "$ " + command.replace("localhost:8000/", f"localhost:{port}/")
+        assert shown in out, f"the demo did not run {command}"
+        body, status = out.split(shown + "\n", 1)[1].split("\n")[:2]
+        assert status.startswith("HTTP 200"), (command, body, status)
+        answers.append((command, json.loads(body)))
+    reranks = [(c, a) for c, a in answers if "rerank" in c]
+    assert reranks, "README has no rerank curl example"
+    for command, answer in reranks:
+        request = json.loads(shlex.split(command)[-1])
+        documents = request.get("documents") or request.get("texts")
+        results = answer["results"]
+        assert len(results) == min(request.get("top_n", len(documents)), len(documents))
+        scores = [r["relevance_score"] for r in results]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+        assert len({r["index"] for r in results}) == len(results)
+        for r in results:
+            if request.get("return_documents", True):
+                assert r["document"]["text"] == documents[r["index"]]
+            else:
+                assert "document" not in r
+        for rank, r in enumerate(results, 1):  # the readable summary under each answer
+            assert f"#{rank}: document {r['index']}, relevance_score {r['relevance_score']:.4f}" in out
+    health = [a for c, a in answers if c.rstrip().endswith("/health")]
+    assert health and health[0]["status"] == "ok"
+
+
+def test_the_demo_stops_what_it_started_and_leaves_the_cluster_as_found(demo_run, cluster):
+    out, namespace = demo_run["out"], demo_run["namespace"]
+    pids = {name: int(pid) for name, pid in re.findall(r"^    (operator|reranker): pid (\d+)", out, re.M)}
+    assert set(pids) == {"operator", "reranker"}, out[-3000:]
+    for name, pid in pids.items():
+        assert f"stopped the {name} (pid {pid})" in out
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the demo waited for it: gone, not even a zombie
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", demo_run["port"]), timeout=2).close()
+    assert "the cluster stays as it was found" in out
+    assert cluster.kubectl("get", "nodes").returncode == 0
+    if cluster.local:
+        assert subprocess.run([str(CLUSTER_SH), "status"], cwd=ROOT, capture_output=True).returncode == 0
+    phase = cluster.kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}", check=False)
+    assert phase.returncode != 0 or phase.stdout == "Terminating", "the demo left its namespace behind"
+    releases = subprocess.run(["helm", "list", "-n", namespace, "-q"], env=cluster.env,
+                              capture_output=True, text=True).stdout.split()
+    assert namespace not in releases
