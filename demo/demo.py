@@ -370,12 +370,14 @@ class Demo:
                            {**self.env, "KUBECONFIG": str(kubeconfig)}, log)
         names = [d["metadata"]["name"] for d in docs]
         last: list[str] = []
+        waiting: dict[str, dict[str, Any]] = {}
 
         def probe() -> bool:
             nonlocal last
             items = {m["metadata"]["name"]: m for m in self.get("modelservices", "-n", self.namespace)["items"]}
             pods = self.get("pods", "-n", self.namespace)["items"]
             done, line = [], []
+            waiting.clear()
             for name in names:
                 ms = items.get(name, {"metadata": {}})
                 selector = (ms.get("status") or {}).get("selector", "")
@@ -383,14 +385,36 @@ class Demo:
                 own = [p for p in pods if wanted and wanted.items() <= p["metadata"].get("labels", {}).items()]
                 if ms.get("status") and settled(ms, own):
                     done.append(name)
+                else:
+                    waiting[name] = ms
                 line.append(f"{name}: {(ms.get('status') or {}).get('phase', 'waiting')}")
             if line != last:
                 self.progress.say(f"{len(done)}/{len(names)} settled: " + ", ".join(line))
                 last = line
             return len(done) == len(names)
 
-        self.wait("every ModelService to be Ready or explained", probe, self.timeout, alive=("operator", log))
+        try:
+            self.wait("every ModelService to be Ready or explained", probe, self.timeout, alive=("operator", log))
+        except DemoError as exc:
+            raise DemoError(f"{exc}\n{self.explain_waiting(waiting)}") from None
         self.progress.done()
+
+    def explain_waiting(self, waiting: dict[str, dict[str, Any]]) -> str:
+        """What each unsettled ModelService's status says, beside what its Deployment says."""
+        lines = ["still waiting for:"]
+        for name, ms in waiting.items():
+            status = ms.get("status") or {}
+            ready = condition(ms, "Ready")
+            deployment = self.kubectl("get", "deployment", name, "-n", self.namespace, "-o", "json",
+                                      what="the Deployment", check=False)
+            if deployment.returncode == 0:
+                d = json.loads(deployment.stdout).get("status") or {}
+                live = f"its Deployment has {d.get('readyReplicas', 0)}/{d.get('replicas', 0)} pods ready"
+            else:
+                live = "it has no Deployment"
+            lines.append(f"  {name}: status {status.get('phase', 'not written')} {status.get('ready', '')} "
+                         f"({ready.get('reason', '-')}: {ready.get('message', '')}); {live}")
+        return "\n".join(lines)
 
     def show(self, docs: list[dict[str, Any]]) -> None:
         self.progress.step(f"kubectl get modelservices -n {self.namespace} -o wide")
@@ -520,7 +544,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--release", default="demo", help="Helm release name")
     parser.add_argument("--port", type=int, default=None,
                         help=f"reranker port (default {README_PORT}, the README's; a free one when it is taken)")
-    parser.add_argument("--timeout", type=float, default=180,
+    parser.add_argument("--timeout", type=float, default=120,
                         help="seconds the ModelServices may take to be Ready")
     parser.add_argument("--kubeconfig", type=Path, default=None,
                         help="use this cluster instead of the simulated one; nothing is started or stopped")
@@ -542,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: ERROR: --kubeconfig {args.kubeconfig} does not exist", file=sys.stderr)
         return 2
     demo = Demo(namespace=args.namespace, release=args.release, port=port, keep=args.keep,
-                timeout=args.timeout, kubeconfig=args.kubeconfig)
+                timeout=args.timeout, kubeconfig=args.kubeconfig and args.kubeconfig.resolve())
     print("embedding-images demo: the chart, the operator and the examples on a simulated cluster, "
           "and the reranker on this machine", flush=True)
     if port != README_PORT and args.port is None:

@@ -1,0 +1,73 @@
+"""`make demo`'s own logic, without a cluster: when it stops waiting for the ModelServices, which
+README commands it runs, and that bad arguments stop it before it starts anything."""
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("demo_script", ROOT / "demo" / "demo.py")
+demo = sys.modules["demo_script"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+
+def modelservice(phase=None, reason=None, generation=1, observed=1):
+    ms = {"metadata": {"generation": generation}, "status": {"observedGeneration": observed}}
+    if phase:
+        ms["status"]["phase"] = phase
+    if reason:
+        ms["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": reason}]
+    return ms
+
+
+def pod(ready=False, unschedulable=None):
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                           "message": unschedulable})
+    return {"status": {"conditions": conditions}}
+
+
+def test_a_ready_modelservice_is_settled_only_for_its_current_generation():
+    assert demo.settled(modelservice("Ready"), [pod(ready=True)])
+    assert not demo.settled(modelservice("Ready", generation=2, observed=1), [pod(ready=True)])
+
+
+def test_pods_still_starting_keep_the_demo_waiting():
+    assert not demo.settled(modelservice("Progressing", "ReplicasNotReady"), [pod(ready=True), pod()])
+
+
+def test_a_pod_the_scheduler_cannot_place_ends_the_wait_with_its_reason():
+    message = ("0/7 nodes are available: 1 Insufficient nvidia.com/gpu, 6 node(s) didn't match Pod's "
+               "node affinity/selector. preemption: 0/7 nodes are available: ...")
+    pending = pod(unschedulable=message)
+    assert demo.settled(modelservice("Progressing", "ReplicasNotReady"), [pod(ready=True), pending])
+    assert demo.unschedulable_reason(pending) == (
+        "0/7 nodes are available: 1 Insufficient nvidia.com/gpu, 6 node(s) didn't match Pod's "
+        "node affinity/selector.")
+
+
+def test_a_refused_modelservice_ends_the_wait():
+    assert demo.settled(modelservice("Pending", "NoMatchingGPUNodes"), [])
+
+
+def test_the_readme_curl_examples_are_found_and_aimed_at_the_demo_port():
+    commands = demo.readme_curl_commands((ROOT / "README.md").read_text())
+    assert commands and all(c.startswith("curl ") and "localhost:8000/" in c for c in commands)
+    moved = [demo.retarget(c, 18000) for c in commands]
+    assert all("localhost:18000/" in c and "localhost:8000" not in c for c in moved)
+
+
+def test_a_busy_port_stops_the_demo_before_it_starts_anything():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, str(ROOT / "demo" / "demo.py"), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--port {port} is in use" in proc.stderr
+    assert "==> [1/8]" not in proc.stdout
