@@ -532,8 +532,9 @@ class Demo:
             self.kubectl("delete", "namespace", self.namespace, "--ignore-not-found", "--wait=false",
                          what="deleting the namespace", check=False)
             if self.created_crd:
-                self.kubectl("delete", "crd", CRD, "--ignore-not-found", "--wait=false",
-                             what="deleting the CRD this demo installed", check=False)
+                # Waited for, so that whatever installs the CRD next does not race its deletion.
+                self.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=90s",
+                             what="deleting the CRD this demo installed", check=False, timeout=120)
             print(f"    removed release {self.release} and namespace {self.namespace}; "
                   f"the cluster stays as it was found", flush=True)
 

@@ -126,7 +126,7 @@ def build_field_table(node: dict[str, Any], path: str, nested: bool = True) -> s
         default = "required" if required else (_code(child["default"]) if "default" in child else "")
         lines.append("| " + " | ".join([
             f"`{field}`", _cell(_type_of(child)), default,
-            _limits(child) or ("" if "additionalProperties" not in child else _limits(child["additionalProperties"])),
+            _limits(child) or _limits(child.get("additionalProperties") or {}),
             _prose(_description(child)),
         ]) + " |")
     return "\n".join(lines) + "\n"
