@@ -126,7 +126,8 @@ def build_field_table(node: dict[str, Any], path: str, nested: bool = True) -> s
         default = "required" if required else (_code(child["default"]) if "default" in child else "")
         lines.append("| " + " | ".join([
             f"`{field}`", _cell(_type_of(child)), default,
-            _limits(child) or _limits(child.get("additionalProperties") or {}),
+            _limits(child) or (_limits(child["additionalProperties"])
+                               if isinstance(child.get("additionalProperties"), dict) else ""),
             _prose(_description(child)),
         ]) + " |")
     return "\n".join(lines) + "\n"
