@@ -99,8 +99,16 @@ def reconcile(body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAd
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
     live = apply_children(body, plan)
-    if write_status(body, build_status(body, now=now(), plan=plan, deployment=live)):
+    status = build_status(body, now=now(), plan=plan, deployment=live)
+    if write_status(body, status):
         logger.info("%s/%s: %s on %s (%s)", namespace, name, plan.engine, plan.variant, plan.image)
+    # Deployment events that arrived between the apply and the status write were skipped (the
+    # status held no plan for this generation yet), and a Deployment that became ready meanwhile
+    # sends no more: read it once more, now that later events find the plan in the status.
+    fresh = kube().get_deployment(namespace, name)
+    if fresh is not None and fresh.get("status") != live.get("status"):
+        written = {**body, "status": status}
+        write_status(written, build_status(written, now=now(), plan=plan, deployment=fresh))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
