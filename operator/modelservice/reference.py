@@ -214,7 +214,7 @@ def render_variant_table(doc: dict[str, Any] | None = None) -> str:
         f"TEI images are `{tei}:<tag>`, reranker images `{reranker}:<tag>`.\n",
         "| accelerator | compute capability | TEI tag | reranker tag | runs on |",
         "|---|---|---|---|---|",
-        "| `auto` | any below | | | the operator picks the variant of a GPU node with free GPUs |",
+        "| `auto` | any below | | | the operator picks the architecture of GPU nodes that can hold the replicas (allocatable GPUs) |",
     ]
     for row in doc["variants"]:
         caps = ", ".join(row.get("computeCapabilities") or ()) or "none (CPU)"
