@@ -81,8 +81,9 @@ def _run_engine(model_dir: str, docs: list[str], threads: int, conn) -> None:
     start = time.perf_counter()
     result = engine.score(QUERY, docs)
     elapsed = time.perf_counter() - start
-    ids = engine.prompt.build(QUERY, docs, engine.settings.instruction)
-    flops = engine_flops(engine.packed.model.config, len(ids.shared), [len(t) for t in ids.tails])
+    qwen = engine.backend
+    ids = qwen.prompt.build(QUERY, docs, engine.settings.instruction)
+    flops = engine_flops(qwen.packed.model.config, len(ids.shared), [len(t) for t in ids.tails])
     conn.send(
         {
             "scores": [sigmoid(x) for x in result.logits],

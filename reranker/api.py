@@ -315,7 +315,6 @@ def build_router() -> APIRouter:
 
     @router.get(
         "/metrics",
-        dependencies=protected,
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
         summary="Prometheus metrics: requests, latency, queue depth, batch sizes, tokens",

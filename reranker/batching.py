@@ -208,7 +208,9 @@ class Scheduler:
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the queued rows at the recent model speed."""
         with self._cond:
-            rows = sum(sum(j.prepared.costs[u] for u in j.order) for j in self._jobs)
+            rows = sum(
+                j.prepared.shared + sum(j.prepared.costs[u] for u in j.order) for j in self._jobs
+            )
             speed = self._rows_per_second
         if not speed:
             return 1

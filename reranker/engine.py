@@ -32,12 +32,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from array import array
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from .batching import Prepared, plan_padded, score_alone
 from .errors import InvalidRequest
@@ -45,7 +45,15 @@ from .settings import Settings
 
 log = logging.getLogger("reranker.engine")
 
-# Query rows per attention call: bounds the scratch of a long document's attention.
+# Documents tokenized per call: bounds the tokenizer's transient memory on huge requests.
+TOKENIZE_SLICE = 64
+
+# Attention runs in buckets of sequences, padded: at most ATTENTION_ELEMENTS (query, key)
+# pairs and ATTENTION_KEYS gathered key rows per bucket, at most ATTENTION_ROWS query rows per
+# sequence chunk. Together they bound the attention scratch (the mask, the gathered keys and
+# values) whatever the documents and however long the query.
+ATTENTION_ELEMENTS = 1 << 22
+ATTENTION_KEYS = 1 << 14
 ATTENTION_ROWS = 512
 
 PROMPT_PREFIX = (
@@ -275,33 +283,58 @@ class PackedQwen3:
         act = F.silu(gate_up[:, : self.inter]).mul_(gate_up[:, self.inter :])
         return x.add_(F.linear(act, layer.mlp.down_proj.weight, layer.mlp.down_proj.bias))
 
-    def _attend(self, q, k, v, mask=None) -> torch.Tensor:
-        """q [heads, n, d] against k, v [kv_heads, m, d] -> [n, heads, d]."""
-        out = F.scaled_dot_product_attention(
-            q[None],
-            k[None],
-            v[None],
-            attn_mask=mask,
-            scale=self.scale,
-            enable_gqa=self.heads != self.kv_heads,
-        )
-        return out[0].transpose(0, 1)
+    def _attention(self, q, k, v, spans: list[tuple[int, ...]], out: torch.Tensor) -> None:
+        """Attention for many short sequences of one pass, a few batched calls in all.
 
-    def _attend_causal(self, q, k, v, out) -> None:
-        """Rows q [heads, n, d] that follow the first m - n of k, v [kv_heads, m, d]: each
-        sees everything before it and itself. Written into out [n, heads, d].
-
-        Queries go in chunks of `ATTENTION_ROWS`, each against only the keys it can see, so
-        the attention scratch stays bounded by the chunk, however long the document.
+        q [rows, heads, d], k and v [rows, kv_heads, d] are the pass's rows. Each span is
+        (q_start, q_len, out_start, p_start, p_len, k_start, k_len): query rows
+        q_start.. attend to the keys p_start..+p_len (a shared prompt, possibly empty) followed
+        by k_start..+k_len, query i seeing keys up to p_len + k_len - q_len + i; the result goes
+        to out[out_start..]. Spans are sorted by key length and cut into buckets of at most
+        `ATTENTION_ELEMENTS` (queries x keys, padded) and `ATTENTION_KEYS` gathered key rows,
+        each one SDPA call on gathered, padded rows with a mask: the op count of a pass grows
+        with its buckets, not its documents, and the attention scratch stays bounded whatever
+        the documents.
         """
-        n, m = q.shape[1], k.shape[1]
-        before = m - n
-        for r0 in range(0, n, ATTENTION_ROWS):
-            r1 = min(n, r0 + ATTENTION_ROWS)
-            seen = before + r1
-            out[r0:r1] = self._attend(
-                q[:, r0:r1], k[:, :seen], v[:, :seen], mask=causal_lower_right(r1 - r0, seen)
+        device = q.device
+        order = sorted(spans, key=lambda s: (s[4] + s[6], s[1]))
+        buckets: list[list[tuple[int, ...]]] = []
+        current: list[tuple[int, ...]] = []
+        for span in order:
+            grown = current + [span]
+            lq = max(s[1] for s in grown)
+            lk = max(s[4] + s[6] for s in grown)
+            if current and (
+                len(grown) * lq * lk > ATTENTION_ELEMENTS or len(grown) * lk > ATTENTION_KEYS
+            ):
+                buckets.append(current)
+                grown = [span]
+            current = grown
+        if current:
+            buckets.append(current)
+        for bucket in buckets:
+            cols = torch.tensor(bucket, device=device).T
+            q_start, q_len, out_start, p_start, p_len, k_start, k_len = cols[:, :, None]
+            lq, lk = int(q_len.max()), int((p_len + k_len).max())
+            i = torch.arange(lq, device=device)[None, :]
+            j = torch.arange(lk, device=device)[None, :]
+            q_rows = q_start + torch.minimum(i, q_len - 1)  # padding repeats a real row
+            own = (j - p_len).clamp(min=0)
+            k_rows = torch.where(j < p_len, p_start + j, k_start + torch.minimum(own, k_len - 1))
+            sees = (j[:, None, :] < (p_len + k_len)[:, :, None]) & (
+                j[:, None, :] <= (p_len + k_len - q_len)[:, :, None] + i[:, :, None]
             )
+            out_rows = out_start + i
+            real = i < q_len
+            attended = F.scaled_dot_product_attention(
+                q[q_rows].transpose(1, 2),
+                k[k_rows].transpose(1, 2),
+                v[k_rows].transpose(1, 2),
+                attn_mask=sees[:, None],
+                scale=self.scale,
+                enable_gqa=self.heads != self.kv_heads,
+            ).transpose(1, 2)  # [B, lq, heads, d]
+            out.index_copy_(0, out_rows[real], attended[real])
 
     def _o_proj(self, i: int, a: torch.Tensor) -> torch.Tensor:
         o = self.layers[i].self_attn.o_proj
@@ -311,10 +344,10 @@ class PackedQwen3:
         """logit_yes - logit_no for each tail of each group, read after the group's shared ids.
 
         One forward pass: every group's shared ids and all tails are packed, without padding,
-        into one [rows, hidden] matrix for the linear layers. Attention runs per sequence:
-        the shared rows causally among themselves, each tail against its group's shared keys
-        and values of the same layer, then causally against itself. Nothing outlives the pass,
-        so its memory is set by its rows alone.
+        into one [rows, hidden] matrix for the linear layers. In attention, the shared rows
+        see each other causally; each tail sees its group's shared rows of the same layer, then
+        itself causally (see `_attention`). Nothing outlives the pass, so its memory is set by
+        its rows alone.
         """
         device = self.score_row.device
         ids: list[int] = []
@@ -329,37 +362,36 @@ class PackedQwen3:
                 tails.append((g, len(ids), len(tail)))
                 ids += tail
                 positions.append(torch.arange(len(shared), len(shared) + len(tail), device=device))
+        # Long sequences are cut into chunks of query rows, each seeing only the keys before it.
+        spans: list[tuple[int, ...]] = []
+        for start, n in prefixes:
+            for r0 in range(0, n, ATTENTION_ROWS):
+                r1 = min(n, r0 + ATTENTION_ROWS)
+                spans.append((start + r0, r1 - r0, start + r0, start, 0, start, r1))
+        for g, start, n in tails:
+            p_start, p_len = prefixes[g]
+            for r0 in range(0, n, ATTENTION_ROWS):
+                r1 = min(n, r0 + ATTENTION_ROWS)
+                spans.append((start + r0, r1 - r0, start + r0, p_start, p_len, start, r1))
+        # The last layer only carries each tail's final row on.
+        last_spans = [
+            (start + n - 1, 1, j, prefixes[g][0], prefixes[g][1], start, n)
+            for j, (g, start, n) in enumerate(tails)
+        ]
         x = self.base.embed_tokens(torch.tensor(ids, device=device))
         cos, sin = self._rope_tables(torch.cat(positions), x)
         last = torch.tensor([start + n - 1 for _, start, n in tails], device=device)
         final = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             qk, v = self._qkv(i, self._norm(x, layer.input_layernorm.weight), cos, sin)
-            q = qk[:, : self.heads].transpose(0, 1)  # [heads, rows, d]
-            k = qk[:, self.heads :].transpose(0, 1).contiguous()  # [kv_heads, rows, d]
-            v = v.transpose(0, 1).contiguous()
+            q, k = qk[:, : self.heads], qk[:, self.heads :]
             if i < final:
                 out = torch.empty(x.shape[0], self.heads, self.head_dim, device=device, dtype=x.dtype)
-                for start, n in prefixes:
-                    span = slice(start, start + n)
-                    self._attend_causal(q[:, span], k[:, span], v[:, span], out[span])
-            else:  # the last layer only carries each tail's final row on
-                out = torch.empty(len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype)
-            for j, (g, start, n) in enumerate(tails):
-                p_start, p_len = prefixes[g]
-                if start == p_start + p_len:  # right after its shared rows: one slice
-                    keys, values = k[:, p_start : start + n], v[:, p_start : start + n]
-                else:
-                    keys = torch.cat([k[:, p_start : p_start + p_len], k[:, start : start + n]], 1)
-                    values = torch.cat([v[:, p_start : p_start + p_len], v[:, start : start + n]], 1)
-                if i < final:
-                    span = slice(start, start + n)
-                    self._attend_causal(q[:, span], keys, values, out[span])
-                else:
-                    out[j] = self._attend(q[:, start + n - 1 : start + n], keys, values)[0]
-            if i < final:
+                self._attention(q, k, v, spans, out)
                 x = self._mlp(i, x.add_(self._o_proj(i, out)))
             else:
+                out = torch.empty(len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype)
+                self._attention(q, k, v, last_spans, out)
                 x = self._mlp(i, x[last] + self._o_proj(i, out))
         hidden = self._norm(x, self.base.norm.weight)
         scores = (hidden.float() @ self.score_row.float() + self.score_bias).cpu().tolist()
@@ -439,20 +471,32 @@ class Qwen3Reranker:
         )
 
     def prepare(self, query, documents, instruction, max_tokens_per_doc) -> Prepared:
-        ids = self.prompt.build(
-            query, documents, instruction or self.settings.instruction, max_tokens_per_doc
-        )
+        instruction = instruction or self.settings.instruction
+        shared = self.prompt.build(query, [], instruction).shared
         # Identical tails (duplicate documents, or all documents once the head fills the
-        # budget) are scored once.
-        unique: dict[tuple[int, ...], int] = {}
-        slot = [unique.setdefault(tuple(t), len(unique)) for t in ids.tails]
-        tails = [list(t) for t in unique]
+        # budget) are scored once. Tails are kept as 4-byte ids and tokenized a slice of
+        # documents at a time, so a request's ids take about 4 bytes a token, not the ~100 of
+        # Python lists and the tokenizer's own encodings.
+        unique: dict[bytes, int] = {}
+        tails: list[array] = []
+        slot: list[int] = []
+        tokens = len(shared)
+        for start in range(0, len(documents), TOKENIZE_SLICE):
+            chunk = documents[start : start + TOKENIZE_SLICE]
+            for ids in self.prompt.build(query, chunk, instruction, max_tokens_per_doc).tails:
+                tail = array("i", ids)
+                tokens += len(tail)
+                key = tail.tobytes()
+                if key not in unique:
+                    unique[key] = len(tails)
+                    tails.append(tail)
+                slot.append(unique[key])
         return Prepared(
-            shared=len(ids.shared),
+            shared=len(shared),
             costs=[len(t) for t in tails],
             slot=slot,
-            tokens=len(ids.shared) + sum(len(t) for t in ids.tails),
-            payload=(ids.shared, tails),
+            tokens=tokens,
+            payload=(shared, tails),
         )
 
     def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:

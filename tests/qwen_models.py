@@ -38,6 +38,16 @@ SHAPES: dict[str, dict] = {
         head_dim=16,
         vocab_size=151669,
     ),
+    # Between the two, for load benchmarks on a few CPU cores: the real vocabulary, 4 layers.
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        vocab_size=151669,
+    ),
     "0.6b": dict(
         hidden_size=1024,
         intermediate_size=3072,

@@ -68,7 +68,7 @@ def test_instruction_and_max_tokens_reach_the_engine(serve):
     assert engine.calls[-1] == (REQUEST["query"], REQUEST["documents"], "find it", 5)
 
 
-def test_api_key_required_except_for_health(serve):
+def test_api_key_required_except_for_health_and_metrics(serve):
     url = serve(Settings(api_key="s3cret"), FakeEngine())
     with httpx.Client(base_url=url) as client:
         wait_ready(client)
@@ -78,6 +78,7 @@ def test_api_key_required_except_for_health(serve):
             assert response.status_code == 401
             assert "Authorization: Bearer" in response.json()["message"]
         assert client.get("/info").status_code == 401
+        assert client.get("/metrics").status_code == 200  # scrapers need no key
         ok = client.post("/v2/rerank", json=REQUEST, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
 

@@ -37,8 +37,25 @@ def test_environment_is_read(monkeypatch):
     )
 
 
+def test_load_settings_are_read(monkeypatch):
+    monkeypatch.setenv("RERANKER_BATCH_REQUESTS", "false")
+    monkeypatch.setenv("RERANKER_REQUEST_TIMEOUT", "2.5")
+    monkeypatch.setenv("RERANKER_SHUTDOWN_TIMEOUT", "0")
+    s = Settings()
+    assert (s.batch_requests, s.request_timeout, s.shutdown_timeout) == (False, 2.5, 0)
+    monkeypatch.delenv("RERANKER_BATCH_REQUESTS")
+    assert Settings().batch_requests is True  # batching across requests by default
+
+
 @pytest.mark.parametrize(
-    "name,value", [("RERANKER_DEVICE", "tpu"), ("RERANKER_PORT", "0"), ("RERANKER_MAX_LENGTH", "8")]
+    "name,value",
+    [
+        ("RERANKER_DEVICE", "tpu"),
+        ("RERANKER_PORT", "0"),
+        ("RERANKER_MAX_LENGTH", "8"),
+        ("RERANKER_REQUEST_TIMEOUT", "0"),
+        ("RERANKER_BATCH_REQUESTS", "sometimes"),
+    ],
 )
 def test_bad_values_are_refused_naming_the_setting(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
