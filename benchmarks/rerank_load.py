@@ -224,7 +224,10 @@ def memory_cases(model: Path, label: str, threads: int, budget: int, many: int) 
     cases = {
         "loaded": None,
         # These words are one token each with their leading space: ~2,000 and ~8,000 tokens.
-        f"{many}_docs_2000_tokens": {"query": query, "documents": [text(rng, 2000) for _ in range(many)]},
+        f"{many}_docs_2000_tokens": {
+            "query": query,
+            "documents": [text(rng, 2000) for _ in range(many)],
+        },
         "1_doc_8000_tokens": {"query": query, "documents": [text(rng, 8000)]},
     }
     warm_up = {"query": "warm-up", "documents": ["a short document"]}
@@ -249,7 +252,10 @@ def memory_cases(model: Path, label: str, threads: int, budget: int, many: int) 
             seconds = time.perf_counter() - started
             key = f"{label}: {name}"
             peaks[key] = server.peak_rss_mb()
-            print(f"  {key}: {tokens} tokens in {seconds:.1f} s, peak RSS {peaks[key]:.0f} MB", flush=True)
+            print(
+                f"  {key}: {tokens} tokens in {seconds:.1f} s, peak RSS {peaks[key]:.0f} MB",
+                flush=True,
+            )
         finally:
             server.stop()
     return peaks
@@ -314,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(load(server.url, bodies, 4, 2, args.docs))  # warm-up
             # Both servers are up but only one is loaded at a time; windows alternate between
             # them so that a change in the machine's load hits both alike.
-            windows: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in levels} for m in servers}
+            windows: dict[str, dict[int, list[dict]]] = {
+                m: {c: [] for c in levels} for m in servers
+            }
             for c in levels:
                 for _ in range(args.rounds):
                     for mode, server in servers.items():
@@ -342,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             # shape (real width, fewer layers) shows the activations at the real width.
             for shape, layers, many in (("small", None, 1000), ("0.6b", args.memory_layers, 16)):
                 label = shape if layers is None else f"{shape}-{layers}-layers"
-                mem_model = build_qwen3_reranker(Path(tmp) / f"memory-{label}", shape, layers=layers)
+                mem_model = build_qwen3_reranker(
+                    Path(tmp) / f"memory-{label}", shape, layers=layers
+                )
                 print(f"memory, {label}, batch_tokens {args.batch_tokens}:", flush=True)
                 peaks.update(memory_cases(mem_model, label, args.threads, args.batch_tokens, many))
                 shutil.rmtree(mem_model)
@@ -372,8 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print(f"\n{args.shape} shape, {args.docs} docs of {args.words} words per request")
-    print(f"{'clients':>8} | {'batched docs/s':>15} {'p50 ms':>8} {'p99 ms':>8} | "
-          f"{'unbatched docs/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}")
+    print(
+        f"{'clients':>8} | {'batched docs/s':>15} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'unbatched docs/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
+    )
     report["windows_docs_per_s"] = {
         mode: {str(c): results[mode][c]["window_docs_per_s"] for c in levels} for mode in results
     }
@@ -390,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['burst']['retries']} retries)"
     )
     print("peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    print(f"load average before {report['load_average_before']}, after {report['load_average_after']}")
+    print(
+        f"load average before {report['load_average_before']}, after {report['load_average_after']}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

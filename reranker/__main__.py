@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         # Clients may hold connections open across many requests; keep them.
         timeout_keep_alive=30,
+        # On SIGTERM: stop accepting, finish the requests in flight for up to this long.
+        timeout_graceful_shutdown=settings.shutdown_timeout,
     )
     return 0
 

@@ -386,11 +386,15 @@ class PackedQwen3:
             qk, v = self._qkv(i, self._norm(x, layer.input_layernorm.weight), cos, sin)
             q, k = qk[:, : self.heads], qk[:, self.heads :]
             if i < final:
-                out = torch.empty(x.shape[0], self.heads, self.head_dim, device=device, dtype=x.dtype)
+                out = torch.empty(
+                    x.shape[0], self.heads, self.head_dim, device=device, dtype=x.dtype
+                )
                 self._attention(q, k, v, spans, out)
                 x = self._mlp(i, x.add_(self._o_proj(i, out)))
             else:
-                out = torch.empty(len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype)
+                out = torch.empty(
+                    len(tails), self.heads, self.head_dim, device=device, dtype=x.dtype
+                )
                 self._attention(q, k, v, last_spans, out)
                 x = self._mlp(i, x[last] + self._o_proj(i, out))
         hidden = self._norm(x, self.base.norm.weight)
@@ -580,9 +584,7 @@ class CrossEncoder:
     def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:
         pairs = [p.payload[u] for p, units in parts for u in units]
         scores = [0.0] * len(pairs)
-        for batch in plan_padded(
-            [len(ids) for ids, _ in pairs], self.settings.batch_tokens
-        ):
+        for batch in plan_padded([len(ids) for ids, _ in pairs], self.settings.batch_tokens):
             features = {"input_ids": [list(pairs[i][0]) for i in batch]}
             if pairs[batch[0]][1] is not None:
                 features["token_type_ids"] = [list(pairs[i][1]) for i in batch]
@@ -621,7 +623,11 @@ class TransformersEngine:
         config = AutoConfig.from_pretrained(self.settings.model)
         kind = choose_backend(config)
         log.info(
-            "loading %s (%s) on %s (%s)", self.settings.model, kind, self.info.device, self.info.dtype
+            "loading %s (%s) on %s (%s)",
+            self.settings.model,
+            kind,
+            self.info.device,
+            self.info.dtype,
         )
         if kind == QWEN3_RERANKER:
             backend = Qwen3Reranker(self.settings, self.info.device, self.dtype)

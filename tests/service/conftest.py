@@ -93,9 +93,7 @@ class FakeEngine:
         for prepared, units in parts:
             query, documents = prepared.payload
             words = set(query.lower().split())
-            out.append(
-                [float(len(words & set(documents[u].lower().split()))) - 1.0 for u in units]
-            )
+            out.append([float(len(words & set(documents[u].lower().split()))) - 1.0 for u in units])
         return out
 
 

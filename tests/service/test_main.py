@@ -61,3 +61,55 @@ def test_help_lists_the_settings():
     ).stdout
     for name in ("RERANKER_MODEL", "RERANKER_PORT", "RERANKER_MAX_LENGTH", "RERANKER_API_KEY"):
         assert name in out
+
+
+def test_sigterm_finishes_the_request_in_flight(tiny_model, tmp_path):
+    """SIGTERM while a large request is being scored: it is answered in full, then the process
+    exits (uvicorn's graceful shutdown, RERANKER_SHUTDOWN_TIMEOUT)."""
+    import signal
+    import threading
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "RERANKER_MODEL": str(tiny_model),
+        "RERANKER_PORT": str(port),
+        "RERANKER_LOG_LEVEL": "warning",
+        "RERANKER_SHUTDOWN_TIMEOUT": "60",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "reranker"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        documents = [f"document {i} " + "paris tower river city " * 100 for i in range(600)]
+        answer = {}
+
+        def post():
+            body = {"query": "paris", "documents": documents, "return_documents": False}
+            answer["response"] = httpx.post(f"{url}/v1/rerank", json=body, timeout=120)
+
+        client = threading.Thread(target=post)
+        client.start()
+        while "reranker_queue_depth 1.0" not in httpx.get(f"{url}/metrics").text:
+            assert client.is_alive(), "the request finished before it could be interrupted"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        client.join(120)
+        # uvicorn re-raises the signal once the shutdown is done: -15 is a clean exit too.
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    response = answer["response"]
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == 600

@@ -37,9 +37,7 @@ def test_padded_batches_stay_within_budget_counting_padding(lengths, budget):
 
 
 waiting_requests = st.lists(
-    st.tuples(
-        st.integers(0, 300), st.lists(st.integers(1, 400), min_size=1, max_size=20)
-    ),
+    st.tuples(st.integers(0, 300), st.lists(st.integers(1, 400), min_size=1, max_size=20)),
     min_size=1,
     max_size=8,
 )
@@ -95,9 +93,7 @@ def test_requests_that_wait_together_share_passes_and_get_their_own_scores():
     async def scenario(batch_requests):
         engine = GatedEngine()
         engine.gate.clear()
-        scheduler = Scheduler(
-            engine, max_queue=8, token_budget=100, batch_requests=batch_requests
-        )
+        scheduler = Scheduler(engine, max_queue=8, token_budget=100, batch_requests=batch_requests)
         first = asyncio.ensure_future(scheduler.run(lambda: prepared("a", [10, 20]), 10))
         await asyncio.to_thread(engine.entered.wait, 5)  # "a" holds the worker
         others = [

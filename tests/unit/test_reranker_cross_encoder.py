@@ -88,7 +88,11 @@ def test_max_length_and_max_tokens_per_doc_cut_like_the_tokenizer(tmp_path_facto
     # max_tokens_per_doc=3 reads exactly the first three document tokens.
     cut = engine.score(QUERY, ["paris is the capital of france"], max_tokens_per_doc=3)
     whole = engine.score(QUERY, ["paris is the"])
-    assert cut.tokens == whole.tokens == len(AutoTokenizer.from_pretrained(MINILM_DIR)(QUERY)["input_ids"]) + 4
+    assert (
+        cut.tokens
+        == whole.tokens
+        == len(AutoTokenizer.from_pretrained(MINILM_DIR)(QUERY)["input_ids"]) + 4
+    )
     assert cut.logits == pytest.approx(whole.logits, abs=1e-6)
 
 
