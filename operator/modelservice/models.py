@@ -240,7 +240,8 @@ class ModelServiceSpec(_Model):
         None, description="Model revision (branch, tag or commit); unset: the default branch.")
     engine: Engine = Field(
         "auto", description="auto: embed -> tei; rerank -> reranker for Qwen3-Reranker (causal LM) "
-                            "models, tei for sequence-classification rerankers.")
+                            "models, tei for sequence-classification rerankers (which engine "
+                            "reranker also serves).")
     replicas: int = Field(1, ge=0, description="Pod replicas (the scale subresource sets it).")
     accelerator: Accelerator = Field(
         AUTO, description="auto (choose a GPU architecture from the cluster's nodes), cpu, or a "

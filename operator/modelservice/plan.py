@@ -9,10 +9,10 @@ Engine/model compatibility (decided from the model id, before any pod exists):
   a causal LM (Qwen3ForCausalLM) scored by the yes/no logits recipe. TEI cannot load it as a
   reranker (it fails at start-up), so only engine ``reranker`` serves it, and only for
   ``task: rerank`` (it is no embedding model).
-* The reranker engine implements only that recipe: a model id of a known sequence-classification
-  reranker family (``bge-reranker``, ``ms-marco``, ``gte-*reranker``, ``jina-reranker``) on
-  engine ``reranker`` is refused with the advice to use TEI. Other ids are allowed on it (a local
-  directory may hold a renamed Qwen3-Reranker).
+* The reranker engine serves that recipe and classic sequence-classification cross-encoders
+  (``bge-reranker``, ``ms-marco``, ...), chosen at start-up from the model's config.json; ``auto``
+  still gives the latter to TEI, which serves them natively, and ``engine: reranker`` picks our
+  service for them explicitly.
 * ``task: embed`` never runs on engine ``reranker`` (also a CEL rule of the CRD).
 * ``engine: auto`` resolves embed -> tei; rerank -> reranker for Qwen3-Reranker, tei otherwise.
 * Engine arguments the resolved engine does not understand are refused (UnsupportedEngineArgs)
@@ -48,8 +48,6 @@ LABEL_MINOR = "nvidia.com/gpu.compute.minor"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 QWEN3_RERANKER = re.compile(r"qwen3-reranker", re.IGNORECASE)
-SEQUENCE_CLASSIFICATION_RERANKERS = re.compile(
-    r"bge-reranker|ms-marco|gte-[\w.-]*reranker|jina-reranker", re.IGNORECASE)
 
 # Reasons of PlanError, as they appear in the Ready condition.
 UNSUPPORTED_MODEL = "UnsupportedModelForEngine"
@@ -104,10 +102,6 @@ def resolve_engine(task: str, model: str, engine: str) -> str:
     if engine == "tei" and qwen3:
         raise PlanError(UNSUPPORTED_MODEL, f"model {model} is a Qwen3-Reranker, a causal LM that TEI "
                                            "cannot load as a reranker: use engine reranker (or auto)")
-    if engine == "reranker" and SEQUENCE_CLASSIFICATION_RERANKERS.search(model):
-        raise PlanError(UNSUPPORTED_MODEL, f"model {model} is a sequence-classification reranker; the "
-                                           "reranker engine serves Qwen3-Reranker models only: use "
-                                           "engine tei (or auto)")
     return engine
 
 

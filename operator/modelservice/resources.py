@@ -21,6 +21,9 @@ SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
 TEI_PORT = 8080
 RERANKER_PORT = 8000
+# The reranker finishes requests in flight on SIGTERM for up to RERANKER_SHUTDOWN_TIMEOUT (30 s by
+# default); its pods get longer than that before the kubelet kills them.
+RERANKER_GRACE_S = 45
 RUN_AS = 1000
 
 # Probes: TEI and the reranker bind their port only once the model is loaded, so the startup probe
@@ -171,6 +174,7 @@ def build_pod_spec(body: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
 
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
+        **({} if tei else {"terminationGracePeriodSeconds": RERANKER_GRACE_S}),
         "enableServiceLinks": False,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
     }

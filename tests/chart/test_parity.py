@@ -53,7 +53,8 @@ INPUTS = {
 }
 
 # The pod and container fields issue 5 names, compared exactly.
-POD_FIELDS = ("nodeSelector", "tolerations", "securityContext", "runtimeClassName", "volumes")
+POD_FIELDS = ("nodeSelector", "tolerations", "securityContext", "runtimeClassName", "volumes",
+              "terminationGracePeriodSeconds")
 CONTAINER_FIELDS = ("image", "command", "args", "env", "ports", "startupProbe", "readinessProbe",
                     "livenessProbe", "resources", "securityContext", "volumeMounts")
 

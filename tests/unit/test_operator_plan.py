@@ -177,6 +177,8 @@ def test_auto_without_nodes_or_product_asks_for_nodes():
     ("rerank", "BAAI/bge-reranker-v2-m3", "auto", "tei"),
     ("rerank", "BAAI/bge-reranker-base", "tei", "tei"),
     ("rerank", "/data/my-finetune", "reranker", "reranker"),
+    ("rerank", "BAAI/bge-reranker-v2-m3", "reranker", "reranker"),  # the service's cross-encoder path
+    ("rerank", "cross-encoder/ms-marco-MiniLM-L-6-v2", "reranker", "reranker"),
 ])
 def test_engine_resolution(task, model, engine, resolved):
     assert resolve_engine(task, model, engine) == resolved
@@ -186,8 +188,6 @@ def test_engine_resolution(task, model, engine, resolved):
     ("rerank", "Qwen/Qwen3-Reranker-8B", "tei", "use engine reranker"),
     ("embed", "BAAI/bge-small-en-v1.5", "reranker", "use engine auto or tei"),
     ("embed", "Qwen/Qwen3-Reranker-0.6B", "auto", "use task rerank"),
-    ("rerank", "BAAI/bge-reranker-v2-m3", "reranker", "use engine tei"),
-    ("rerank", "cross-encoder/ms-marco-MiniLM-L-6-v2", "reranker", "use engine tei"),
 ])
 def test_pairs_that_cannot_run_are_refused_with_advice(task, model, engine, advice):
     with pytest.raises(PlanError) as info:

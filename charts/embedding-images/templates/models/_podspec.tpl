@@ -65,6 +65,10 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- end -}}
 {{- $env = concat $env (default list $v.env) -}}
 {{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
+{{- if not $tei }}
+{{- /* longer than the reranker's RERANKER_SHUTDOWN_TIMEOUT (30 s), which finishes requests in flight */}}
+terminationGracePeriodSeconds: 45
+{{- end }}
 securityContext:
   runAsNonRoot: true
   runAsUser: 1000
