@@ -246,6 +246,15 @@ leaves such a CRD alone. `helm template` has no cluster: always empty there.
 {{- end -}}
 
 {{/*
+An environment variable read from a Secret key (the key defaults to "token"), as JSON: the twin
+of the operator's resources._secret_env. Argument: list NAME {name, key}.
+*/}}
+{{- define "embedding-images.secretEnv" -}}
+{{- $ref := index . 1 -}}
+{{- dict "name" (index . 0) "valueFrom" (dict "secretKeyRef" (dict "name" $ref.name "key" (default "token" $ref.key))) | toJson -}}
+{{- end -}}
+
+{{/*
 A scalar value as text, numbers as integers: values files give Helm float64s, which toString
 would print as 4e+06. Argument: the value.
 */}}

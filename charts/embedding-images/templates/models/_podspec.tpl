@@ -48,7 +48,7 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
 {{- end -}}
 {{- $env = append $env (dict "name" "HUGGINGFACE_HUB_CACHE" "value" "/data") -}}
-{{- with $ea.apiKeySecretRef }}{{ $env = append $env (dict "name" "API_KEY" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) }}{{ end -}}
+{{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "API_KEY" .) | fromJson) }}{{ end -}}
 {{- else -}}
 {{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $v.model) -}}
 {{- $env = append $env (dict "name" "RERANKER_HOST" "value" "0.0.0.0") -}}
@@ -57,11 +57,11 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- range $var := list (list "RERANKER_BATCH_TOKENS" "maxBatchTokens") (list "RERANKER_MAX_LENGTH" "maxLength") (list "RERANKER_DTYPE" "dtype") (list "RERANKER_MAX_DOCUMENTS" "maxDocuments") (list "RERANKER_INSTRUCTION" "instruction") }}
 {{- if hasKey $ea (index $var 1) }}{{ $env = append $env (dict "name" (index $var 0) "value" (include "embedding-images.scalar" (index $ea (index $var 1)))) }}{{ end }}
 {{- end -}}
-{{- with $ea.apiKeySecretRef }}{{ $env = append $env (dict "name" "RERANKER_API_KEY" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) }}{{ end -}}
+{{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "RERANKER_API_KEY" .) | fromJson) }}{{ end -}}
 {{- $env = append $env (dict "name" "HF_HOME" "value" "/data") -}}
 {{- end -}}
 {{- with $v.hfTokenSecretRef -}}
-{{- $env = append $env (dict "name" "HF_TOKEN" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" (default "token" .key)))) -}}
+{{- $env = append $env (include "embedding-images.secretEnv" (list "HF_TOKEN" .) | fromJson) -}}
 {{- end -}}
 {{- $env = concat $env (default list $v.env) -}}
 {{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
