@@ -5,7 +5,8 @@ real Qwen3 tokenizer are written to a temporary directory; one query and `--docs
 50-400 words are drawn from a fixed seed. The baseline is the model card's transformers recipe
 applied to the documents in input order, in batches of 16; the candidate is
 `reranker.engine.TransformersEngine` with its default settings. Each runs in its own process
-(so peak RSS is its own), after one small warm-up call.
+(so peak RSS is its own), after one small warm-up call, with the service's allocator setting
+(`reranker.memory.keep_freed_memory`, as `python -m reranker` applies it) for both alike.
 
     .venv/bin/python benchmarks/rerank_bench.py                  # full depth, 64 documents
     .venv/bin/python benchmarks/rerank_bench.py --layers 4       # quicker, for iterating
@@ -34,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reranker.memory import keep_freed_memory  # noqa: E402  (imports no torch)
+
 WORDS = (
     "the of and to in is was for on that with as by at from his her an were are which this be "
     "or has had not but what all their when who will more would there been one so if them into "
@@ -58,6 +61,7 @@ def _peak_rss_mb() -> float:
 
 
 def _run_baseline(model_dir: str, docs: list[str], threads: int, conn) -> None:
+    keep_freed_memory()  # the service's allocator setting, for both sides alike
     import torch
 
     from tests.qwen_models import OfficialRecipe
@@ -72,6 +76,7 @@ def _run_baseline(model_dir: str, docs: list[str], threads: int, conn) -> None:
 
 
 def _run_engine(model_dir: str, docs: list[str], threads: int, conn) -> None:
+    keep_freed_memory()  # what `python -m reranker` does (RERANKER_KEEP_FREED_MEMORY)
     from reranker.engine import TransformersEngine, sigmoid
     from reranker.settings import Settings
 
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank.json")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # the reference matmul gets the same allocator as both runs
 
     from tests.qwen_models import build_qwen3_reranker
 

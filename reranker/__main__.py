@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from .app import create_app
+from .memory import keep_freed_memory
 from .settings import Settings
 
 
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Before torch is imported: the allocator's arena limit is fixed by the first thread.
+    if settings.keep_freed_memory and not keep_freed_memory():
+        logging.getLogger("reranker").info("not glibc: RERANKER_KEEP_FREED_MEMORY has no effect")
+    from .app import create_app
     uvicorn.run(
         create_app(settings),
         host=settings.host,

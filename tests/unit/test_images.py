@@ -248,7 +248,11 @@ def test_documented_reranker_defaults_are_the_services():
     for key, value in documented.items():
         assert key in fields, f"images/README.md documents RERANKER_{key}, which the service does not read"
         default = fields[key].default
+        if isinstance(default, bool):
+            default = str(default).lower()  # as the environment variable is written
         assert value == ("(none)" if default is None else f"`{default}`"), f"RERANKER_{key}"
+    missing = set(fields) - set(documented) - image_sets
+    assert not missing, f"images/README.md does not document RERANKER_{sorted(missing)}"
 
 
 # --- ports and health checks against the chart ---------------------------------------------
