@@ -88,7 +88,11 @@ def _run_engine(model_dir: str, docs: list[str], threads: int, conn) -> None:
     elapsed = time.perf_counter() - start
     qwen = engine.backend
     ids = qwen.prompt.build(QUERY, docs, engine.settings.instruction)
-    flops = engine_flops(qwen.packed.model.config, len(ids.shared), [len(t) for t in ids.tails])
+    # The warm-up left the prompt head (system prompt and instruction) in the engine's cache.
+    cached = ids.head if qwen.packed.cache else 0
+    flops = engine_flops(
+        qwen.packed.model.config, len(ids.shared), [len(t) for t in ids.tails], cached
+    )
     conn.send(
         {
             "scores": [sigmoid(x) for x in result.logits],
@@ -99,8 +103,10 @@ def _run_engine(model_dir: str, docs: list[str], threads: int, conn) -> None:
     )
 
 
-def engine_flops(config, shared: int, tails: list[int]) -> float:
-    """Multiply-add FLOPs the engine performs: linear layers and attention, prefix included."""
+def engine_flops(config, shared: int, tails: list[int], cached: int = 0) -> float:
+    """Multiply-add FLOPs the engine performs: linear layers and attention, the prefix's once
+    (a lower bound: it runs once per pass), less its first `cached` rows, whose keys and
+    values come from the prompt cache."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     d = config.head_dim
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
@@ -112,8 +118,9 @@ def engine_flops(config, shared: int, tails: list[int]) -> float:
 
     total = 0.0
     # Shared prefix: every layer but the last's attention/MLP, causal attention.
-    total += (layers - 1) * (shared * per_token + attention(shared, shared) / 2)
-    total += shared * 2 * h * 2 * kv
+    run = shared - cached
+    total += (layers - 1) * (run * per_token + attention(run, cached + run / 2))
+    total += run * 2 * h * 2 * kv
     for n in tails:
         total += (layers - 1) * (n * per_token + attention(n, shared + n / 2))
         total += n * 2 * h * 2 * kv + 2 * (h * q + o_w + mlp_w) + attention(1, shared + n)

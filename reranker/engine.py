@@ -14,7 +14,11 @@ gives the same numbers while removing work:
   pre-token after that colon (a punctuation run stops before a space), so the ids are those of
   the whole string; `tests/unit/test_reranker_prompt.py` checks it on random and unicode text.
 * The shared part (system prompt + head) runs once per request and forward pass; its keys and
-  values, layer by layer, are read by every document of the request in that pass.
+  values, layer by layer, are read by every document of the request in that pass. Its first
+  part, the system prompt and instruction up to "<Query>:", is the same for every request with
+  that instruction: it runs once per pass whatever the requests, and its keys and values are
+  kept between passes in a small cache of `prompt_cache_tokens` rows, least recently used out
+  (positions start at 0 for every sequence, so cached keys are valid for any later request).
 * Documents of one or several requests are packed, without padding, into passes under a token
   budget (see `batching.plan_pass`): the linear layers run on one [tokens, hidden] matrix,
   attention runs per document against its request's shared keys and values, in chunks of
@@ -23,16 +27,18 @@ gives the same numbers while removing work:
   projection is a single row, lm_head[yes] - lm_head[no]: the engine returns
   logit_yes - logit_no, and P(yes) = sigmoid of it.
 
-Nothing a pass computes outlives it, so the memory a pass needs is set by the token budget
+Nothing else a pass computes outlives it, so the memory a pass needs is set by the token budget
 (and max_length, for a single document longer than the budget), not by the request.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 from array import array
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -120,10 +126,16 @@ def sigmoid(x: float) -> float:
 
 @dataclass(frozen=True)
 class PromptIds:
-    """The token ids of one request: a shared part and one tail per document (suffix included)."""
+    """The token ids of one request: a shared part and one tail per document (suffix included).
+
+    The first `head` ids of `shared` (system prompt, instruction, up to "<Query>:") depend on
+    the instruction alone, so requests with the same instruction share them; 0 when the
+    budget cut into them.
+    """
 
     shared: list[int]
     tails: list[list[int]]
+    head: int = 0
 
 
 class Qwen3Prompt:
@@ -142,6 +154,12 @@ class Qwen3Prompt:
     def head_text(query: str, instruction: str) -> str:
         return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>:"
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one prompt per engine, for its lifetime)
+    def _instruction_ids(self, instruction: str) -> tuple[int, ...]:
+        return tuple(
+            self.tokenizer.encode(f"<Instruct>: {instruction}\n<Query>:", add_special_tokens=False)
+        )
+
     def build(
         self,
         query: str,
@@ -149,10 +167,17 @@ class Qwen3Prompt:
         instruction: str,
         max_tokens_per_doc: int | None = None,
     ) -> PromptIds:
-        head = self.tokenizer.encode(self.head_text(query, instruction), add_special_tokens=False)
+        # The body's head, tokenized as the instruction part and the query part: as after
+        # "<Document>:", the pre-tokenizer always ends a pre-token after "<Query>:" (a
+        # punctuation run stops before the space), so the ids are the whole string's.
+        instruction_ids = self._instruction_ids(instruction)
+        head = list(instruction_ids) + self.tokenizer.encode(
+            f" {query}\n<Document>:", add_special_tokens=False
+        )
         # The card truncates the whole body from the right: a head longer than the budget
         # leaves no room for any document, and every document then scores the same.
         head = head[: self.body_budget]
+        shareable = len(instruction_ids) <= len(head)
         room = self.body_budget - len(head)
         if documents:
             tails = self.tokenizer([" " + doc for doc in documents], add_special_tokens=False)[
@@ -164,6 +189,7 @@ class Qwen3Prompt:
         return PromptIds(
             shared=self.prefix_ids + head,
             tails=[ids[:limit] + self.suffix_ids for ids in tails],
+            head=len(self.prefix_ids) + len(instruction_ids) if shareable else 0,
         )
 
 
@@ -180,7 +206,7 @@ class PackedQwen3:
     attention, SiLU MLP), written to touch each activation as few times as possible.
     """
 
-    def __init__(self, model, yes_id: int, no_id: int):
+    def __init__(self, model, yes_id: int, no_id: int, cache_rows: int = 0):
         config = model.config
         if getattr(config, "model_type", None) != "qwen3":
             raise ValueError(f"expected a Qwen3 model, got model_type={config.model_type!r}")
@@ -200,6 +226,11 @@ class PackedQwen3:
         self.scale = self.head_dim**-0.5
         self.inter = config.intermediate_size
         self.layers = list(self.base.layers)
+        # Keys and values of recent prompt heads, per layer, by their ids; at most cache_rows
+        # rows in all (see score_pass). Only the scheduler's worker thread touches them.
+        self.cache_rows = cache_rows
+        self.cache: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._cached_rows = 0
         self._fuse_weights()
         lm_head = model.get_output_embeddings()
         with torch.no_grad():
@@ -286,24 +317,26 @@ class PackedQwen3:
     def _attention(self, q, k, v, spans: list[tuple[int, ...]], out: torch.Tensor) -> None:
         """Attention for many short sequences of one pass, a few batched calls in all.
 
-        q [rows, heads, d], k and v [rows, kv_heads, d] are the pass's rows. Each span is
-        (q_start, q_len, out_start, p_start, p_len, k_start, k_len): query rows
-        q_start.. attend to the keys p_start..+p_len (a shared prompt, possibly empty) followed
-        by k_start..+k_len, query i seeing keys up to p_len + k_len - q_len + i; the result goes
-        to out[out_start..]. Spans are sorted by key length and cut into buckets of at most
+        q [rows, heads, d] holds the pass's query rows; k and v [keys, kv_heads, d] its key
+        rows, then any cached prompt heads'. Each span is (q_start, q_len, out_start, h_start,
+        h_len, p_start, p_len, k_start, k_len): query rows q_start.. attend to the keys
+        h_start..+h_len (an instruction head), p_start..+p_len (a query's rows), then
+        k_start..+k_len (the sequence's own), any of the first two possibly empty, query i
+        seeing keys up to h_len + p_len + k_len - q_len + i; the result goes to
+        out[out_start..]. Spans are sorted by key length and cut into buckets of at most
         `ATTENTION_ELEMENTS` (queries x keys, padded) and `ATTENTION_KEYS` gathered key rows,
         each one SDPA call on gathered, padded rows with a mask: the op count of a pass grows
         with its buckets, not its documents, and the attention scratch stays bounded whatever
         the documents.
         """
         device = q.device
-        order = sorted(spans, key=lambda s: (s[4] + s[6], s[1]))
+        order = sorted(spans, key=lambda s: (s[4] + s[6] + s[8], s[1]))
         buckets: list[list[tuple[int, ...]]] = []
         current: list[tuple[int, ...]] = []
         for span in order:
             grown = current + [span]
             lq = max(s[1] for s in grown)
-            lk = max(s[4] + s[6] for s in grown)
+            lk = max(s[4] + s[6] + s[8] for s in grown)
             if current and (
                 len(grown) * lq * lk > ATTENTION_ELEMENTS or len(grown) * lk > ATTENTION_KEYS
             ):
@@ -314,15 +347,24 @@ class PackedQwen3:
             buckets.append(current)
         for bucket in buckets:
             cols = torch.tensor(bucket, device=device).T
-            q_start, q_len, out_start, p_start, p_len, k_start, k_len = cols[:, :, None]
-            lq, lk = int(q_len.max()), int((p_len + k_len).max())
+            q_start, q_len, out_start, h_start, h_len, p_start, p_len, k_start, k_len = cols[
+                :, :, None
+            ]
+            before = h_len + p_len  # keys ahead of the sequence's own
+            lq, lk = int(q_len.max()), int((before + k_len).max())
             i = torch.arange(lq, device=device)[None, :]
             j = torch.arange(lk, device=device)[None, :]
             q_rows = q_start + torch.minimum(i, q_len - 1)  # padding repeats a real row
-            own = (j - p_len).clamp(min=0)
-            k_rows = torch.where(j < p_len, p_start + j, k_start + torch.minimum(own, k_len - 1))
-            sees = (j[:, None, :] < (p_len + k_len)[:, :, None]) & (
-                j[:, None, :] <= (p_len + k_len - q_len)[:, :, None] + i[:, :, None]
+            own = (j - before).clamp(min=0)
+            k_rows = torch.where(
+                j < h_len,
+                h_start + j,
+                torch.where(
+                    j < before, p_start + j - h_len, k_start + torch.minimum(own, k_len - 1)
+                ),
+            )
+            sees = (j[:, None, :] < (before + k_len)[:, :, None]) & (
+                j[:, None, :] <= (before + k_len - q_len)[:, :, None] + i[:, :, None]
             )
             out_rows = out_start + i
             real = i < q_len
@@ -340,55 +382,100 @@ class PackedQwen3:
         o = self.layers[i].self_attn.o_proj
         return F.linear(a.reshape(a.shape[0], -1), o.weight, o.bias)
 
-    def score_pass(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    @staticmethod
+    def _chunks(q_start, n, out_start, head, prompt, k_start) -> list[tuple[int, ...]]:
+        """A sequence of n own rows cut into spans of at most ATTENTION_ROWS query rows."""
+        spans = []
+        for r0 in range(0, n, ATTENTION_ROWS):
+            r1 = min(n, r0 + ATTENTION_ROWS)
+            spans.append((q_start + r0, r1 - r0, out_start + r0, *head, *prompt, k_start, r1))
+        return spans
+
+    def score_pass(self, groups: list[tuple[list[int], int, list[list[int]]]]) -> list[list[float]]:
         """logit_yes - logit_no for each tail of each group, read after the group's shared ids.
 
-        One forward pass: every group's shared ids and all tails are packed, without padding,
-        into one [rows, hidden] matrix for the linear layers. In attention, the shared rows
-        see each other causally; each tail sees its group's shared rows of the same layer, then
-        itself causally (see `_attention`). Nothing outlives the pass, so its memory is set by
-        its rows alone.
+        A group is (shared ids, head, tails): its first `head` shared ids (system prompt and
+        instruction) are the same for every request with that instruction. One forward pass:
+        each distinct head that is not cached, then every group's remaining shared ids and
+        all tails are packed, without padding, into one [rows, hidden] matrix for the linear
+        layers. In attention, the shared rows see their head's keys and values (this pass's or
+        cached ones) and each other causally; each tail sees its group's head and shared rows
+        of the same layer, then itself causally (see `_attention`). A head this pass computes
+        is cached, least recently used out, while the cache holds at most `cache_rows` rows;
+        nothing else outlives the pass, so its memory is set by its rows alone.
         """
         device = self.score_row.device
         ids: list[int] = []
         positions: list[torch.Tensor] = []
-        prefixes: list[tuple[int, int]] = []  # (start, length) of each group's shared rows
+        computed: dict[bytes, tuple[int, int]] = {}  # heads this pass runs: (start, length)
+        cached: dict[bytes, int] = {}  # cached heads it reads: offset among their rows
+        cached_rows = 0
+        heads: list[tuple[str, bytes | None, int]] = []  # per group: (source, key, length)
+        for shared, head, _ in groups:
+            key = array("i", shared[:head]).tobytes() if head else None
+            if key is None:
+                heads.append(("none", None, 0))
+            elif key in self.cache:
+                if key not in cached:
+                    cached[key] = cached_rows
+                    cached_rows += head
+                heads.append(("cache", key, head))
+            else:
+                if key not in computed:
+                    computed[key] = (len(ids), head)
+                    ids += shared[:head]
+                    positions.append(torch.arange(head, device=device))
+                heads.append(("pass", key, head))
+        spans: list[tuple[int, ...]] = []
+        for start, n in computed.values():
+            spans += self._chunks(start, n, start, (start, 0), (start, 0), start)
+        prompts: list[tuple[int, int]] = []  # (start, length) of each group's rows after the head
         tails: list[tuple[int, int, int]] = []  # (group, start, length) of each tail
-        for g, (shared, group_tails) in enumerate(groups):
-            prefixes.append((len(ids), len(shared)))
-            ids += shared
-            positions.append(torch.arange(len(shared), device=device))
+        for g, (shared, head, group_tails) in enumerate(groups):
+            prompts.append((len(ids), len(shared) - head))
+            ids += shared[head:]
+            positions.append(torch.arange(head, len(shared), device=device))
             for tail in group_tails:
                 tails.append((g, len(ids), len(tail)))
                 ids += tail
                 positions.append(torch.arange(len(shared), len(shared) + len(tail), device=device))
-        # Long sequences are cut into chunks of query rows, each seeing only the keys before it.
-        spans: list[tuple[int, ...]] = []
-        for start, n in prefixes:
-            for r0 in range(0, n, ATTENTION_ROWS):
-                r1 = min(n, r0 + ATTENTION_ROWS)
-                spans.append((start + r0, r1 - r0, start + r0, start, 0, start, r1))
+        rows = len(ids)
+
+        def head_of(g: int) -> tuple[int, int]:
+            source, key, n = heads[g]
+            if source == "cache":
+                return rows + cached[key], n  # cached keys follow the pass's own
+            if source == "pass":
+                return computed[key][0], n
+            return 0, 0
+
+        for g, (start, n) in enumerate(prompts):
+            spans += self._chunks(start, n, start, head_of(g), (start, 0), start)
         for g, start, n in tails:
-            p_start, p_len = prefixes[g]
-            for r0 in range(0, n, ATTENTION_ROWS):
-                r1 = min(n, r0 + ATTENTION_ROWS)
-                spans.append((start + r0, r1 - r0, start + r0, p_start, p_len, start, r1))
+            spans += self._chunks(start, n, start, head_of(g), prompts[g], start)
         # The last layer only carries each tail's final row on.
         last_spans = [
-            (start + n - 1, 1, j, prefixes[g][0], prefixes[g][1], start, n)
+            (start + n - 1, 1, j, *head_of(g), *prompts[g], start, n)
             for j, (g, start, n) in enumerate(tails)
         ]
         x = self.base.embed_tokens(torch.tensor(ids, device=device))
         cos, sin = self._rope_tables(torch.cat(positions), x)
         last = torch.tensor([start + n - 1 for _, start, n in tails], device=device)
         final = len(self.layers) - 1
+        new_heads: dict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = {
+            key: [] for key, (_, n) in computed.items() if n <= self.cache_rows
+        }
         for i, layer in enumerate(self.layers):
             qk, v = self._qkv(i, self._norm(x, layer.input_layernorm.weight), cos, sin)
             q, k = qk[:, : self.heads], qk[:, self.heads :]
+            for key, layers in new_heads.items():
+                start, n = computed[key]
+                layers.append((k[start : start + n].clone(), v[start : start + n].clone()))
+            if cached:
+                k = torch.cat([k, *(self.cache[key][i][0] for key in cached)])
+                v = torch.cat([v, *(self.cache[key][i][1] for key in cached)])
             if i < final:
-                out = torch.empty(
-                    x.shape[0], self.heads, self.head_dim, device=device, dtype=x.dtype
-                )
+                out = torch.empty(rows, self.heads, self.head_dim, device=device, dtype=x.dtype)
                 self._attention(q, k, v, spans, out)
                 x = self._mlp(i, x.add_(self._o_proj(i, out)))
             else:
@@ -399,10 +486,23 @@ class PackedQwen3:
                 x = self._mlp(i, x[last] + self._o_proj(i, out))
         hidden = self._norm(x, self.base.norm.weight)
         scores = (hidden.float() @ self.score_row.float() + self.score_bias).cpu().tolist()
+        for key in cached:
+            self.cache.move_to_end(key)
+        for key, layers in new_heads.items():
+            self._remember(key, layers)
         result: list[list[float]] = [[] for _ in groups]
         for (g, _, _), score in zip(tails, scores):
             result[g].append(score)
         return result
+
+    def _remember(self, key: bytes, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Cache a head's keys and values, evicting the least recently used past cache_rows."""
+        n = layers[0][0].shape[0]
+        while self.cache and self._cached_rows + n > self.cache_rows:
+            _, evicted = self.cache.popitem(last=False)
+            self._cached_rows -= evicted[0][0].shape[0]
+        self.cache[key] = layers
+        self._cached_rows += n
 
 
 # --- the engine ----------------------------------------------------------------------------
@@ -471,12 +571,16 @@ class Qwen3Reranker:
         self.max_length = settings.max_length
         self.prompt = Qwen3Prompt(tokenizer, settings.max_length)
         self.packed = PackedQwen3(
-            model, tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+            model,
+            tokenizer.convert_tokens_to_ids("yes"),
+            tokenizer.convert_tokens_to_ids("no"),
+            cache_rows=settings.prompt_cache_tokens,
         )
 
     def prepare(self, query, documents, instruction, max_tokens_per_doc) -> Prepared:
         instruction = instruction or self.settings.instruction
-        shared = self.prompt.build(query, [], instruction).shared
+        built = self.prompt.build(query, [], instruction)
+        shared, head = built.shared, built.head
         # Identical tails (duplicate documents, or all documents once the head fills the
         # budget) are scored once. Tails are kept as 4-byte ids and tokenized a slice of
         # documents at a time, so a request's ids take about 4 bytes a token, not the ~100 of
@@ -500,11 +604,13 @@ class Qwen3Reranker:
             costs=[len(t) for t in tails],
             slot=slot,
             tokens=tokens,
-            payload=(shared, tails),
+            payload=(shared, head, tails),
         )
 
     def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]:
-        groups = [(p.payload[0], [p.payload[1][u] for u in units]) for p, units in parts]
+        groups = [
+            (p.payload[0], p.payload[1], [p.payload[2][u] for u in units]) for p, units in parts
+        ]
         return self.packed.score_pass(groups)
 
 

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         description="Token budget of one forward pass: documents of one or more requests, and "
         "their shared prompt, are packed under it. It bounds the memory scoring needs.",
     )
+    prompt_cache_tokens: int = Field(
+        512,
+        ge=0,
+        description="Tokens of prompt heads (system prompt + instruction, the same for every "
+        "request with that instruction) whose keys and values are kept between passes, least "
+        "recently used out; 0 computes each once per pass instead.",
+    )
     max_documents: int = Field(1000, ge=1, description="Documents per request; more is a 413.")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Request body size limit; larger is a 413."

@@ -185,3 +185,68 @@ def test_a_document_longer_than_the_attention_chunk_scores_as_the_card(model_dir
     expected = card.scores("long documents", docs)
     got = [sigmoid(x) for x in engine.score("long documents", docs).logits]
     assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+
+
+def cached_rows(engine) -> list[int]:
+    """Rows of each prompt head whose keys and values the engine keeps between passes."""
+    return [layers[0][0].shape[0] for layers in engine.backend.packed.cache.values()]
+
+
+def test_prompt_heads_cached_between_passes_score_as_the_card(model_dir):
+    """The system prompt and instruction run once, then their keys and values are reused by
+    later requests with that instruction: scores stay the card's, with or without the cache."""
+    card = OfficialRecipe(model_dir, max_length=160)
+    cached = engine_for(model_dir, max_length=160)
+    uncached = engine_for(model_dir, max_length=160, prompt_cache_tokens=0)
+    rng = random.Random(17)
+    instructions = [None, "Find the passage that answers it: ünïcödé", None]
+    for n, instruction in enumerate(instructions):
+        query, docs = random_text(rng, 1, 20), documents(n, long=2)
+        expected = card.scores(query, docs, instruction=instruction)
+        for engine in (cached, uncached):
+            got = [sigmoid(x) for x in engine.score(query, docs, instruction=instruction).logits]
+            assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+    # Two distinct heads (the default instruction and the custom one) are kept, none without.
+    assert len(cached_rows(cached)) == 2 and all(n > 0 for n in cached_rows(cached))
+    assert cached_rows(uncached) == []
+
+
+def test_requests_of_one_instruction_in_one_pass_share_its_head(model_dir):
+    """Requests with the same instruction in one pass, some with a cached head and some not,
+    score as they do alone."""
+    engine = engine_for(model_dir, max_length=160)
+    rng = random.Random(23)
+    custom = "Judge whether the document answers the query"
+    requests = [
+        (random_text(rng, 1, 10), documents(seed, long=1), instruction)
+        for seed, instruction in enumerate([None, custom, custom, None, "another instruction"])
+    ]
+    fresh = engine_for(model_dir, max_length=160, prompt_cache_tokens=0)
+    alone = [fresh.score(q, docs, instruction=i).logits for q, docs, i in requests]
+    engine.score("warm the default head", ["x"])  # the default head is cached, the others not
+    prepared = [engine.prepare(q, docs, instruction=i) for q, docs, i in requests]
+    raw = engine.forward([(p, list(range(len(p.costs)))) for p in prepared])
+    for p, values, expected in zip(prepared, raw, alone):
+        together = [values[u] for u in p.slot]
+        assert max(abs(a - b) for a, b in zip(together, expected)) <= 1e-4
+    assert len(cached_rows(engine)) == 3  # the default, custom and "another" heads
+
+
+def test_the_prompt_cache_stays_under_its_row_bound(model_dir):
+    """The cache keeps at most prompt_cache_tokens rows, least recently used out; heads that
+    were evicted, or never fit, are computed again and score the same."""
+    probe = engine_for(model_dir).backend.prompt
+    default = probe.build("q", [], Settings().instruction).head
+    short = probe.build("q", [], "short one").head
+    bound = max(default, short) + 5  # room for one head at a time
+    engine = engine_for(model_dir, prompt_cache_tokens=bound)
+    card = OfficialRecipe(model_dir)
+    instructions = [None, "short one", None, "x " * 60, "short one", None]
+    for n, instruction in enumerate(instructions):
+        docs = documents(n)
+        expected = card.scores("query", docs, instruction=instruction)
+        got = [sigmoid(x) for x in engine.score("query", docs, instruction=instruction).logits]
+        assert max(abs(a - b) for a, b in zip(expected, got)) <= TOLERANCE
+        assert sum(cached_rows(engine)) <= bound
+    # The 60-word head never fit; the default instruction, used last, is what is kept.
+    assert cached_rows(engine) == [default]
