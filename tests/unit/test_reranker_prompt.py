@@ -148,3 +148,27 @@ def test_max_tokens_per_doc_cuts_the_document_only(tokenizer):
 def test_max_length_too_small_for_the_template_is_refused(tokenizer):
     with pytest.raises(ValueError, match="max_length"):
         Qwen3Prompt(tokenizer, 40)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(queries=st.lists(text, min_size=2, max_size=3), instruction=text)
+def test_the_cached_head_is_the_instruction_part_whatever_the_query(
+    tokenizer, queries, instruction
+):
+    """The head whose keys and values are kept between requests is the system prompt and
+    "<Instruct>: {instruction}\\n<Query>:", the same ids for every query with that instruction."""
+    prompt = Qwen3Prompt(tokenizer, 8192)
+    expected = tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False) + tokenizer.encode(
+        f"<Instruct>: {instruction}\n<Query>:", add_special_tokens=False
+    )
+    for query in queries:
+        built = prompt.build(query, ["doc"], instruction)
+        assert built.shared[: built.head] == expected
+        assert built.shared + built.tails[0] == card_ids(tokenizer, query, "doc", instruction, 8192)
+
+
+def test_a_head_cut_by_the_budget_is_not_shared(tokenizer):
+    built = Qwen3Prompt(tokenizer, 64).build("q", ["doc"], "long instruction " * 40)
+    assert built.head == 0
