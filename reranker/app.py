@@ -46,6 +46,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         )
         app.state.scheduler = scheduler
         metrics.track_queue(lambda: scheduler.depth)
+        metrics.track_prompt_cache(getattr(engine, "prompt_cache", lambda: None))
         loader = asyncio.create_task(_load(app))
         try:
             yield

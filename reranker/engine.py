@@ -87,6 +87,13 @@ class EngineInfo:
     architecture: str = "unknown"  # qwen3-reranker or cross-encoder, once loaded
 
 
+@dataclass(frozen=True)
+class PromptCacheStats:
+    hits: int
+    misses: int
+    rows: int
+
+
 class Engine(Protocol):
     """What the service needs from a scorer.
 
@@ -231,6 +238,10 @@ class PackedQwen3:
         self.cache_rows = cache_rows
         self.cache: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._cached_rows = 0
+        # Requests whose head was read from the cache or computed for another request of the
+        # same pass (hits), or computed for them (misses); for /metrics.
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._fuse_weights()
         lm_head = model.get_output_embeddings()
         with torch.no_grad():
@@ -409,7 +420,7 @@ class PackedQwen3:
         positions: list[torch.Tensor] = []
         computed: dict[bytes, tuple[int, int]] = {}  # heads this pass runs: (start, length)
         cached: dict[bytes, int] = {}  # cached heads it reads: offset among their rows
-        cached_rows = 0
+        cached_rows = hits = 0
         heads: list[tuple[str, bytes | None, int]] = []  # per group: (source, key, length)
         for shared, head, _ in groups:
             key = array("i", shared[:head]).tobytes() if head else None
@@ -420,11 +431,14 @@ class PackedQwen3:
                     cached[key] = cached_rows
                     cached_rows += head
                 heads.append(("cache", key, head))
+                hits += 1
             else:
                 if key not in computed:
                     computed[key] = (len(ids), head)
                     ids += shared[:head]
                     positions.append(torch.arange(head, device=device))
+                else:
+                    hits += 1
                 heads.append(("pass", key, head))
         spans: list[tuple[int, ...]] = []
         for start, n in computed.values():
@@ -490,6 +504,8 @@ class PackedQwen3:
             self.cache.move_to_end(key)
         for key, layers in new_heads.items():
             self._remember(key, layers)
+        self.cache_hits += hits
+        self.cache_misses += len(computed)
         result: list[list[float]] = [[] for _ in groups]
         for (g, _, _), score in zip(tails, scores):
             result[g].append(score)
@@ -742,6 +758,14 @@ class TransformersEngine:
         self.backend = backend
         self.info = replace(self.info, max_length=backend.max_length, architecture=kind)
         log.info("model ready")
+
+    def prompt_cache(self) -> PromptCacheStats | None:
+        """The prompt-head cache's counters, for /metrics; None without one (cross-encoders)."""
+        backend = self.backend
+        if not isinstance(backend, Qwen3Reranker):
+            return None
+        packed = backend.packed
+        return PromptCacheStats(packed.cache_hits, packed.cache_misses, packed._cached_rows)
 
     def stop(self) -> None:
         self.backend = None

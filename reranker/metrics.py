@@ -9,7 +9,10 @@
 | reranker_batch_requests | histogram | | requests sharing a forward pass |
 | reranker_batch_tokens | histogram | | token rows per forward pass |
 | reranker_forward_seconds | histogram | | time of one forward pass |
-| reranker_tokens_total | counter | | token rows run through the model (rate() = tokens/s) |
+| reranker_tokens_total | counter | | token rows scored (rate() = tokens/s) |
+| reranker_prompt_cache_hits_total | counter | | requests in a pass whose prompt head (system prompt + instruction) was not computed for them |
+| reranker_prompt_cache_misses_total | counter | | requests in a pass whose prompt head was computed for them |
+| reranker_prompt_cache_rows | gauge | | token rows of prompt heads kept (RERANKER_PROMPT_CACHE_TOKENS at most) |
 
 `endpoint` is the route path (/v1/rerank, /health, ...) or `other` for paths that match no
 route, so a scan of random URLs cannot grow the label set.
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .batching import PassReport
@@ -80,12 +84,19 @@ class Metrics:
         )
         self.tokens = Counter(
             "reranker_tokens",
-            "Token rows run through the model; rate() gives tokens per second.",
+            "Token rows scored (each request's prompt once per pass, documents); rate() gives "
+            "tokens per second.",
             registry=r,
         )
+        self._prompt_cache: Callable[[], object | None] = lambda: None
+        r.register(_PromptCacheCollector(lambda: self._prompt_cache()))
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
+
+    def track_prompt_cache(self, stats: Callable[[], object | None]) -> None:
+        """`stats()` gives hits, misses and rows (`engine.PromptCacheStats`), or None."""
+        self._prompt_cache = stats
 
     def observe_pass(self, report: PassReport) -> None:
         self.batch_documents.observe(report.documents)
@@ -100,6 +111,38 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PromptCacheCollector:
+    """The engine's prompt-head cache counters, read at scrape time (zero without a cache)."""
+
+    def __init__(self, stats: Callable[[], object | None]):
+        self.stats = stats
+
+    def describe(self):
+        return self._families(None)
+
+    def collect(self):
+        return self._families(self.stats())
+
+    @staticmethod
+    def _families(stats):
+        hits = CounterMetricFamily(
+            "reranker_prompt_cache_hits",
+            "Requests in a pass whose prompt head (system prompt and instruction) was read from "
+            "the cache or computed for another request of the pass.",
+        )
+        misses = CounterMetricFamily(
+            "reranker_prompt_cache_misses",
+            "Requests in a pass whose prompt head was computed for them.",
+        )
+        rows = GaugeMetricFamily(
+            "reranker_prompt_cache_rows", "Token rows of prompt heads whose keys and values are kept."
+        )
+        hits.add_metric([], getattr(stats, "hits", 0))
+        misses.add_metric([], getattr(stats, "misses", 0))
+        rows.add_metric([], getattr(stats, "rows", 0))
+        return [hits, misses, rows]
 
 
 class RequestMetrics:

@@ -195,6 +195,7 @@ def test_a_cross_encoder_serves_the_same_api(serve, tmp_path_factory):
         refused = client.post("/v1/rerank", json={**REQUEST, "instruction": "find it"})
         assert refused.status_code == 422
         assert refused.json()["message"].startswith("instruction:")
+        assert metric(client.get("/metrics").text, "reranker_prompt_cache_rows") == 0  # none
 
 
 def test_an_unsupported_architecture_fails_the_load_with_the_reason(serve):
@@ -206,3 +207,25 @@ def test_an_unsupported_architecture_fails_the_load_with_the_reason(serve):
     health = httpx.get(f"{url}/health")
     assert health.status_code == 503
     assert "unsupported architecture: BertModel" in health.json()["message"]
+
+
+def test_metrics_show_the_prompt_head_cache_at_work(live_url):
+    """The second request with an instruction reads its head from the cache; /metrics says so."""
+
+    def cache() -> tuple[float, float, float]:
+        text = httpx.get(f"{live_url}/metrics").text
+        return (
+            metric(text, "reranker_prompt_cache_hits_total"),
+            metric(text, "reranker_prompt_cache_misses_total"),
+            metric(text, "reranker_prompt_cache_rows"),
+        )
+
+    instruction = "Find the passage that answers the question (metrics test)"
+    hits, misses, rows = cache()
+    for query in ("first query", "second query"):
+        body = {**REQUEST, "query": query, "instruction": instruction}
+        assert httpx.post(f"{live_url}/v1/rerank", json=body, timeout=30).status_code == 200
+    after = cache()
+    assert after[0] == hits + 1 and after[1] == misses + 1  # computed once, then read
+    assert after[2] > rows
+
