@@ -17,12 +17,15 @@ and tries again, and every request must end 200.
 Then peak memory: a fresh server per case and its peak RSS (VmHWM) once loaded (after one
 warm-up request), after one request of 1,000 documents of ~2,000 tokens and after one of a
 single ~8,000-token document, on the `small` shape (hidden 256, 4 layers); and, at the real
-0.6B width (`--memory-layers`, default 2), after 16 documents of ~2,000 tokens (four full
-passes) and after the 8,000-token document (`--skip-memory` to leave this out).
+0.6B width (`--memory-layers`, default 2, 0 for all 28), after 16 documents of ~2,000 tokens
+(four full passes) and after the 8,000-token document (`--skip-memory` to leave this out,
+`--memory-only` for these 0.6B-width cases alone).
 
     nice .venv/bin/python benchmarks/rerank_load.py                # about 10 minutes, 2 cores
     nice .venv/bin/python benchmarks/rerank_load.py --docs 1       # single-document requests
     nice .venv/bin/python benchmarks/rerank_load.py --seconds 3 --rounds 1 --skip-memory
+    nice .venv/bin/python benchmarks/rerank_load.py --memory-only --memory-layers 0 \
+        --out benchmarks/results/rerank_memory_0.6b.json          # 28 layers, about 6 minutes
 
 Prints a table and writes JSON (default benchmarks/results/rerank_load.json) with
 throughput_docs_per_s, unbatched_throughput_docs_per_s, p50_ms, p99_ms, unbatched_p50_ms,
@@ -261,6 +264,28 @@ def memory_cases(model: Path, label: str, threads: int, budget: int, many: int) 
     return peaks
 
 
+def memory_only(args) -> int:
+    """The 0.6B-width memory cases alone, at --memory-layers (0: the full 28)."""
+    from tests.qwen_models import build_qwen3_reranker
+
+    label = f"0.6b-{args.memory_layers or 28}-layers"
+    with tempfile.TemporaryDirectory(prefix="rerank-memory-") as tmp:
+        model = build_qwen3_reranker(Path(tmp) / "model", "0.6b", layers=args.memory_layers or None)
+        print(f"memory, {label}, batch_tokens {args.batch_tokens}:", flush=True)
+        peaks = memory_cases(model, label, args.threads, args.batch_tokens, 16)
+    report = {
+        "model_shape": f"Qwen3 reranker, {label} (random weights)",
+        "batch_tokens": args.batch_tokens,
+        "threads": args.threads,
+        "peak_rss_mb": round(max(peaks.values()), 1),
+        "peak_rss_mb_by_case": {k: round(v, 1) for k, v in peaks.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="0.6b", choices=["tiny", "small", "0.6b"])
@@ -274,15 +299,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue", type=int, default=32)
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument(
-        "--memory-layers", type=int, default=2, help="depth of the 0.6B-shape memory model"
+        "--memory-layers",
+        type=int,
+        default=2,
+        help="depth of the 0.6B-shape memory model (0 = all 28)",
     )
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the 0.6B-shape memory cases (JSON to --out: peak_rss_mb_by_case)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank_load.json")
     args = parser.parse_args(argv)
 
     from tests.qwen_models import build_qwen3_reranker
 
+    if args.memory_only:
+        return memory_only(args)
     low, high = (int(x) for x in args.words.split("-"))
     levels = [int(c) for c in args.concurrency.split(",")]
     bodies = make_bodies(256, args.docs, low, high, args.seed)
@@ -349,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             # The small shape reads 1,000 long documents in minutes on two cores; the 0.6B
             # shape (real width, fewer layers) shows the activations at the real width.
             for shape, layers, many in (("small", None, 1000), ("0.6b", args.memory_layers, 16)):
-                label = shape if layers is None else f"{shape}-{layers}-layers"
+                label = shape if layers is None else f"{shape}-{layers or 28}-layers"
                 mem_model = build_qwen3_reranker(
                     Path(tmp) / f"memory-{label}", shape, layers=layers
                 )
