@@ -119,9 +119,17 @@ CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that an
 class OfficialRecipe:
     """The model card's transformers usage, batch by batch, in the order the documents come."""
 
-    def __init__(self, model_dir: str | os.PathLike, max_length: int = 8192):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        max_length: int = 8192,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        """The card loads fp16 with flash_attention_2 on CUDA; transformers' default attention
+        (SDPA) stands in for it where flash-attn is not installed."""
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.max_length = max_length
         self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
         self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
