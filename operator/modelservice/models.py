@@ -149,7 +149,7 @@ class SecretKeyRef(_Model):
 # (condition reason UnsupportedEngineArgs) instead of silently dropping them.
 TEI_ONLY_ARGS = ("maxBatchRequests", "maxClientBatchSize", "maxConcurrentRequests", "pooling",
                  "autoTruncate", "payloadLimit", "defaultPrompt", "defaultPromptName")
-RERANKER_ONLY_ARGS = ("maxLength", "maxDocuments", "instruction")
+RERANKER_ONLY_ARGS = ("maxLength", "maxDocuments", "instruction", "promptCacheTokens")
 
 
 class EngineArgs(_Model):
@@ -177,6 +177,9 @@ class EngineArgs(_Model):
     max_length: Optional[int] = Field(None, ge=64, description="Reranker RERANKER_MAX_LENGTH (tokens per pair).")
     max_documents: Optional[int] = Field(None, ge=1, description="Reranker RERANKER_MAX_DOCUMENTS per request.")
     instruction: Optional[str] = Field(None, min_length=1, description="Reranker RERANKER_INSTRUCTION (default instruction).")
+    prompt_cache_tokens: Optional[int] = Field(
+        None, ge=0, description="Reranker RERANKER_PROMPT_CACHE_TOKENS (token rows of prompt heads, "
+                                "system prompt and instruction, kept between passes; 0 keeps none).")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
         "rule": "!(has(self.defaultPrompt) && has(self.defaultPromptName))",

@@ -132,7 +132,8 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
                                ("RERANKER_MAX_LENGTH", ea.max_length),
                                ("RERANKER_DTYPE", ea.dtype),
                                ("RERANKER_MAX_DOCUMENTS", ea.max_documents),
-                               ("RERANKER_INSTRUCTION", ea.instruction)):
+                               ("RERANKER_INSTRUCTION", ea.instruction),
+                               ("RERANKER_PROMPT_CACHE_TOKENS", ea.prompt_cache_tokens)):
                 if value is not None:
                     env.append({"name": var, "value": str(value)})
             if ea.api_key_secret_ref is not None:

@@ -29,7 +29,7 @@ INPUTS = {
     "reranker-cpu": {"reranker": {"accelerator": "cpu"}},
     "reranker-a100": {"reranker": {"accelerator": "ampere-80", "engineArgs": {
         "maxBatchTokens": 8192, "maxLength": 4096, "dtype": "bfloat16", "maxDocuments": 500,
-        "instruction": "Given a support ticket, retrieve the runbook that resolves it",
+        "instruction": "Given a support ticket, retrieve the runbook that resolves it", "promptCacheTokens": 0,
         "apiKeySecretRef": {"name": "rerank-key", "key": "api-key"}}}},
     "reranker-tei-bge-h100-product": {"reranker": {
         "model": "BAAI/bge-reranker-v2-m3", "accelerator": "auto", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}}},

@@ -26,7 +26,8 @@ def test_values_schema_engine_args_are_the_crds(component):
 # One value per engine-only argument, valid for the schema, so the template's rule is what refuses it.
 SAMPLE = {"maxBatchRequests": 4, "maxClientBatchSize": 8, "maxConcurrentRequests": 8, "pooling": "cls",
           "autoTruncate": True, "payloadLimit": 1000, "defaultPrompt": "q: ", "defaultPromptName": "query",
-          "maxLength": 512, "maxDocuments": 10, "instruction": "Find the answer"}
+          "maxLength": 512, "maxDocuments": 10, "instruction": "Find the answer",
+          "promptCacheTokens": 256}
 
 
 @pytest.mark.parametrize("operator", [True, False], ids=["operator", "plain"])

@@ -178,7 +178,7 @@ def test_reranker_env_is_what_the_reranker_service_reads():
 
     ms = body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="ampere-80",
               engineArgs={"maxLength": 4096, "maxBatchTokens": 16384, "maxDocuments": 200,
-                          "dtype": "bfloat16", "instruction": "Find the answer"})
+                          "dtype": "bfloat16", "instruction": "Find the answer", "promptCacheTokens": 2048})
     env = {e["name"]: e["value"] for e in container(build_deployment(ms))["env"] if "value" in e}
     ours = {k for k in env if k.startswith("RERANKER_")}
     fields = {f"RERANKER_{name.upper()}" for name in Settings.model_fields}
@@ -188,4 +188,5 @@ def test_reranker_env_is_what_the_reranker_service_reads():
     assert (settings.model, settings.host, settings.port, settings.device) == (
         "Qwen/Qwen3-Reranker-0.6B", "0.0.0.0", 8000, "cuda")
     assert (settings.max_length, settings.batch_tokens, settings.max_documents, settings.dtype,
-            settings.instruction) == (4096, 16384, 200, "bfloat16", "Find the answer")
+            settings.instruction, settings.prompt_cache_tokens) == (
+        4096, 16384, 200, "bfloat16", "Find the answer", 2048)

@@ -201,7 +201,7 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- if and (eq $engine "reranker") $v.revision -}}
 {{- fail (printf "%s.revision is not a setting of the reranker engine: clear it, and pin the model with a local path in the cache volume or an image with the model baked in" $c) -}}
 {{- end -}}
-{{- $foreign := list "maxLength" "maxDocuments" "instruction" -}}
+{{- $foreign := list "maxLength" "maxDocuments" "instruction" "promptCacheTokens" -}}
 {{- if eq $engine "reranker" -}}
 {{- $foreign = list "maxBatchRequests" "maxClientBatchSize" "maxConcurrentRequests" "pooling" "autoTruncate" "payloadLimit" "defaultPrompt" "defaultPromptName" -}}
 {{- end -}}

@@ -54,7 +54,7 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $env = append $env (dict "name" "RERANKER_HOST" "value" "0.0.0.0") -}}
 {{- $env = append $env (dict "name" "RERANKER_PORT" "value" (toString $containerPort)) -}}
 {{- $env = append $env (dict "name" "RERANKER_DEVICE" "value" (ternary "cuda" "cpu" $gpu)) -}}
-{{- range $var := list (list "RERANKER_BATCH_TOKENS" "maxBatchTokens") (list "RERANKER_MAX_LENGTH" "maxLength") (list "RERANKER_DTYPE" "dtype") (list "RERANKER_MAX_DOCUMENTS" "maxDocuments") (list "RERANKER_INSTRUCTION" "instruction") }}
+{{- range $var := list (list "RERANKER_BATCH_TOKENS" "maxBatchTokens") (list "RERANKER_MAX_LENGTH" "maxLength") (list "RERANKER_DTYPE" "dtype") (list "RERANKER_MAX_DOCUMENTS" "maxDocuments") (list "RERANKER_INSTRUCTION" "instruction") (list "RERANKER_PROMPT_CACHE_TOKENS" "promptCacheTokens") }}
 {{- if hasKey $ea (index $var 1) }}{{ $env = append $env (dict "name" (index $var 0) "value" (include "embedding-images.scalar" (index $ea (index $var 1)))) }}{{ end }}
 {{- end -}}
 {{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "RERANKER_API_KEY" .) | fromJson) }}{{ end -}}
