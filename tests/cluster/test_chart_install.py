@@ -112,7 +112,10 @@ def release(chart_cluster, tmp_path_factory):
     # every ModelService in a user's cluster. The chart leaves such a CRD alone and says so.
     preexisting_crd = kubectl("get", "crd", CRD, check=False).returncode == 0
     values = install_values(tmp, VALUES)
-    proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), check=False)
+    # --wait, as the chart's README says for a first install: the ModelServices' post-install hook
+    # then runs once the CRD is established, not racing the API server's discovery.
+    proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values),
+                "--wait", "--timeout", "180s", check=False)
     assert proc.returncode == 0, proc.stderr
     yield {"values": values, "tmp": tmp, "install_output": proc.stdout, "preexisting_crd": preexisting_crd}
     helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
