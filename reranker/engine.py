@@ -237,7 +237,6 @@ class PackedQwen3:
         # rows in all (see score_pass). Only the scheduler's worker thread touches them.
         self.cache_rows = cache_rows
         self.cache: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
-        self._cached_rows = 0
         # Requests whose head was read from the cache or computed for another request of the
         # same pass (hits), or computed for them (misses); for /metrics.
         self.cache_hits = 0
@@ -511,14 +510,17 @@ class PackedQwen3:
             result[g].append(score)
         return result
 
+    @property
+    def cached_rows(self) -> int:
+        """Token rows of the heads in the cache (a handful of entries)."""
+        return sum(layers[0][0].shape[0] for layers in self.cache.values())
+
     def _remember(self, key: bytes, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Cache a head's keys and values, evicting the least recently used past cache_rows."""
         n = layers[0][0].shape[0]
-        while self.cache and self._cached_rows + n > self.cache_rows:
-            _, evicted = self.cache.popitem(last=False)
-            self._cached_rows -= evicted[0][0].shape[0]
+        while self.cache and self.cached_rows + n > self.cache_rows:
+            self.cache.popitem(last=False)
         self.cache[key] = layers
-        self._cached_rows += n
 
 
 # --- the engine ----------------------------------------------------------------------------
@@ -765,7 +767,7 @@ class TransformersEngine:
         if not isinstance(backend, Qwen3Reranker):
             return None
         packed = backend.packed
-        return PromptCacheStats(packed.cache_hits, packed.cache_misses, packed._cached_rows)
+        return PromptCacheStats(packed.cache_hits, packed.cache_misses, packed.cached_rows)
 
     def stop(self) -> None:
         self.backend = None
