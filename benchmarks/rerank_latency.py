@@ -36,16 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rerank_bench import QUERY  # noqa: E402  (benchmarks/ is the script's own folder)
+from rerank_load import text  # noqa: E402  (words of one token each with their leading space)
 from reranker.memory import keep_freed_memory  # noqa: E402  (imports no torch)
 
 REFERENCE_VLLM_MS = 65.0
-QUERY = "which european city is home to the tallest iron tower and what is its history"
-# Words that are one Qwen3 token each with their leading space.
-WORDS = (
-    "the of and to in is was for on that with as by at from his her an were are which this be "
-    "river city market history science energy water paper system model network query document "
-    "answer capital france germany paris berlin tower museum bridge mountain forest ocean music"
-).split()
 
 
 def make_documents(tokenizer, n: int, tokens: int, seed: int) -> list[str]:
@@ -53,7 +48,7 @@ def make_documents(tokenizer, n: int, tokens: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n):
-        doc = " ".join(rng.choice(WORDS) for _ in range(tokens))
+        doc = text(rng, tokens)
         ids = tokenizer.encode(" " + doc, add_special_tokens=False)
         if len(ids) != tokens:
             raise RuntimeError(f"expected {tokens} tokens, got {len(ids)}: a word is not one token")
