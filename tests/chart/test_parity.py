@@ -4,20 +4,36 @@ the operator builds from the ModelService the chart renders with it.
 Both renders come from one values dict: operator.enabled=true gives the ModelService (the
 operator's input), operator.enabled=false gives the chart's own Deployment and Service; the
 operator's pure build functions (modelservice.resources) turn the ModelService into theirs.
-The fields issue 5 names must agree exactly, so the variant table cannot drift between the Go
-templates and Python.
+The two renderers must agree on the WHOLE objects, less the differences listed in INTENDED, each
+with the reason it is meant; anything else either renderer adds, drops or changes fails here.
 """
 from __future__ import annotations
 
 import copy
+import enum
+from typing import Any, Callable, NamedTuple
 
 import pytest
 
 pytestmark = pytest.mark.helm
 
+AFFINITY = {
+    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                               "values": ["zone-a", "zone-b"]}]}]}},
+    "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "embedding"}}}}]},
+}
+
+# Values that only the chart-only mode renders (values.yaml says so for each); the keys are named
+# here so that INTENDED can drop exactly them.
+POD_LABEL, POD_ANNOTATION, COMMON_ANNOTATION = "example.com/pod-label", "example.com/pod-note", "example.com/note"
+
 INPUTS = {
     "embedding-cpu": {"embedding": {"accelerator": "cpu"}},
-    "embedding-hopper": {"embedding": {"accelerator": "hopper"}},
+    "embedding-hopper": {"embedding": {"accelerator": "hopper", "engineArgs": {"defaultPrompt": "query: "}}},
     "embedding-l4-product": {"embedding": {"accelerator": "auto", "gpu": {"product": "NVIDIA-L4"}}},
     "embedding-t4-product-two-gpus": {"embedding": {"accelerator": "turing", "gpu": {"count": 2, "product": "Tesla-T4"}}},
     "embedding-ampere86-engine-args": {"embedding": {
@@ -34,11 +50,14 @@ INPUTS = {
     "reranker-tei-bge-h100-product": {"reranker": {
         "model": "BAAI/bge-reranker-v2-m3", "accelerator": "auto", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}}},
     "custom-everything": {
+        "commonLabels": {"team": "search"},
         "embedding": {
+            "name": "embed", "replicas": 3,
             "accelerator": "ada", "port": 9090, "image": "registry.example/tei:custom",
             "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
             "nodeSelector": {"pool": "gpu"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "affinity": AFFINITY,
             "env": [{"name": "RUST_LOG", "value": "debug"}],
             "hfTokenSecretRef": {"name": "hf", "key": "token"},
             "cache": {"existingClaim": "model-cache"},
@@ -46,17 +65,122 @@ INPUTS = {
         },
         "reranker": {
             "accelerator": "blackwell-120",
+            "affinity": {"podAffinity": AFFINITY["podAntiAffinity"]},
             "env": [{"name": "RERANKER_LOG_LEVEL", "value": "debug"}],
             "cache": {"sizeLimit": "20Gi"},
         },
     },
+    "chart-only-values": {
+        "commonAnnotations": {COMMON_ANNOTATION: "on"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "embedding": {"accelerator": "cpu", "podLabels": {POD_LABEL: "on"},
+                      "podAnnotations": {POD_ANNOTATION: "on"}, "autoscaling": {"enabled": True}},
+        "reranker": {"accelerator": "cpu", "podLabels": {POD_LABEL: "on"},
+                     "podAnnotations": {POD_ANNOTATION: "on"}, "autoscaling": {"enabled": True}},
+    },
 }
 
-# The pod and container fields issue 5 names, compared exactly.
-POD_FIELDS = ("nodeSelector", "tolerations", "securityContext", "runtimeClassName", "volumes",
-              "terminationGracePeriodSeconds")
-CONTAINER_FIELDS = ("image", "command", "args", "env", "ports", "startupProbe", "readinessProbe",
-                    "livenessProbe", "resources", "securityContext", "volumeMounts")
+
+class Side(enum.Enum):
+    """Which render an intended difference is dropped from."""
+
+    CHART = "chart"
+    OPERATOR = "operator"
+    BOTH = "both"
+
+
+class Intended(NamedTuple):
+    """A difference between the two renders that is meant: `path` (keys from the object's root)
+    is dropped from `side` of `kind` before the objects are compared, when `applies(values)`."""
+
+    kind: str
+    path: tuple[str, ...]
+    side: Side
+    why: str
+    applies: Callable[[dict], bool] = lambda values: True
+
+
+LABELS = ("metadata", "labels")
+POD_LABELS = ("spec", "template", "metadata", "labels")
+POD_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OPERATOR_SELECTOR = "serving.embedding-images.io/modelservice"
+
+
+def _autoscaled(values: dict) -> bool:
+    return bool(values.get("autoscaling", {}).get("enabled"))
+
+
+INTENDED = (
+    # Who applies the object: Helm in one mode, the operator (its field manager) in the other.
+    *(Intended(kind, path + (MANAGED_BY,), Side.BOTH, "managed-by names the applier")
+      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS))),
+    # The operator labels its children with the ModelService that owns them and selects pods by
+    # that label; without the operator there is no ModelService to name.
+    *(Intended(kind, path + (OPERATOR_SELECTOR,), Side.OPERATOR, "the owning ModelService's label")
+      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS))),
+    # Each mode selects its pods by its own labels (above); a Deployment's selector is immutable,
+    # so neither can move to the other's without breaking upgrades. test_each_mode_selects_its_own_pods
+    # checks both selectors instead.
+    Intended("Deployment", ("spec", "selector"), Side.BOTH, "each mode's own selector (immutable)"),
+    Intended("Service", ("spec", "selector"), Side.BOTH, "each mode's own selector"),
+    # The chart rolls its pods when the model's values change (the operator's pod template
+    # changes with the ModelService by construction, and it rolls nothing else).
+    Intended("Deployment", POD_ANNOTATIONS + ("checksum/config",), Side.CHART, "the chart's config checksum"),
+    # values.yaml: podLabels and podAnnotations are "only without the operator"; commonAnnotations
+    # and imagePullSecrets go on "every object (pod) the chart renders", and the operator's
+    # children are not the chart's (the ModelService carries no annotations or pull secrets down).
+    Intended("Deployment", POD_LABELS + (POD_LABEL,), Side.CHART, "podLabels: chart-only value"),
+    Intended("Deployment", POD_ANNOTATIONS + (POD_ANNOTATION,), Side.CHART, "podAnnotations: chart-only value"),
+    Intended("Deployment", ("metadata", "annotations"), Side.CHART, "commonAnnotations: the chart's objects"),
+    Intended("Service", ("metadata", "annotations"), Side.CHART, "commonAnnotations: the chart's objects"),
+    Intended("Deployment", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART,
+             "imagePullSecrets: the chart's pods"),
+    # With autoscaling, the chart leaves replicas to the HorizontalPodAutoscaler, which scales the
+    # Deployment; with the operator, it scales the ModelService, whose replicas the operator copies.
+    Intended("Deployment", ("spec", "replicas"), Side.BOTH, "autoscaling owns replicas", _autoscaled),
+)
+
+
+def _drop(obj: dict, path: tuple[str, ...]) -> bool:
+    """Removes obj[path[0]]...[path[-1]], and any parent it leaves empty; True when it was there."""
+    parent = obj
+    for key in path[:-1]:
+        parent = parent.get(key)
+        if not isinstance(parent, dict):
+            return False
+    if path[-1] not in parent:
+        return False
+    del parent[path[-1]]
+    if not parent and len(path) > 1:
+        _drop(obj, path[:-1])
+    return True
+
+
+def without_intended(kind: str, side: Side, obj: dict, values: dict) -> tuple[dict, set[Intended]]:
+    """A copy of one render of `kind` with the intended differences dropped, and those that were
+    there to drop."""
+    obj = copy.deepcopy(obj)
+    dropped = {d for d in INTENDED
+               if d.kind == kind and d.side in (side, Side.BOTH) and d.applies(values) and _drop(obj, d.path)}
+    return obj, dropped
+
+
+def operator_build(ms: dict) -> tuple[dict, dict]:
+    """The operator's Deployment and Service for a ModelService body (as the API would hand it)."""
+    from modelservice import resources
+
+    return resources.build_deployment(ms), resources.build_service(ms)
+
+
+class Pair(NamedTuple):
+    """One model's objects in both modes, and its section of the values."""
+
+    name: str
+    values: dict
+    modelservice: dict
+    operator: dict[str, dict]
+    chart: dict[str, dict]
 
 
 def both_modes(render, values: dict):
@@ -68,50 +192,100 @@ def both_modes(render, values: dict):
     return render(values=with_operator, sets=sets), render(values=without, sets=sets)
 
 
-def operator_build(ms: dict) -> tuple[dict, dict]:
-    """The operator's Deployment and Service for a ModelService body (as the API would hand it)."""
-    from modelservice import resources
-
-    return resources.build_deployment(ms), resources.build_service(ms)
-
-
-@pytest.mark.parametrize("name", sorted(INPUTS))
-def test_chart_and_operator_render_the_same_workload(render, name):
-    values = INPUTS[name]
-    with_operator, without = both_modes(render, values)
-    modelservices = with_operator.kinds("ModelService")
-    assert modelservices
-    for ms in modelservices:
-        ms_name = ms["metadata"]["name"]
-        op_deploy, op_service = operator_build(ms)
-        chart_deploy = without.get("Deployment", ms_name)
-        chart_service = without.get("Service", ms_name)
-
-        op_pod, chart_pod = op_deploy["spec"]["template"]["spec"], chart_deploy["spec"]["template"]["spec"]
-        for field in POD_FIELDS:
-            assert chart_pod.get(field) == op_pod.get(field), f"{ms_name}: pod {field} differs"
-        (op_c,) = op_pod["containers"]
-        (chart_c,) = chart_pod["containers"]
-        for field in CONTAINER_FIELDS:
-            assert chart_c.get(field) == op_c.get(field), f"{ms_name}: container {field} differs"
-        assert chart_deploy["spec"].get("replicas") == op_deploy["spec"].get("replicas")
-
-        assert chart_service["spec"]["ports"] == op_service["spec"]["ports"]
-        assert chart_service["spec"].get("type", "ClusterIP") == op_service["spec"].get("type", "ClusterIP")
-        # Each Service selects its own pods in both modes.
-        assert chart_service["spec"]["selector"].items() <= chart_deploy["spec"]["template"]["metadata"]["labels"].items()
-        assert op_service["spec"]["selector"].items() <= op_deploy["spec"]["template"]["metadata"]["labels"].items()
+@pytest.fixture(scope="module")
+def pairs(render) -> dict[str, list[Pair]]:
+    """Each input's models, rendered once in both modes."""
+    out = {}
+    for input_name, values in INPUTS.items():
+        with_operator, without = both_modes(render, values)
+        modelservices = with_operator.kinds("ModelService")
+        assert modelservices, input_name
+        out[input_name] = []
+        for ms in modelservices:
+            name = ms["metadata"]["name"]
+            section = "embedding" if ms["spec"]["task"] == "embed" else "reranker"
+            deployment, service = operator_build(ms)
+            out[input_name].append(Pair(
+                name, values.get(section, {}), ms, {"Deployment": deployment, "Service": service},
+                {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}))
+        assert len(without.kinds("Deployment")) == len(modelservices), input_name
+    return out
 
 
-def test_parity_inputs_cover_every_variant_family(render):
-    """The inputs above exercise CPU and GPU, TEI and the reranker, product and architecture."""
-    images = set()
-    for values in INPUTS.values():
-        _, without = both_modes(render, values)
-        images |= {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in without.kinds("Deployment")}
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two objects differ, as readable paths (for the failure message only)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b))
+                for d in (_differences(a.get(key), b.get(key), f"{path}.{key}") if key in a and key in b
+                          else [f"{path}.{key} only {'with' if key in a else 'without'} the operator"])]
+    return [] if a == b else [f"{path}: operator {a!r} != chart {b!r}"]
+
+
+@pytest.mark.parametrize("input_name", sorted(INPUTS))
+def test_chart_and_operator_render_the_same_objects(pairs, input_name):
+    for pair in pairs[input_name]:
+        for kind in ("Deployment", "Service"):
+            op, _ = without_intended(kind, Side.OPERATOR, pair.operator[kind], pair.values)
+            chart, _ = without_intended(kind, Side.CHART, pair.chart[kind], pair.values)
+            differences = _differences(op, chart)
+            assert not differences, f"{kind}/{pair.name}:\n  " + "\n  ".join(differences)
+
+
+def test_every_intended_difference_is_still_one(pairs):
+    """An entry of INTENDED that no input exercises would hide drift for nothing: drop it."""
+    used: set[Intended] = set()
+    for pair in (p for ps in pairs.values() for p in ps):
+        for kind in ("Deployment", "Service"):
+            used |= without_intended(kind, Side.OPERATOR, pair.operator[kind], pair.values)[1]
+            used |= without_intended(kind, Side.CHART, pair.chart[kind], pair.values)[1]
+    assert not set(INTENDED) - used, sorted(d.why for d in set(INTENDED) - used)
+
+
+def test_each_mode_selects_its_own_pods(pairs):
+    """The selectors INTENDED leaves out: each mode's Deployment and Service select its pods, and
+    neither selector carries a label that changes with the values (selectors are immutable)."""
+    for pair in (p for ps in pairs.values() for p in ps):
+        for objects, expected in ((pair.operator, {OPERATOR_SELECTOR}),
+                                  (pair.chart, {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                                                "app.kubernetes.io/component"})):
+            deployment, service = objects["Deployment"], objects["Service"]
+            pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            assert set(selector) == expected and selector == service["spec"]["selector"], pair.name
+            assert selector.items() <= pod_labels.items(), pair.name
+
+
+# Spec fields no chart-only input can set: fallbackToCPU needs accelerator auto, which needs the
+# operator (the chart refuses it, naming the reason).
+OPERATOR_ONLY_FIELDS = {"fallbackToCPU"}
+
+
+def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):
+    """A new spec field (or engine argument) fails here until an input above sets it, so the chart
+    cannot silently render it differently, or not at all."""
+    from modelservice.crd import build_crd
+
+    (version,) = build_crd()["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    fields = set(schema["properties"]) - OPERATOR_ONLY_FIELDS
+    engine_args = set(schema["properties"]["engineArgs"]["properties"])
+    specs = [p.modelservice["spec"] for ps in pairs.values() for p in ps]
+    set_fields = {field for spec in specs for field in spec}
+    set_engine_args = {arg for spec in specs for arg in spec.get("engineArgs", {})}
+    assert fields <= set_fields, f"no parity input sets {sorted(fields - set_fields)}"
+    assert engine_args <= set_engine_args, f"no parity input sets engineArgs {sorted(engine_args - set_engine_args)}"
+
+
+def test_parity_inputs_cover_every_variant_family_and_affinity(pairs):
+    """The inputs above exercise CPU and GPU, TEI and the reranker, product and architecture, and
+    affinity (which a renderer could drop without any other input noticing)."""
+    chart_pods = [p.chart["Deployment"]["spec"]["template"]["spec"] for ps in pairs.values() for p in ps]
+    images = {pod["containers"][0]["image"] for pod in chart_pods}
     assert any(":cpu-" in i for i in images) and any("hopper" in i for i in images)
     assert any("reranker:" in i and i.endswith("-cpu") for i in images)
     assert any("reranker:" in i and i.endswith("-cuda") for i in images)
+    affinities = [pod["affinity"] for pod in chart_pods if "affinity" in pod]
+    assert AFFINITY in affinities and len(affinities) == 2
 
 
 def test_pdb_and_networkpolicy_select_the_operators_pods(render):

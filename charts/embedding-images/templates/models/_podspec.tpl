@@ -1,8 +1,8 @@
 {{/*
 The pod spec of a model workload without the operator: the Go-template twin of the operator's
 pod spec in operator/modelservice/resources.py. tests/chart/test_parity.py renders both from the
-same input and compares image, args, env, probes, resources, node selector, tolerations and
-security context, so a change here without the same change there fails the suite.
+same values and compares the whole Deployment and Service, less a commented list of intended
+differences, so a change here without the same change there fails the suite.
 Argument: dict "root" $ "component" name "resolved" (embedding-images.model.resolve).
 */}}
 {{- define "embedding-images.model.podSpec" -}}
@@ -65,6 +65,9 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- end -}}
 {{- $env = concat $env (default list $v.env) -}}
 {{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
+{{- /* the model serves HTTP only: no API credentials, no other Services' addresses in its env */}}
+automountServiceAccountToken: false
+enableServiceLinks: false
 {{- if not $tei }}
 {{- /* longer than the reranker's RERANKER_SHUTDOWN_TIMEOUT (30 s), which finishes requests in flight */}}
 terminationGracePeriodSeconds: 45
