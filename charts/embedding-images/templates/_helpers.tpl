@@ -47,14 +47,6 @@ values <component>.name, else <fullname>-<component>. Argument: dict "root" $ "c
 {{- end -}}
 {{- end -}}
 
-{{- define "embedding-images.embedding.fullname" -}}
-{{- include "embedding-images.model.fullname" (dict "root" . "component" "embedding") -}}
-{{- end -}}
-
-{{- define "embedding-images.reranker.fullname" -}}
-{{- include "embedding-images.model.fullname" (dict "root" . "component" "reranker") -}}
-{{- end -}}
-
 {{- define "embedding-images.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -224,7 +216,7 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- $image = printf "%s:%s" $table.reranker.repository (toString $variant.rerankerTag) -}}
 {{- end -}}
 {{- end -}}
-{{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count "productCapability" $productCap | toJson -}}
+{{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count | toJson -}}
 {{- end -}}
 
 {{/*
