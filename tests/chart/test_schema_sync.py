@@ -6,21 +6,36 @@ import json
 
 import pytest
 
+from modelservice import values_schema
 from modelservice.models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS
-from . import schema_sync
+
+from .conftest import ROOT
 
 pytestmark = pytest.mark.helm
 
 PLAIN = ["operator.enabled=false", "crds.enabled=false"]
 
 
-@pytest.mark.parametrize("component", schema_sync.COMPONENTS)
+@pytest.mark.parametrize("component", values_schema.COMPONENTS)
 def test_values_schema_engine_args_are_the_crds(component):
-    schema = json.loads(schema_sync.VALUES_SCHEMA.read_text())
+    schema = json.loads((ROOT / values_schema.VALUES_SCHEMA_PATH).read_text())
     got = schema["properties"][component]["properties"]["engineArgs"]
-    assert got == schema_sync.expected_engine_args(), (
+    assert got == values_schema.expected_engine_args(), (
         f"{component}.engineArgs in values.schema.json differs from the CRD's engineArgs: "
-        "run `python tests/chart/schema_sync.py`")
+        f"run `{values_schema.COMMAND}`")
+
+
+def test_values_schema_generator_rewrites_a_stale_file_and_checks_it(tmp_path):
+    committed = (ROOT / values_schema.VALUES_SCHEMA_PATH).read_text()
+    stale = json.loads(committed)
+    stale["properties"]["reranker"]["properties"]["engineArgs"]["properties"].pop("maxLength")
+    path = tmp_path / values_schema.VALUES_SCHEMA_PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stale, indent=2) + "\n")
+    assert values_schema.main(["--root", str(tmp_path), "--check"]) == 1
+    assert values_schema.main(["--root", str(tmp_path)]) == 0
+    assert path.read_text() == committed
+    assert values_schema.main(["--root", str(tmp_path), "--check"]) == 0
 
 
 # One value per engine-only argument, valid for the schema, so the template's rule is what refuses it.

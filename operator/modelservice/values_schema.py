@@ -1,0 +1,104 @@
+"""The chart's `engineArgs` schema, generated from the ModelService CRD's.
+
+values.schema.json (charts/embedding-images) must accept exactly the engine arguments the CRD
+accepts, with the same bounds and the same CEL rules, or a value that installs in one mode fails
+in the other. This module writes the CRD's `engineArgs` (from `crd.build_crd()`, so from the
+pydantic models) into both model sections of values.schema.json, as JSON Schema draft-07. Run
+from the repository root:
+
+    python -m modelservice.values_schema          # rewrite the engineArgs of values.schema.json
+    python -m modelservice.values_schema --check  # exit 1 when the file is out of date
+
+tests/chart/test_schema_sync.py fails when the committed file differs from the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .crd import build_crd
+
+VALUES_SCHEMA_PATH = Path("charts/embedding-images/values.schema.json")
+COMPONENTS = ("embedding", "reranker")
+COMMAND = "python -m modelservice.values_schema"
+
+# OpenAPI keywords of the CRD that JSON Schema (draft-07) shares; the rest (x-kubernetes-*,
+# default) are the API server's business.
+KEPT = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern", "required")
+
+# The one shape of CEL rule that JSON Schema can say: two fields that exclude each other.
+_EXCLUSIVE = re.compile(r"^!\(has\(self\.(\w+)\) && has\(self\.(\w+)\)\)$")
+
+
+def cel_as_json_schema(rule: str) -> dict[str, Any]:
+    """A CEL rule as the JSON Schema that refuses the same objects; ValueError for a rule this
+    translation does not know (add its form here, or the chart would silently accept more)."""
+    match = _EXCLUSIVE.match(rule)
+    if not match:
+        raise ValueError(f"no JSON Schema form for the CEL rule {rule!r}")
+    return {"not": {"required": list(match.groups())}}
+
+
+def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
+    """A structural CRD schema node as JSON Schema, unknown properties refused, CEL rules kept."""
+    out = {k: node[k] for k in KEPT if k in node}
+    if "properties" in node:
+        out["additionalProperties"] = False
+        out["properties"] = {k: to_json_schema(v) for k, v in node["properties"].items()}
+    rules = [cel_as_json_schema(r["rule"]) for r in node.get("x-kubernetes-validations", ())]
+    if len(rules) == 1:
+        out.update(rules[0])
+    elif rules:
+        out["allOf"] = rules
+    return out
+
+
+def crd_spec_property(name: str) -> dict[str, Any]:
+    """One property of the ModelService spec, as the generated CRD defines it."""
+    (version,) = [v for v in build_crd()["spec"]["versions"] if v.get("storage")]
+    return version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][name]
+
+
+def expected_engine_args() -> dict[str, Any]:
+    """The JSON Schema of a model section's engineArgs in values.schema.json."""
+    return to_json_schema(crd_spec_property("engineArgs"))
+
+
+def render_values_schema(current: str) -> str:
+    """values.schema.json's text with both model sections' engineArgs replaced."""
+    schema = json.loads(current)
+    for component in COMPONENTS:
+        schema["properties"][component]["properties"]["engineArgs"] = expected_engine_args()
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when values.schema.json is out of date")
+    parser.add_argument("--root", type=Path, default=Path("."),
+                        help="repository root (default: the current directory)")
+    args = parser.parse_args(argv)
+    path = args.root / VALUES_SCHEMA_PATH
+    try:
+        current = path.read_text()
+        text = render_values_schema(current)
+    except (OSError, ValueError) as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
+    if text == current:
+        return 0
+    if args.check:
+        print(f"{path} is out of date: run `{COMMAND}`", file=sys.stderr)
+        return 1
+    path.write_text(text)
+    print(f"wrote engineArgs of {', '.join(COMPONENTS)} into {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
