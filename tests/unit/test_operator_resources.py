@@ -1,7 +1,8 @@
 """The operator's Deployment and Service, as a user would inspect them with kubectl get -o yaml.
 
 Golden files (tests/unit/operator_golden/*.yaml: input, Deployment, Service) pin the full objects
-for a GPU TEI and a CPU reranker ModelService; property tests check the invariants that keep pods
+for a GPU TEI, a CPU reranker and a GPU-product TEI with scheduling constraints (node selector,
+tolerations, affinity, runtime class); property tests check the invariants that keep pods
 on hardware their image runs on, for any spec.
 """
 from __future__ import annotations
