@@ -2,14 +2,18 @@
 
 The CRD file (charts/embedding-images/files/crd-modelservices.yaml) is generated from
 modelservice.models; these tests fail when the committed file is stale, when the generator loses a
-field, default or enum, and when the API server (the schema) and the operator (pydantic) would
-judge a spec differently.
+field, default or enum, and when the API server (the schema, its defaults and its CEL rules,
+evaluated here with cel-python as the API server would) and the operator (pydantic) would judge a
+spec differently.
 """
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Iterator, get_args
 
+import celpy
 import jsonschema
 import pytest
 import yaml
@@ -142,6 +146,115 @@ def test_cel_rules_are_the_ones_pydantic_enforces():
         assert rule["fieldPath"].lstrip(".").split(".")[0] in models.ModelServiceSpec.model_json_schema(by_alias=True)["properties"]
 
 
+# --- the API server's judgement: schema, then defaults, then the CEL rules -----------------------
+
+SPEC_SCHEMA = openapi(committed())["properties"]["spec"]
+SPEC_VALIDATOR = jsonschema.Draft7Validator(SPEC_SCHEMA)
+CEL = celpy.Environment()
+
+
+def cel_rules(schema: dict, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
+    """Each x-kubernetes-validations rule of a structural schema, with the path of the object it
+    judges (`self`)."""
+    for rule in schema.get("x-kubernetes-validations", ()):
+        yield path, rule
+    for name, sub in schema.get("properties", {}).items():
+        yield from cel_rules(sub, (*path, name))
+
+
+SPEC_CEL_RULES = list(cel_rules(SPEC_SCHEMA))
+
+
+def with_defaults(schema: dict, value: Any) -> Any:
+    """`value` with the schema's defaults filled in, as the API server does before it runs CEL."""
+    if not isinstance(value, dict) or "properties" not in schema:
+        return value
+    out = dict(value)
+    for name, sub in schema["properties"].items():
+        if name in out:
+            out[name] = with_defaults(sub, out[name])
+        elif "default" in sub:
+            out[name] = with_defaults(sub, sub["default"])
+    return out
+
+
+@functools.cache
+def _program(rule: str) -> celpy.Runner:
+    return CEL.program(CEL.compile(rule))
+
+
+def cel_refusals(spec: dict) -> list[str]:
+    """The messages of the CEL rules that refuse a schema-valid spec. A rule is judged only where
+    its object is present, on the defaulted spec; a rule that does not evaluate to a boolean
+    (an error, or a Kubernetes CEL extension cel-python lacks) fails the test."""
+    spec = with_defaults(SPEC_SCHEMA, spec)
+    refused = []
+    for path, rule in SPEC_CEL_RULES:
+        node = spec
+        for name in path:
+            node = node.get(name) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        verdict = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(node)})
+        assert isinstance(verdict, celpy.celtypes.BoolType), f"{rule['rule']} on {node}: {verdict!r}"
+        if not verdict:
+            refused.append(rule["message"])
+    return refused
+
+
+def pydantic_refusals(spec: dict) -> list[str] | None:
+    """The operator's error messages for a spec; None when it accepts it."""
+    try:
+        models.parse_spec(spec)
+    except ValidationError as exc:
+        return [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+    return None
+
+
+BASE = {"task": "embed", "model": "BAAI/bge-small-en-v1.5"}
+
+# Per CEL rule (by message): specs it must let through and one it must refuse, alone.
+RULE_CASES = {
+    models.SPEC_RULES[0]["message"]: (
+        [{"accelerator": "cpu", "gpu": {"count": 0}}, {"accelerator": "cpu", "gpu": {}},
+         {"accelerator": "hopper", "gpu": {"count": 2}}],
+        {"accelerator": "cpu", "gpu": {"count": 1}}),
+    models.SPEC_RULES[1]["message"]: (
+        [{"accelerator": "ada", "gpu": {"product": "NVIDIA-L4"}}, {"accelerator": "auto", "gpu": {"product": "NVIDIA-L4"}}],
+        {"accelerator": "cpu", "gpu": {"product": "NVIDIA-L4"}}),
+    models.SPEC_RULES[2]["message"]: (
+        [{"accelerator": "auto", "fallbackToCPU": True}, {"accelerator": "cpu", "fallbackToCPU": False}],
+        {"accelerator": "hopper", "fallbackToCPU": True}),
+    models.SPEC_RULES[3]["message"]: (
+        [{"task": "rerank", "engine": "reranker"}, {"task": "embed", "engine": "tei"}],
+        {"task": "embed", "engine": "reranker"}),
+    "defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)": (
+        [{"engineArgs": {"defaultPrompt": "query: "}}, {"engineArgs": {"defaultPromptName": "query"}}],
+        {"engineArgs": {"defaultPrompt": "query: ", "defaultPromptName": "query"}}),
+    "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both": (
+        [{"cache": {"sizeLimit": "10Gi"}}, {"cache": {"existingClaim": "models"}}],
+        {"cache": {"sizeLimit": "10Gi", "existingClaim": "models"}}),
+}
+
+
+def test_every_cel_rule_of_the_crd_has_cases():
+    assert sorted(rule["message"] for _, rule in SPEC_CEL_RULES) == sorted(RULE_CASES)
+
+
+@pytest.mark.parametrize("message", sorted(RULE_CASES))
+def test_cel_rule_refuses_its_bad_spec_and_passes_the_good_ones(message):
+    goods, bad = RULE_CASES[message]
+    for good in goods:
+        spec = {**BASE, **good}
+        assert SPEC_VALIDATOR.is_valid(spec), spec
+        assert cel_refusals(spec) == [], spec
+        assert pydantic_refusals(spec) is None, spec
+    spec = {**BASE, **bad}
+    assert SPEC_VALIDATOR.is_valid(spec), f"the schema alone refuses {spec}: the CEL rule is untested"
+    assert cel_refusals(spec) == [message]
+    assert pydantic_refusals(spec) == [message]
+
+
 # Spec dicts, valid or not, to judge with both validators.
 values = {
     "task": st.sampled_from(["embed", "rerank", "classify", 3]),
@@ -167,30 +280,39 @@ values = {
     "hfTokenSecretRef": st.fixed_dictionaries({"name": st.sampled_from(["hf", "HF"])}),
 }
 specs = st.fixed_dictionaries({}, optional=values)
-
-CEL_MESSAGES = {r["message"] for r in models.SPEC_RULES} | {
-    "defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)",
-    "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both"}
-
-
-SPEC_VALIDATOR = jsonschema.Draft7Validator(openapi(committed())["properties"]["spec"])
+# Specs with a valid task and model, so that the CEL rules, not the schema, decide most of them.
+near_valid_specs = st.fixed_dictionaries(
+    {"task": st.sampled_from(["embed", "rerank"]), "model": st.sampled_from(["BAAI/bge-small-en-v1.5", "m"])},
+    optional={k: v for k, v in values.items() if k not in ("task", "model")})
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs)
-def test_schema_and_pydantic_judge_specs_alike(spec):
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs | near_valid_specs)
+def test_api_server_and_pydantic_judge_specs_alike(spec):
+    """The API server accepts a spec (schema, then CEL on the defaulted spec) exactly when the
+    operator does, and where only CEL refuses it, pydantic refuses it for the same reason."""
     schema_ok = SPEC_VALIDATOR.is_valid(spec)
-    try:
-        models.parse_spec(spec)
-        pydantic_ok, errors = True, []
-    except ValidationError as exc:
-        pydantic_ok, errors = False, exc.errors()
-    if pydantic_ok:
-        assert schema_ok, f"the operator accepts what the API server would refuse: {spec}"
-    elif schema_ok:
-        # only the CEL rules (which jsonschema cannot run) may refuse what the schema lets through
-        messages = {e["msg"].removeprefix("Value error, ") for e in errors}
-        assert messages <= CEL_MESSAGES, f"{spec}: {messages}"
+    cel = cel_refusals(spec) if schema_ok else []
+    operator = pydantic_refusals(spec)
+    api_ok = schema_ok and not cel
+    assert api_ok == (operator is None), f"API server: schema {schema_ok}, CEL {cel}; operator: {operator}"
+    if schema_ok and cel:
+        assert set(operator) <= set(cel), f"{spec}: the operator says {operator}, the API server {cel}"
+
+
+VALUES_ENGINE_ARGS = jsonschema.Draft7Validator(json.loads(
+    (ROOT / "charts" / "embedding-images" / "values.schema.json").read_text()
+)["properties"]["embedding"]["properties"]["engineArgs"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(values["engineArgs"])
+def test_values_schema_engine_args_refuse_what_the_crd_refuses(engine_args):
+    """The chart's values.schema.json (modelservice.values_schema writes its CEL rule as JSON
+    Schema) and the CRD judge engineArgs alike, without the operator in between."""
+    spec = {**BASE, "engineArgs": engine_args}
+    api_ok = SPEC_VALIDATOR.is_valid(spec) and not cel_refusals(spec)
+    assert VALUES_ENGINE_ARGS.is_valid(engine_args) == api_ok, engine_args
 
 
 def test_defaults_fill_a_minimal_spec():
