@@ -124,16 +124,19 @@ INTENDED = (
     # checks both selectors instead.
     Intended("Deployment", ("spec", "selector"), Side.BOTH, "each mode's own selector (immutable)"),
     Intended("Service", ("spec", "selector"), Side.BOTH, "each mode's own selector"),
-    # The chart rolls its pods when the model's values change (the operator's pod template
-    # changes with the ModelService by construction, and it rolls nothing else).
+    # The chart's pods carry a checksum of the model's values, so that any change of them rolls
+    # the pods; the operator's pod template is built from the ModelService alone, so it changes
+    # whenever the pods must roll, without a checksum.
     Intended("Deployment", POD_ANNOTATIONS + ("checksum/config",), Side.CHART, "the chart's config checksum"),
     # values.yaml: podLabels and podAnnotations are "only without the operator"; commonAnnotations
     # and imagePullSecrets go on "every object (pod) the chart renders", and the operator's
     # children are not the chart's (the ModelService carries no annotations or pull secrets down).
     Intended("Deployment", POD_LABELS + (POD_LABEL,), Side.CHART, "podLabels: chart-only value"),
     Intended("Deployment", POD_ANNOTATIONS + (POD_ANNOTATION,), Side.CHART, "podAnnotations: chart-only value"),
-    Intended("Deployment", ("metadata", "annotations"), Side.CHART, "commonAnnotations: the chart's objects"),
-    Intended("Service", ("metadata", "annotations"), Side.CHART, "commonAnnotations: the chart's objects"),
+    Intended("Deployment", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
+             "commonAnnotations: the chart's objects"),
+    Intended("Service", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
+             "commonAnnotations: the chart's objects"),
     Intended("Deployment", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART,
              "imagePullSecrets: the chart's pods"),
     # With autoscaling, the chart leaves replicas to the HorizontalPodAutoscaler, which scales the
