@@ -1,17 +1,23 @@
 """Thin kopf handlers around one reconcile().
 
-* A ModelService is created, changed, or seen again after a restart: `reconcile()` plans
-  (resources.py, plan.py: pure), applies the Deployment and Service (kube.py: server-side apply,
-  owner references from kopf.adopt) and writes the status (status.py) only when it changed.
+* A ModelService is created, changed, or seen again after a restart: `reconcile()` validates its
+  spec once (models.parse_modelservice), plans (plan.py), builds the Deployment and Service
+  (resources.py), applies them (kube.py: server-side apply, owner references from kopf.adopt) and
+  writes the status (status.py) only when it changed. Everything but the API calls and the clock
+  is pure and takes the parsed ModelService and the Plan.
 * A child Deployment or Service changes or disappears: `on_child_event()` puts back a deleted or
   hand-edited child and refreshes the status from the Deployment's; it never re-plans, it reuses
-  the plan the status records for the current generation.
+  the plan the status records for the current generation (status.recorded_plan).
+
+The API client (kube.Kube) is made once in the startup handler and reaches every handler through
+kopf's `memo`; reconcile() and on_child_event() take it as their first argument.
 
 Specs that cannot run raise kopf.PermanentError (retried only when the spec changes); a missing
 GPU node raises kopf.TemporaryError (retried, nodes may join). API failures are retried by kopf.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from typing import Any, Mapping
@@ -20,23 +26,15 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import kube as kube_module
-from .models import GROUP, PLURAL, VERSION, parse_spec
-from .plan import Plan, PlanError, build_plan
-from .resources import MANAGER, build_deployment, build_service
-from .status import build_status, plan_from_status, status_changed
+from .kube import Kube, load_config
+from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
+from .plan import Plan, PlanError, build_plan, invalid_spec
+from .resources import build_deployment, build_service, drifted
+from .status import build_invalid_status, build_status, recorded_plan, status_changed
+from .variants import AUTO
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 RETRY_NODES_S = 30
-_kube: kube_module.Kube | None = None
-
-
-def kube() -> kube_module.Kube:
-    global _kube
-    if _kube is None:
-        kube_module.load_config()
-        _kube = kube_module.Kube()
-    return _kube
 
 
 def now() -> str:
@@ -44,7 +42,7 @@ def now() -> str:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Progress in annotations only: the status belongs to the ModelService schema, which has no
     # room (and no preserve-unknown-fields) for kopf's own bookkeeping.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.embedding-images.io")
@@ -54,68 +52,68 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
-    kube()
+    load_config()
+    memo.kube = Kube()
 
 
-def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Writes the status when it differs from the body's; returns whether it wrote."""
-    if not status_changed(body, status):
+def write_status(kube: Kube, ms: ModelService, status: Mapping[str, Any]) -> bool:
+    """Writes the status when it differs from the one `ms` was read with; returns whether it wrote."""
+    if not status_changed(ms.status, status):
         return False
-    meta = body["metadata"]
-    kube().replace_status(meta["namespace"], meta["name"], status)
+    kube.replace_status(ms.namespace, ms.name, status)
     return True
 
 
-def apply_children(body: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
-    """Applies the Deployment and Service of a plan; returns the live Deployment."""
-    deployment = build_deployment(body, plan)
-    service = build_service(body)
+def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan) -> dict[str, Any]:
+    """Applies the Deployment and Service of a plan, owned by `body`; returns the live Deployment."""
+    deployment = build_deployment(ms, plan)
+    service = build_service(ms)
     kopf.adopt([deployment, service], owner=body)  # type: ignore[arg-type]
-    live = kube().apply(deployment)
-    kube().apply(service)
+    live = kube.apply(deployment)
+    kube.apply(service)
     return live
 
 
-def reconcile(body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
     """Makes the children and the status match the ModelService."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
-        spec = parse_spec(dict(body.get("spec") or {}))
+        ms = parse_modelservice(body)
     except ValidationError as exc:
-        error = PlanError("InvalidSpec", "; ".join(
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
-        write_status(body, build_status(body, now=now(), error=error,
-                                        deployment=kube().get_deployment(namespace, name)))
-        raise kopf.PermanentError(error.message) from exc
-    nodes = kube().list_nodes() if spec.accelerator == "auto" else None
-    previous = (body.get("status") or {}).get("nodeSelector")
+        error = invalid_spec(exc)
+        status = build_invalid_status(body, now=now(), error=error,
+                                      deployment=kube.get_deployment(namespace, name))
+        if status_changed(body.get("status") or {}, status):
+            kube.replace_status(namespace, name, status)
+        raise kopf.PermanentError(f"{error.reason}: {error.message}") from exc
+    nodes = kube.list_nodes() if ms.spec.accelerator == AUTO else None
     try:
-        plan = build_plan(spec, nodes, previous=previous)
+        plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"))
     except PlanError as error:
-        write_status(body, build_status(body, now=now(), error=error,
-                                        deployment=kube().get_deployment(namespace, name)))
+        write_status(kube, ms, build_status(ms, now=now(), error=error,
+                                            deployment=kube.get_deployment(namespace, name)))
         if error.retry:
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
-    live = apply_children(body, plan)
-    status = build_status(body, now=now(), plan=plan, deployment=live)
-    if write_status(body, status):
+    live = apply_children(kube, body, ms, plan)
+    status = build_status(ms, now=now(), plan=plan, deployment=live)
+    if write_status(kube, ms, status):
         logger.info("%s/%s: %s on %s (%s)", namespace, name, plan.engine, plan.variant, plan.image)
     # Deployment events that arrived between the apply and the status write were skipped (the
     # status held no plan for this generation yet), and a Deployment that became ready meanwhile
     # sends no more: read it once more, now that later events find the plan in the status.
-    fresh = kube().get_deployment(namespace, name)
+    fresh = kube.get_deployment(namespace, name)
     if fresh is not None and fresh.get("status") != live.get("status"):
-        written = {**body, "status": status}
-        write_status(written, build_status(written, now=now(), plan=plan, deployment=fresh))
+        written = dataclasses.replace(ms, status=status)
+        write_status(kube, written, build_status(written, now=now(), plan=plan, deployment=fresh))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_modelservice(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-    reconcile(body, logger)
+def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    reconcile(memo.kube, body, logger)
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:
@@ -125,46 +123,49 @@ def _owner_name(child: Mapping[str, Any]) -> str | None:
     return None
 
 
-def on_child_event(event_type: str | None, child: Mapping[str, Any],
+def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
                    logger: logging.Logger | logging.LoggerAdapter) -> None:
     """Repairs a deleted or drifted child and refreshes the status from the Deployment."""
     owner = _owner_name(child)
     namespace = child.get("metadata", {}).get("namespace")
     if owner is None or namespace is None:
         return
-    ms = kube().get_modelservice(namespace, owner)
-    if ms is None or ms["metadata"].get("deletionTimestamp"):
+    body = kube.get_modelservice(namespace, owner)
+    if body is None or body["metadata"].get("deletionTimestamp"):
         return
-    plan = plan_from_status(ms)
+    try:
+        ms = parse_modelservice(body)
+    except ValidationError:
+        return  # an invalid spec is the ModelService handler's to report
+    plan = recorded_plan(ms)
     if plan is None:
         return  # the ModelService handler has not finished this generation: it owns the next step
     kind = child.get("kind")
     desired = build_deployment(ms, plan) if kind == "Deployment" else build_service(ms)
-    drifted = event_type == "DELETED" or not (
-        kube_module.contains(child.get("spec"), desired["spec"])
-        and kube_module.contains(child.get("metadata", {}).get("labels") or {}, desired["metadata"]["labels"]))
     live: Mapping[str, Any] | None = child if kind == "Deployment" else None
-    if drifted:
+    if event_type == "DELETED" or drifted(child, desired):
         logger.info("%s %s/%s %s: putting it back", kind, namespace, child["metadata"]["name"],
                     "was deleted" if event_type == "DELETED" else "drifted")
-        kopf.adopt([desired], owner=ms)  # type: ignore[arg-type]
-        applied = kube().apply(desired)
+        kopf.adopt([desired], owner=body)  # type: ignore[arg-type]
+        applied = kube.apply(desired)
         live = applied if kind == "Deployment" else None
     if live is not None:
-        write_status(ms, build_status(ms, now=now(), plan=plan, deployment=live))
+        write_status(kube, ms, build_status(ms, now=now(), plan=plan, deployment=live))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(event: Mapping[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+def deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                     **_: Any) -> None:
     try:
-        on_child_event(event.get("type"), body, logger)
+        on_child_event(memo.kube, event.get("type"), body, logger)
     except ApiException as exc:  # events are not retried by kopf: the next event (or resume) heals
         logger.warning("could not handle a Deployment event: %s", exc.reason)
 
 
 @kopf.on.event("", "v1", "services", labels=MANAGED)
-def service_event(event: Mapping[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+def service_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                  **_: Any) -> None:
     try:
-        on_child_event(event.get("type"), body, logger)
+        on_child_event(memo.kube, event.get("type"), body, logger)
     except ApiException as exc:
         logger.warning("could not handle a Service event: %s", exc.reason)

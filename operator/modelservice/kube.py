@@ -3,6 +3,7 @@
 Children are written with server-side apply under one fixed field manager, forcing conflicts, so
 a reconcile is idempotent, takes back fields someone edited by hand and never trips on a 409.
 Objects come back as plain dicts (the API's JSON), the shape the pure build_* functions use.
+The operator makes one `Kube` at start-up and hands it to the handlers through kopf's memo.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any, Mapping
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .models import GROUP, PLURAL, VERSION
-from .resources import MANAGER
+from .models import GROUP, MANAGER, PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"   # JSON is YAML: the client sends the dict as JSON
 JSON_PATCH = "application/json-patch+json"
@@ -81,14 +81,3 @@ class Kube:
             [{"op": "add", "path": "/status", "value": dict(status)}],
             _content_type=JSON_PATCH, _preload_content=False)
 
-
-def contains(live: Any, desired: Any) -> bool:
-    """Whether `live` (as the API serves it, with defaults filled in) still holds everything in
-    `desired`. Lists must match element by element; scalars compare as text, so the API's "1"
-    equals the 1 that was applied."""
-    if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(k in live and contains(live[k], v) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (isinstance(live, list) and len(live) == len(desired)
-                and all(contains(a, b) for a, b in zip(live, desired)))
-    return str(live) == str(desired)

@@ -10,7 +10,8 @@ Field names are the API's camelCase (aliases); Python code uses snake_case attri
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
@@ -23,6 +24,10 @@ KIND = "ModelService"
 PLURAL = "modelservices"
 SINGULAR = "modelservice"
 SHORT_NAMES = ("msvc",)
+
+# The operator's name in the API: the field manager of its writes, its user agent, and the
+# app.kubernetes.io/managed-by label of the children it owns.
+MANAGER = "embedding-images-operator"
 
 DEFAULT_PORT = 8080
 DEFAULT_HF_TOKEN_KEY = "token"
@@ -311,10 +316,41 @@ class ModelServiceStatus(_Model):
     variant: Optional[str] = Field(None, description="The variant table row the pods run.")
     image: Optional[str] = None
     node_selector: Optional[dict[str, str]] = Field(None, description="The node pinning the operator chose.")
+    gpu_count: Optional[int] = Field(None, description="GPUs each pod requests (0 on the cpu variant).")
+    fell_back_to_cpu: Optional[bool] = Field(
+        None, alias="fellBackToCPU",
+        description="True when no GPU node could hold the replicas and the pods run the CPU image.")
     endpoint: Optional[str] = Field(None, description="http://<name>.<namespace>.svc.cluster.local:<port>")
     selector: Optional[str] = Field(None, description="Label selector of the pods (scale subresource).")
 
 
-def parse_spec(spec: dict[str, Any]) -> ModelServiceSpec:
+def parse_spec(spec: Mapping[str, Any]) -> ModelServiceSpec:
     """Validates a ModelService spec (as the API serves it) into the model."""
-    return ModelServiceSpec.model_validate(spec)
+    return ModelServiceSpec.model_validate(dict(spec))
+
+
+@dataclass(frozen=True)
+class ModelService:
+    """A ModelService as the operator works with it: its identity, its spec validated once per
+    reconcile, and the status it last wrote (the operator's own output, read back as served)."""
+
+    name: str
+    namespace: str | None
+    spec: ModelServiceSpec
+    generation: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_modelservice(body: Mapping[str, Any]) -> ModelService:
+    """A ModelService body (as the API serves it, or a plain {metadata, spec} dict as the chart
+    renders it) -> ModelService. Raises pydantic.ValidationError for an invalid spec."""
+    meta = body.get("metadata") or {}
+    return ModelService(
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        spec=parse_spec(body.get("spec") or {}),
+        generation=meta.get("generation"),
+        labels=dict(meta.get("labels") or {}),
+        status=dict(body.get("status") or {}),
+    )

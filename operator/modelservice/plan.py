@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from pydantic import ValidationError
+
 from .models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS, ModelServiceSpec
 from .variants import AUTO, CPU, Variant, VariantTable, load_table
 
@@ -56,6 +58,7 @@ NO_MATCHING_NODES = "NoMatchingGPUNodes"
 UNKNOWN_PRODUCT = "UnknownGPUProduct"
 PRODUCT_MISMATCH = "GPUProductNotInAccelerator"
 NODES_REQUIRED = "NodesRequired"
+INVALID_SPEC = "InvalidSpec"
 
 
 class PlanError(Exception):
@@ -66,6 +69,12 @@ class PlanError(Exception):
         self.reason = reason
         self.message = message
         self.retry = retry
+
+
+def invalid_spec(exc: ValidationError) -> PlanError:
+    """The PlanError of a spec that does not validate, naming each field and what is wrong."""
+    return PlanError(INVALID_SPEC, "; ".join(
+        f"{'.'.join(['spec', *(str(p) for p in e['loc'])])}: {e['msg']}" for e in exc.errors()))
 
 
 @dataclass(frozen=True)

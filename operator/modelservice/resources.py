@@ -1,22 +1,23 @@
 """The children of a ModelService, built purely: a Deployment and a ClusterIP Service.
 
-Every function here takes the ModelService body (a dict as the API serves it, or as the chart
-renders it) and, where it matters, a `plan.Plan`; none does I/O or reads a clock. `kube.py`
-applies the results with server-side apply. The chart renders the same objects without the
-operator (charts/embedding-images/templates/models/_podspec.tpl); tests/chart/test_parity.py
-compares the two.
+The builders take a `models.ModelService` (the spec already validated, once per reconcile) and,
+where it matters, the `plan.Plan` chosen for it; none does I/O, reads a clock or parses. `kube.py`
+applies the results with server-side apply; `drifted()` tells the handlers whether a live child
+still holds what was applied. The chart renders the same objects without the operator
+(charts/embedding-images/templates/models/_podspec.tpl); tests/chart/test_parity.py compares the
+two.
 
-Entry point for callers outside the operator: `build_children(body)` -> (Deployment, Service).
+Entry point for callers that hold a ModelService body (tests, the chart's parity check):
+`build_children(body, nodes)` -> Children(deployment, service).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
-from .models import DEFAULT_HF_TOKEN_KEY, ModelServiceSpec, parse_spec
+from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelService, ModelServiceSpec, parse_modelservice
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
 
-MANAGER = "embedding-images-operator"
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
 TEI_PORT = 8080
@@ -41,13 +42,11 @@ CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFi
                               "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
 
 
-def _meta(body: Mapping[str, Any]) -> tuple[str, str | None]:
-    meta = body.get("metadata") or {}
-    return meta["name"], meta.get("namespace")
+class Children(NamedTuple):
+    """What the operator owns for one ModelService."""
 
-
-def _spec(body: Mapping[str, Any]) -> ModelServiceSpec:
-    return parse_spec(body.get("spec") or {})
+    deployment: dict[str, Any]
+    service: dict[str, Any]
 
 
 def build_selector_labels(name: str) -> dict[str, str]:
@@ -60,27 +59,31 @@ def build_selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in build_selector_labels(name).items())
 
 
-def build_labels(body: Mapping[str, Any]) -> dict[str, str]:
+def build_labels(ms: ModelService) -> dict[str, str]:
     """Labels of the children and their pods: the recommended app.kubernetes.io labels, then the
     ModelService's own labels (so a chart's PDB or NetworkPolicy selecting them finds the pods),
     then the operator's manager and selector labels, which nothing overrides."""
-    name, _ = _meta(body)
-    spec = body.get("spec") or {}
     labels = {
         "app.kubernetes.io/name": "embedding-images",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "reranker" if spec.get("task") == "rerank" else "embedding",
+        "app.kubernetes.io/instance": ms.name,
+        "app.kubernetes.io/component": "reranker" if ms.spec.task == "rerank" else "embedding",
         "app.kubernetes.io/part-of": "embedding-images",
     }
-    labels.update((body.get("metadata") or {}).get("labels") or {})
+    labels.update(ms.labels)
     labels["app.kubernetes.io/managed-by"] = MANAGER
-    labels.update(build_selector_labels(name))
+    labels.update(build_selector_labels(ms.name))
     return labels
 
 
-def build_endpoint(body: Mapping[str, Any]) -> str:
-    name, namespace = _meta(body)
-    return f"http://{name}.{namespace or 'default'}.svc.cluster.local:{_spec(body).port}"
+def build_endpoint(ms: ModelService) -> str:
+    return f"http://{ms.name}.{ms.namespace or 'default'}.svc.cluster.local:{ms.spec.port}"
+
+
+def _metadata(ms: ModelService) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": ms.name, "labels": build_labels(ms)}
+    if ms.namespace:
+        metadata["namespace"] = ms.namespace
+    return metadata
 
 
 def _secret_env(name: str, ref: Any) -> dict[str, Any]:
@@ -153,9 +156,8 @@ def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     return resources
 
 
-def build_pod_spec(body: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     """The pod spec of the model's pods."""
-    spec = _spec(body)
     tei = plan.engine == "tei"
     port = TEI_PORT if tei else RERANKER_PORT
     container: dict[str, Any] = {"name": "tei" if tei else "reranker", "image": plan.image}
@@ -204,57 +206,64 @@ def build_pod_spec(body: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     return pod
 
 
-def build_deployment(body: Mapping[str, Any], plan: Plan | None = None) -> dict[str, Any]:
-    """The Deployment of a ModelService body. Without a plan, one is built without nodes (fine
-    for a named accelerator or gpu.product; accelerator auto alone raises PlanError)."""
-    name, namespace = _meta(body)
-    spec = _spec(body)
-    plan = plan or build_plan(spec)
-    labels = build_labels(body)
-    metadata: dict[str, Any] = {"name": name, "labels": labels}
-    if namespace:
-        metadata["namespace"] = namespace
+def build_deployment(ms: ModelService, plan: Plan) -> dict[str, Any]:
+    """The Deployment that runs `plan` for a ModelService."""
+    metadata = _metadata(ms)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": ms.spec.replicas,
             "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": build_selector_labels(name)},
+            "selector": {"matchLabels": build_selector_labels(ms.name)},
             "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": build_pod_spec(body, plan),
+                "metadata": {"labels": dict(metadata["labels"])},
+                "spec": build_pod_spec(ms.spec, plan),
             },
         },
     }
 
 
-def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
+def build_service(ms: ModelService) -> dict[str, Any]:
     """The ClusterIP Service: spec.port -> the container port named http."""
-    name, namespace = _meta(body)
-    metadata: dict[str, Any] = {"name": name, "labels": build_labels(body)}
-    if namespace:
-        metadata["namespace"] = namespace
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata,
+        "metadata": _metadata(ms),
         "spec": {
             "type": "ClusterIP",
-            "selector": build_selector_labels(name),
-            "ports": [{"name": "http", "port": _spec(body).port, "targetPort": "http",
-                       "protocol": "TCP"}],
+            "selector": build_selector_labels(ms.name),
+            "ports": [{"name": "http", "port": ms.spec.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
 
-def build_children(body: Mapping[str, Any], nodes: list[Mapping[str, Any]] | None = None
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A ModelService body (or a plain {metadata, spec} dict) -> (Deployment, Service).
+def build_children(body: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]] | None = None) -> Children:
+    """A ModelService body (or a plain {metadata, spec} dict) -> its Deployment and Service.
 
     `nodes` are needed only for accelerator auto without gpu.product. Raises PlanError for
     specs that cannot run, pydantic.ValidationError for invalid ones.
     """
-    plan = build_plan(_spec(body), nodes)
-    return build_deployment(body, plan), build_service(body)
+    ms = parse_modelservice(body)
+    plan = build_plan(ms.spec, nodes)
+    return Children(build_deployment(ms, plan), build_service(ms))
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether `live` (as the API serves it, with defaults filled in) still holds everything in
+    `desired`. Lists must match element by element; scalars compare as text, so the API's "1"
+    equals the 1 that was applied."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(k in live and contains(live[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(contains(a, b) for a, b in zip(live, desired)))
+    return str(live) == str(desired)
+
+
+def drifted(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether a live child lost part of its desired spec or labels (edited by hand, or by another
+    writer); fields the API or other controllers add are not drift."""
+    return not (contains(live.get("spec"), desired["spec"])
+                and contains((live.get("metadata") or {}).get("labels") or {}, desired["metadata"]["labels"]))

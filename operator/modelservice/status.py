@@ -1,5 +1,9 @@
 """The ModelService status, built purely from the plan (or why there is none) and the Deployment.
 
+The status records the whole plan (engine, variant, image, gpuCount, nodeSelector,
+fellBackToCPU): the child handlers read it back with `recorded_plan()` to repair a child without
+planning again, so nothing is derived back from the variant's name.
+
 Conditions follow Kubernetes conventions: type, status, reason, message, observedGeneration and a
 lastTransitionTime that only moves when the condition's status does. `build_status` takes the
 clock as an argument, and returns the same dict for the same inputs, so the handlers can write
@@ -17,10 +21,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .models import ModelService
 from .plan import Plan, PlanError
 from .resources import build_endpoint, build_selector
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+# Ready reasons of a status built from a plan; any other reason is a PlanError's, and such a
+# status only carries over what an earlier plan runs.
+PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "ScaledToZero")
+# The status fields that record a plan; a status built from a PlanError carries them over.
+PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU")
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
@@ -42,21 +51,56 @@ def _deployment_condition(deployment: Mapping[str, Any] | None, type_: str) -> M
 
 
 def build_status(
-    body: Mapping[str, Any],
+    ms: ModelService,
     *,
     now: str,
     plan: Plan | None = None,
     error: PlanError | None = None,
     deployment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status for a ModelService body: from `plan` and the live `deployment`, or from `error`
-    (the spec cannot run; an earlier Deployment, if any, keeps running and is reported)."""
+    """The status of a ModelService: from `plan` and the live `deployment`, or from `error` (the
+    spec cannot run; an earlier Deployment, if any, keeps running and is reported)."""
+    return _build_status(ms.name, ms.generation, ms.status, desired=ms.spec.replicas,
+                         endpoint=build_endpoint(ms), now=now, plan=plan, error=error,
+                         deployment=deployment)
+
+
+def build_invalid_status(body: Mapping[str, Any], *, now: str, error: PlanError,
+                         deployment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status of a ModelService whose spec does not validate (`error`: InvalidSpec): there is
+    no spec to read, so the desired replicas are the running Deployment's and the endpoint is the
+    one the last good spec published."""
     meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    old = dict(body.get("status") or {})
+    old = body.get("status") or {}
+    desired = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+    return _build_status(meta["name"], meta.get("generation"), old, desired=desired,
+                         endpoint=old.get("endpoint"), now=now, error=error, deployment=deployment)
+
+
+def _plan_fields(plan: Plan) -> dict[str, Any]:
+    """The status fields that record a plan (read back by `recorded_plan`)."""
+    fields: dict[str, Any] = {"engine": plan.engine, "variant": plan.variant, "image": plan.image,
+                              "gpuCount": plan.gpu_count}
+    if plan.node_selector:
+        fields["nodeSelector"] = dict(plan.node_selector)
+    if plan.fell_back_to_cpu:
+        fields["fellBackToCPU"] = True
+    return fields
+
+
+def _build_status(
+    name: str,
+    generation: int | None,
+    old: Mapping[str, Any],
+    *,
+    desired: int,
+    endpoint: str | None,
+    now: str,
+    plan: Plan | None = None,
+    error: PlanError | None = None,
+    deployment: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     old_conditions = {c.get("type"): c for c in old.get("conditions") or []}
-    generation = meta.get("generation")
-    desired = int(spec.get("replicas", 1))
 
     dep_status = (deployment or {}).get("status") or {}
     current = int(dep_status.get("replicas") or 0)
@@ -80,7 +124,7 @@ def build_status(
         ]
         status["phase"] = "Pending" if error.retry else "Failed"
         # What runs is still what the last good plan chose.
-        for key in ("engine", "variant", "image", "nodeSelector"):
+        for key in PLAN_FIELDS:
             if key in old:
                 status[key] = old[key]
     else:
@@ -123,46 +167,37 @@ def build_status(
             status["phase"] = "Ready"
         else:
             status["phase"] = "Progressing" if desired else "Pending"
-        status["engine"] = plan.engine
-        status["variant"] = plan.variant
-        status["image"] = plan.image
-        if plan.node_selector:
-            status["nodeSelector"] = dict(plan.node_selector)
+        status.update(_plan_fields(plan))
 
     status["conditions"] = conditions
     status["replicas"] = current
     status["readyReplicas"] = ready
     status["ready"] = f"{ready}/{desired}"
-    status["endpoint"] = build_endpoint(body)
-    status["selector"] = build_selector(meta["name"])
+    if endpoint is not None:
+        status["endpoint"] = endpoint
+    status["selector"] = build_selector(name)
     return status
 
 
-def status_changed(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """Whether writing `status` would change what the API holds."""
-    return dict(body.get("status") or {}) != dict(status)
+def status_changed(old: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Whether writing `status` over `old` (the status as the API holds it) would change it."""
+    return dict(old) != dict(status)
 
 
-def plan_from_status(body: Mapping[str, Any]) -> Plan | None:
-    """The plan the last reconcile chose, as recorded in the status (None if there is none, or
-    if the status does not describe the current generation)."""
-    meta = body.get("metadata") or {}
-    status = body.get("status") or {}
-    if not status.get("variant") or status.get("observedGeneration") != meta.get("generation"):
+def recorded_plan(ms: ModelService) -> Plan | None:
+    """The plan the last reconcile chose, as the status records it; None when the status does not
+    describe the current generation, describes a spec that cannot run, or was written by an
+    operator that recorded less (the next reconcile, at the latest on resume, records it)."""
+    status = ms.status
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if (status.get("observedGeneration") != ms.generation or ready.get("reason") not in PLANNED_REASONS
+            or "gpuCount" not in status):
         return None
-    if status.get("phase") in ("Failed", "Pending") and status.get("conditions") and any(
-            c.get("type") == "Ready" and c.get("reason") not in ("ReplicasNotReady", "ScaledToZero",
-                                                                 "AllReplicasReady")
-            for c in status["conditions"]):
-        return None
-    spec = body.get("spec") or {}
-    gpu = spec.get("gpu") or {}
-    gpu_variant = status["variant"] != "cpu"
     return Plan(
         engine=status["engine"],
         variant=status["variant"],
         image=status["image"],
-        gpu_count=(gpu.get("count") or 1) if gpu_variant else 0,
+        gpu_count=status["gpuCount"],
         node_selector=dict(status.get("nodeSelector") or {}),
-        fell_back_to_cpu=not gpu_variant and spec.get("accelerator", "auto") == "auto",
+        fell_back_to_cpu=bool(status.get("fellBackToCPU")),
     )

@@ -173,7 +173,7 @@ def operator_build(ms: dict) -> tuple[dict, dict]:
     """The operator's Deployment and Service for a ModelService body (as the API would hand it)."""
     from modelservice import resources
 
-    return resources.build_deployment(ms), resources.build_service(ms)
+    return resources.build_children(ms)
 
 
 class Pair(NamedTuple):

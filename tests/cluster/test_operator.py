@@ -7,12 +7,15 @@ become Ready without pulling images, so each test takes seconds.
 """
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -272,23 +275,130 @@ def test_deleted_and_hand_edited_children_are_put_back(cluster, operator, ns):
     assert ms["status"]["variant"] == "ampere-80"
 
 
-def test_operator_killed_mid_reconcile_converges_after_restart(cluster, operator, ns):
+class ServiceWriteHold:
+    """Holds the next write of a Service in one namespace inside the API server, through a
+    validating admission webhook that this test serves on loopback: the writer (the operator)
+    blocks in that request until `release()`, which refuses it, so it never lands.
+
+    Dry-run requests are let through; they show when the API server has loaded the webhook.
+    """
+
+    def __init__(self, cluster: Cluster, namespace: str, workdir: Path):
+        self.cluster, self.namespace = cluster, namespace
+        self.name = f"hold-services-{namespace}"
+        self.held = threading.Event()       # a Service write is being held
+        self.released = threading.Event()
+        self.probed = threading.Event()     # a dry-run write reached the webhook
+        self.held_request: dict[str, Any] = {}
+        cert, key = workdir / "cert.pem", workdir / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        hold = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["request"]
+                allowed = True
+                if request.get("dryRun"):
+                    hold.probed.set()
+                elif not hold.held.is_set():
+                    hold.held_request = request
+                    hold.held.set()
+                    hold.released.wait(timeout=25)
+                    allowed = False
+                answer = {"uid": request["uid"], "allowed": allowed}
+                if not allowed:
+                    answer["status"] = {"code": 403, "message": "held by the test, then refused"}
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                   "response": answer}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the API server gave up on the request (its client was killed)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.ca_bundle = base64.b64encode(cert.read_bytes()).decode()
+
+    def start(self, probe_service: str) -> None:
+        """Registers the webhook and waits until the API server calls it."""
+        self.cluster.apply({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": self.name},
+            "webhooks": [{
+                "name": "hold.tests.embedding-images.io", "admissionReviewVersions": ["v1"],
+                "sideEffects": "None", "timeoutSeconds": 30, "failurePolicy": "Fail",
+                "clientConfig": {"url": f"https://127.0.0.1:{self.server.server_address[1]}/",
+                                 "caBundle": self.ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                           "resources": ["services"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
+            }]})
+
+        def probe() -> bool:
+            self.cluster.kubectl("label", "service", probe_service, "-n", self.namespace, "probe=1",
+                                 "--overwrite", "--dry-run=server", check=False)
+            return self.probed.is_set()
+        wait_for("the API server calling the webhook", probe, timeout=30)
+
+    def release(self) -> None:
+        """Refuses the held write and removes the webhook."""
+        self.released.set()
+        self.cluster.kubectl("delete", "validatingwebhookconfiguration", self.name, "--ignore-not-found")
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_operator_killed_mid_reconcile_converges_after_restart(cluster, operator, ns, tmp_path):
+    """The operator dies after applying the new Deployment and while its Service write is in
+    flight, before the status records the new generation; restarted, it finishes the change."""
+    if not cluster.local:
+        pytest.skip("the API server must reach this test's admission webhook on loopback")
     cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu"),
                   namespace=ns)
-    wait_ready(cluster, ns, "emb", operator)
+    before = wait_ready(cluster, ns, "emb", operator)
+    hold = ServiceWriteHold(cluster, ns, tmp_path)
     try:
-        # a change lands, the operator dies while (or before) handling it
-        cluster.kubectl("patch", "modelservice", "emb", "-n", ns, "--type=merge",
-                        "-p", json.dumps({"spec": {"replicas": 2, "engineArgs": {"maxBatchTokens": 1024}}}))
-        time.sleep(0.2)
+        hold.start(probe_service="emb")
+        cluster.kubectl("patch", "modelservice", "emb", "-n", ns, "--type=merge", "-p", json.dumps(
+            {"spec": {"replicas": 2, "port": 9000, "engineArgs": {"maxBatchTokens": 1024}}}))
+        assert hold.held.wait(timeout=30), f"the operator never wrote the Service\n{operator.tail()}"
+        # Mid-reconcile: the Deployment has the new spec, the Service and the status do not.
+        args = deployment(cluster, ns, "emb")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--max-batch-tokens") + 1] == "1024"
+        assert hold.held_request["name"] == "emb"
+        assert cluster.get("service", "emb", "-n", ns)["spec"]["ports"][0]["port"] == 8080
+        assert get_ms(cluster, ns, "emb")["status"]["observedGeneration"] == before["metadata"]["generation"]
         operator.stop(signal.SIGKILL)
+        hold.release()
+        # The killed operator's Service write was refused: what converges next is the restart's.
+        assert cluster.get("service", "emb", "-n", ns)["spec"]["ports"][0]["port"] == 8080
         cluster.apply(modelservice("late", task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="cpu"),
                       namespace=ns)
     finally:
-        operator.start()
+        hold.close()
+        if operator.proc is None:
+            operator.start()
     ms = wait_ready(cluster, ns, "emb", operator)
     wait_for("2/2 ready", lambda: get_ms(cluster, ns, "emb")["status"]["ready"] == "2/2", timeout=60)
+    assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"] > before["metadata"]["generation"]
+    assert ms["status"]["endpoint"] == f"http://emb.{ns}.svc.cluster.local:9000"
+    assert cluster.get("service", "emb", "-n", ns)["spec"]["ports"][0]["port"] == 9000
     args = deployment(cluster, ns, "emb")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--max-batch-tokens") + 1] == "1024"
-    assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"]
     assert wait_ready(cluster, ns, "late", operator)["status"]["variant"] == "cpu"

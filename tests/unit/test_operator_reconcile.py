@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 
+import kopf
 import pytest
 
 from modelservice import handlers
+from modelservice.models import parse_modelservice
+from modelservice.status import recorded_plan
 
 
 def deployment_status(ready: int, replicas: int = 1) -> dict:
@@ -24,9 +27,12 @@ class FakeKube:
         self.ms = ms
         self.deployment: dict | None = None
         self.status_writes: list[dict] = []
+        self.applied: list[dict] = []
+        self.nodes: list[dict] = []
 
     def apply(self, obj):
         obj = copy.deepcopy(obj)
+        self.applied.append(copy.deepcopy(obj))
         if obj["kind"] == "Deployment":
             obj["metadata"]["generation"] = 1
             obj["status"] = deployment_status(ready=0)
@@ -38,7 +44,10 @@ class FakeKube:
         return copy.deepcopy(self.deployment)
 
     def list_nodes(self):
-        return []
+        return copy.deepcopy(self.nodes)
+
+    def get_modelservice(self, namespace, name):
+        return copy.deepcopy(self.ms)
 
     def replace_status(self, namespace, name, status):
         self.status_writes.append(copy.deepcopy(dict(status)))
@@ -46,17 +55,15 @@ class FakeKube:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake():
     ms = {"apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelService",
           "metadata": {"name": "emb", "namespace": "search", "generation": 1, "uid": "u-1"},
           "spec": {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "accelerator": "cpu", "replicas": 1}}
-    kube = FakeKube(ms)
-    monkeypatch.setattr(handlers, "_kube", kube)
-    return kube
+    return FakeKube(ms)
 
 
 def test_a_deployment_ready_before_the_first_status_write_is_reported_ready(fake):
-    handlers.reconcile(copy.deepcopy(fake.ms), logging.getLogger("test"))
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
     assert fake.status_writes[0]["ready"] == "0/1"  # what the apply answered
     assert fake.ms["status"]["phase"] == "Ready" and fake.ms["status"]["ready"] == "1/1"
 
@@ -64,5 +71,40 @@ def test_a_deployment_ready_before_the_first_status_write_is_reported_ready(fake
 def test_an_unchanged_deployment_is_not_written_twice(fake, monkeypatch):
     monkeypatch.setattr(FakeKube, "get_deployment", lambda self, ns, name: None if self.deployment is None
                         else {**self.deployment, "status": deployment_status(ready=0)})
-    handlers.reconcile(copy.deepcopy(fake.ms), logging.getLogger("test"))
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
     assert len(fake.status_writes) == 1
+
+
+def test_an_invalid_spec_is_reported_in_the_status_and_not_retried(fake):
+    """A spec the CRD schema lets through but the operator refuses (e.g. an older CRD)."""
+    fake.ms["spec"] = {"task": "embed", "model": "m", "accelerator": "cpu", "gpu": {"count": 1}}
+    with pytest.raises(kopf.PermanentError, match="InvalidSpec"):
+        handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
+    ready = next(c for c in fake.ms["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec: Value error, accelerator cpu takes no GPUs")
+    assert fake.ms["status"]["phase"] == "Failed"
+
+
+H100 = {"metadata": {"name": "gpu-h100", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                                                    "nvidia.com/gpu.compute.major": "9",
+                                                    "nvidia.com/gpu.compute.minor": "0"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+
+
+@pytest.mark.parametrize("spec, nodes", [
+    ({"gpu": {"count": 2}}, [H100]),
+    ({"gpu": {"count": 16}, "fallbackToCPU": True}, [H100]),
+], ids=["gpu-auto", "fell-back-to-cpu"])
+def test_a_deleted_deployment_is_put_back_as_the_reconcile_applied_it(fake, spec, nodes):
+    """The child handler rebuilds the Deployment from the plan the status records, without the
+    nodes the reconcile planned with."""
+    fake.ms["spec"] = {"task": "embed", "model": "m", "accelerator": "auto", **spec}
+    fake.nodes = nodes
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
+    applied, recorded = fake.applied[-2], recorded_plan(parse_modelservice(fake.ms))
+    assert applied["kind"] == "Deployment" and recorded is not None
+    fake.nodes = []  # the child handler must not plan again
+    handlers.on_child_event(fake, "DELETED", fake.deployment, logging.getLogger("test"))
+    assert fake.applied[-1] == applied
+    assert recorded_plan(parse_modelservice(fake.ms)) == recorded

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from modelservice.models import ACCELERATORS
+from modelservice.models import ACCELERATORS, parse_modelservice
 from modelservice.plan import build_plan
 from modelservice.models import parse_spec
 from modelservice.resources import (build_children, build_deployment, build_endpoint, build_selector,
@@ -49,7 +49,7 @@ def test_tei_binds_every_address_and_gets_its_flags():
     ms = body(task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu",
               engineArgs={"maxBatchTokens": 2048, "maxClientBatchSize": 8, "pooling": "mean",
                           "autoTruncate": False, "payloadLimit": 4000000})
-    args = container(build_deployment(ms))["args"]
+    args = container(build_children(ms).deployment)["args"]
     # TEI would otherwise read HOSTNAME (the pod name) and bind to it only
     assert args[args.index("--hostname") + 1] == "0.0.0.0"
     assert args[args.index("--port") + 1] == "8080"
@@ -58,41 +58,41 @@ def test_tei_binds_every_address_and_gets_its_flags():
     assert args[args.index("--pooling") + 1] == "mean"
     assert args[args.index("--payload-limit") + 1] == "4000000"
     assert "--auto-truncate" not in args and "--revision" not in args
-    assert container(build_deployment(ms))["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"
+    assert container(build_children(ms).deployment)["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"
 
 
 def test_image_override_and_user_env_come_last():
     ms = body(task="embed", model="m", accelerator="ada", image="registry.example/tei:mine",
               env=[{"name": "RUST_LOG", "value": "debug"}])
-    c = container(build_deployment(ms))
+    c = container(build_children(ms).deployment)
     assert c["image"] == "registry.example/tei:mine"
     assert c["env"][-1] == {"name": "RUST_LOG", "value": "debug"}
 
 
 def test_service_exposes_spec_port_to_the_named_container_port():
     ms = body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="cpu", port=9000)
-    service = build_service(ms)
+    service = build_children(ms).service
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
-    assert container(build_deployment(ms))["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    assert build_endpoint(ms) == "http://m.ns.svc.cluster.local:9000"
+    assert container(build_children(ms).deployment)["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert build_endpoint(parse_modelservice(ms)) == "http://m.ns.svc.cluster.local:9000"
 
 
 def test_modelservice_labels_reach_the_pods_but_never_the_selector():
     ms = body(labels={"app.kubernetes.io/instance": "release", "app.kubernetes.io/managed-by": "Helm",
                       "team": "search"}, task="embed", model="m", accelerator="cpu")
-    deployment = build_deployment(ms)
+    deployment = build_children(ms).deployment
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pod_labels["team"] == "search" and pod_labels["app.kubernetes.io/instance"] == "release"
     assert pod_labels["app.kubernetes.io/managed-by"] == "embedding-images-operator"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector == {"serving.embedding-images.io/modelservice": "m"}
-    assert selector == build_service(ms)["spec"]["selector"]
+    assert selector == build_children(ms).service["spec"]["selector"]
     assert build_selector("m") == "serving.embedding-images.io/modelservice=m"
 
 
 def test_restricted_security_and_writable_cache_and_tmp():
-    deployment = build_deployment(body(task="embed", model="m", accelerator="cpu"))
+    deployment = build_children(body(task="embed", model="m", accelerator="cpu")).deployment
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -108,7 +108,7 @@ def test_restricted_security_and_writable_cache_and_tmp():
 
 
 def test_cpu_pods_get_no_gpu_and_no_gpu_toleration():
-    pod = build_deployment(body(task="embed", model="m", accelerator="cpu"))["spec"]["template"]["spec"]
+    pod = build_children(body(task="embed", model="m", accelerator="cpu")).deployment["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     assert "nvidia.com/gpu" not in str(container({"spec": {"template": {"spec": pod}}}).get("resources", {}))
 
@@ -147,7 +147,8 @@ def _buildable(spec: dict):
 def test_gpu_pods_always_get_toleration_gpus_and_pinning_that_match_their_image(spec):
     plan = _buildable(spec)
     assume(plan is not None)
-    deployment = build_deployment({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec}, plan)
+    ms = parse_modelservice({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec})
+    deployment = build_deployment(ms, plan)
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
     variant = TABLE.by_name(plan.variant)
@@ -166,7 +167,7 @@ def test_gpu_pods_always_get_toleration_gpus_and_pinning_that_match_their_image(
     expected_tag = variant.tei_tag if plan.engine == "tei" else variant.reranker_tag
     assert c["image"].endswith(":" + expected_tag)
     # the Service selects exactly these pods
-    service = build_service({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec})
+    service = build_service(ms)
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert deployment["spec"]["replicas"] == spec.get("replicas", 1)
@@ -180,7 +181,7 @@ def test_reranker_env_is_what_the_reranker_service_reads():
     ms = body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B", accelerator="ampere-80",
               engineArgs={"maxLength": 4096, "maxBatchTokens": 16384, "maxDocuments": 200,
                           "dtype": "bfloat16", "instruction": "Find the answer", "promptCacheTokens": 2048})
-    env = {e["name"]: e["value"] for e in container(build_deployment(ms))["env"] if "value" in e}
+    env = {e["name"]: e["value"] for e in container(build_children(ms).deployment)["env"] if "value" in e}
     ours = {k for k in env if k.startswith("RERANKER_")}
     fields = {f"RERANKER_{name.upper()}" for name in Settings.model_fields}
     assert ours <= fields, f"unknown to the reranker service: {sorted(ours - fields)}"

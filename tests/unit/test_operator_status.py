@@ -1,9 +1,12 @@
 """The ModelService status a user reads with kubectl get msvc -o yaml, and drift detection."""
 from __future__ import annotations
 
-from modelservice.kube import contains
+import pytest
+
+from modelservice.models import parse_modelservice
 from modelservice.plan import Plan, PlanError
-from modelservice.status import build_status, plan_from_status, status_changed
+from modelservice.resources import contains
+from modelservice.status import build_invalid_status, build_status, recorded_plan, status_changed
 from modelservice.__main__ import parse_args
 
 PLAN = Plan("tei", "hopper", "ghcr.io/huggingface/text-embeddings-inference:hopper-1.9", 1,
@@ -11,12 +14,16 @@ PLAN = Plan("tei", "hopper", "ghcr.io/huggingface/text-embeddings-inference:hopp
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
-def ms(replicas=2, generation=3, status=None):
-    body = {"metadata": {"name": "emb", "namespace": "search", "generation": generation},
-            "spec": {"task": "embed", "model": "m", "replicas": replicas}}
+def body(replicas=2, generation=3, status=None, **spec):
+    ms = {"metadata": {"name": "emb", "namespace": "search", "generation": generation},
+          "spec": {"task": "embed", "model": "m", "replicas": replicas, **spec}}
     if status is not None:
-        body["status"] = status
-    return body
+        ms["status"] = status
+    return ms
+
+
+def ms(replicas=2, generation=3, status=None, **spec):
+    return parse_modelservice(body(replicas, generation, status, **spec))
 
 
 def deployment(ready, updated=None, replicas=None, generation=1, observed=1, conditions=()):
@@ -68,7 +75,7 @@ def test_refused_spec_reports_the_reason_and_keeps_what_runs():
     assert status["phase"] == "Failed" and status["variant"] == "hopper"
     assert "use engine reranker" in status["conditions"][0]["message"]
     # the child handler must not re-apply the old plan over the refused generation
-    assert plan_from_status(ms(status=status, generation=4)) is None
+    assert recorded_plan(ms(status=status, generation=4)) is None
 
 
 def test_no_gpu_node_is_pending():
@@ -88,18 +95,39 @@ def test_cpu_fallback_is_ready_but_degraded():
 def test_same_inputs_same_status_so_nothing_is_written_again():
     first = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
     again = build_status(ms(status=first), now=T1, plan=PLAN, deployment=deployment(2))
-    assert not status_changed(ms(status=first), again)
+    assert not status_changed(first, again)
     # a transition moves lastTransitionTime only for the condition that changed
     later = build_status(ms(status=first), now=T1, plan=PLAN, deployment=deployment(1, replicas=2))
     times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
     assert times == {"Ready": T1, "Progressing": T1, "Degraded": T0}
-    assert status_changed(ms(status=first), later)
+    assert status_changed(first, later)
 
 
-def test_plan_round_trips_through_the_status():
-    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
-    assert plan_from_status(ms(status=status)) == PLAN
-    assert plan_from_status(ms(status=status, generation=4)) is None  # status is for an older spec
+@pytest.mark.parametrize("plan", [
+    PLAN,
+    Plan("tei", "ampere-80", "tei:1.9", 4, {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}),
+    Plan("reranker", "cpu", "reranker:cpu", 0, {}, fell_back_to_cpu=True),
+    Plan("reranker", "cpu", "reranker:cpu", 0, {}),
+], ids=["gpu", "four-gpus", "fell-back", "cpu"])
+def test_plan_round_trips_through_the_status(plan):
+    """The child handlers repair children from the recorded plan: it must be the plan itself, for
+    a spec that does not say it (gpu.count 0, accelerator auto) as well."""
+    status = build_status(ms(), now=T0, plan=plan, deployment=deployment(2))
+    assert recorded_plan(ms(status=status)) == plan
+    assert recorded_plan(ms(status=status, generation=4)) is None  # status is for an older spec
+    older = {k: v for k, v in status.items() if k != "gpuCount"}  # written before gpuCount existed
+    assert recorded_plan(ms(status=older)) is None
+
+
+def test_invalid_spec_is_reported_and_keeps_what_runs():
+    old = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2))
+    invalid = body(status=old, generation=4, accelerator="cpu", gpu={"count": 1})
+    error = PlanError("InvalidSpec", "spec: accelerator cpu takes no GPUs")
+    running = {**deployment(2), "spec": {"replicas": 2}}
+    status = build_invalid_status(invalid, now=T1, error=error, deployment=running)
+    assert conditions(status)["Ready"] == ("False", "InvalidSpec")
+    assert status["phase"] == "Failed" and status["observedGeneration"] == 4
+    assert (status["variant"], status["ready"], status["endpoint"]) == ("hopper", "2/2", old["endpoint"])
 
 
 def test_drift_detection_ignores_api_defaults_but_sees_edits():
