@@ -24,6 +24,7 @@ from . import kube as kube_module
 from .models import GROUP, PLURAL, VERSION, parse_spec
 from .plan import Plan, PlanError, build_plan
 from .resources import MANAGER, build_deployment, build_service
+from .scope import SYSTEM_NAMESPACES, namespace_refusal
 from .status import build_status, plan_from_status, status_changed
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
@@ -114,7 +115,14 @@ def reconcile(body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAd
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_modelservice(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+def reconcile_modelservice(body: kopf.Body, logger: logging.Logger, memo: kopf.Memo, **_: Any) -> None:
+    refusal = namespace_refusal(body["metadata"]["namespace"],
+                                memo.get("refused_namespaces", SYSTEM_NAMESPACES))
+    if refusal is not None:  # nothing is read or applied in a refused namespace
+        write_status(body, build_status(body, now=now(), error=refusal))
+        kopf.warn(body, reason=refusal.reason, message=refusal.message)
+        logger.warning("%s: %s", refusal.reason, refusal.message)
+        return
     reconcile(body, logger)
 
 

@@ -8,7 +8,7 @@ the status only when it changed.
 Condition reasons:
   Ready        AllReplicasReady | ReplicasNotReady | ScaledToZero | <PlanError reason>
                (UnsupportedModelForEngine, UnsupportedEngineArgs, NoMatchingGPUNodes,
-               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec)
+               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused)
   Progressing  RolloutInProgress | RolloutComplete | ProgressDeadlineExceeded | <PlanError reason>
   Degraded     AsExpected | FellBackToCPU | ReplicaFailure | ProgressDeadlineExceeded |
                <PlanError reason> (when an earlier Deployment still runs)
