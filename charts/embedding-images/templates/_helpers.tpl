@@ -150,7 +150,8 @@ them as unset: namespaced, and the operator's own default refused list.
 Upgrading a release whose operator served every namespace (the chart's default before
 operator.clusterWide existed) with neither clusterWide nor watchNamespaces set would silently
 narrow it to the release namespace, and the ModelServices elsewhere would no longer be reconciled.
-Fails instead, naming them and the values that keep or choose the scope. Reads the cluster with
+Fails instead, naming them and the values that keep or choose the scope. ModelServices of another
+release of this chart are left out: that release runs its own operator. Reads the cluster with
 lookup, so `helm template` and client-side dry runs skip it.
 */}}
 {{- define "embedding-images.operator.checkUpgradeScope" -}}
@@ -164,7 +165,9 @@ lookup, so `helm template` and client-side dry runs skip it.
 {{- if $wasClusterWide -}}
 {{- $elsewhere := list -}}
 {{- range (get (lookup "serving.embedding-images.io/v1alpha1" "ModelService" "" "") "items" | default list) -}}
-{{- if ne .metadata.namespace $.Release.Namespace -}}{{- $elsewhere = append $elsewhere .metadata.namespace -}}{{- end -}}
+{{- $owner := .metadata.annotations | default dict -}}
+{{- $otherRelease := and (get $owner "meta.helm.sh/release-name") (ne (get $owner "meta.helm.sh/release-namespace") $.Release.Namespace) -}}
+{{- if and (ne .metadata.namespace $.Release.Namespace) (not $otherRelease) -}}{{- $elsewhere = append $elsewhere .metadata.namespace -}}{{- end -}}
 {{- end -}}
 {{- if $elsewhere -}}
 {{- $others := $elsewhere | uniq | sortAlpha -}}
