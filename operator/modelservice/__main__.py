@@ -1,7 +1,9 @@
 """`python -m modelservice` / `modelservice`: runs the ModelService operator.
 
 Credentials: in-cluster (service account) when running in a pod, else the current kubeconfig
-context. By default it serves every namespace; --namespace (repeatable) limits it.
+context. By default it serves every namespace; --namespace (repeatable) limits it. Whatever it
+watches, it refuses ModelServices in the namespaces of --refused-namespaces (the Kubernetes system
+namespaces by default; see scope.py), with a status condition and a Warning Event.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 
 import kopf
 
+from .scope import SYSTEM_NAMESPACES, parse_namespace_list
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
@@ -19,6 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="serve ModelServices of this namespace (repeatable; glob patterns allowed)")
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="serve ModelServices of every namespace (the default)")
+    parser.add_argument("--refused-namespaces", metavar="NS,...", type=parse_namespace_list,
+                        default=SYSTEM_NAMESPACES,
+                        help="never serve ModelServices of these namespaces (comma-separated names or "
+                             f"glob patterns; empty: none; default: {','.join(SYSTEM_NAMESPACES)})")
     parser.add_argument("--standalone", action="store_true", default=True,
                         help="no peering with other operator instances (always on; accepted for clarity)")
     parser.add_argument("--liveness", metavar="URL", default=None,
@@ -33,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    logging.getLogger(__name__).info(
+        "serving ModelServices of %s; refusing those of: %s",
+        ", ".join(args.namespace) if args.namespace else "every namespace",
+        ", ".join(args.refused_namespaces) or "no namespace")
+
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(refused_namespaces=tuple(args.refused_namespaces)),
     )
     return 0
 

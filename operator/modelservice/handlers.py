@@ -30,6 +30,7 @@ from .kube import Kube, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
 from .resources import build_deployment, build_service, drifted
+from .scope import SYSTEM_NAMESPACES, namespace_refusal
 from .status import build_invalid_status, build_status, recorded_plan, status_changed
 from .variants import AUTO
 
@@ -113,6 +114,15 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    refusal = namespace_refusal(body["metadata"]["namespace"],
+                                memo.get("refused_namespaces", SYSTEM_NAMESPACES))
+    if refusal is not None:  # nothing is read or applied in a refused namespace
+        status = build_invalid_status(body, now=now(), error=refusal)
+        if status_changed(body.get("status") or {}, status):
+            memo.kube.replace_status(body["metadata"]["namespace"], body["metadata"]["name"], status)
+        kopf.warn(body, reason=refusal.reason, message=refusal.message)
+        logger.warning("%s: %s", refusal.reason, refusal.message)
+        return
     reconcile(memo.kube, body, logger)
 
 

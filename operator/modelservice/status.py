@@ -12,7 +12,7 @@ the status only when it changed.
 Condition reasons:
   Ready        AllReplicasReady | ReplicasNotReady | ScaledToZero | <PlanError reason>
                (UnsupportedModelForEngine, UnsupportedEngineArgs, NoMatchingGPUNodes,
-               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec)
+               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused)
   Progressing  RolloutInProgress | RolloutComplete | ProgressDeadlineExceeded | <PlanError reason>
   Degraded     AsExpected | FellBackToCPU | ReplicaFailure | ProgressDeadlineExceeded |
                <PlanError reason> (when an earlier Deployment still runs)
@@ -67,8 +67,8 @@ def build_status(
 
 def build_invalid_status(body: Mapping[str, Any], *, now: str, error: PlanError,
                          deployment: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The status of a ModelService whose spec does not validate (`error`: InvalidSpec): there is
-    no spec to read, so the desired replicas are the running Deployment's and the endpoint is the
+    """The status of a ModelService whose spec is not read (`error`: InvalidSpec, or
+    NamespaceRefused): there is no spec to go by, so the desired replicas are the running Deployment's and the endpoint is the
     one the last good spec published."""
     meta = body.get("metadata") or {}
     old = body.get("status") or {}

@@ -46,7 +46,7 @@ def test_operator_runs_modelservice_standalone_with_restricted_pod_security(rend
     dep = out.get("Deployment", "rel-embedding-images-operator")
     c = container(dep)
     assert c["command"] == ["python", "-m", "modelservice"]
-    assert "--standalone" in c["args"] and "--all-namespaces" in c["args"]
+    assert "--standalone" in c["args"] and "--namespace=models" in c["args"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["resources"]["requests"]["memory"]
     assert pod_spec(dep)["serviceAccountName"] == "rel-embedding-images-operator"
@@ -85,7 +85,7 @@ def rules_of(obj: dict) -> dict[str, set[str]]:
 
 
 def test_cluster_wide_rbac_is_one_clusterrole(render):
-    out = render(sets=NO_CRD)
+    out = render(sets=NO_CRD + ["operator.clusterWide=true"])
     assert out.kinds("Role") == [] and out.kinds("RoleBinding") == []
     role = out.get("ClusterRole", "rel-embedding-images-operator")
     rules = rules_of(role)
@@ -113,6 +113,86 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
     assert all(verbs <= {"get", "list", "watch"} for verbs in cluster_rules.values()), cluster_rules
     args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+SA = ("models", "rel-embedding-images-operator")
+
+
+def may(out, verb: str, group: str, resource: str, namespace: str, sa: tuple[str, str] = SA) -> bool:
+    """What `kubectl auth can-i VERB RESOURCE.GROUP -n NAMESPACE --as SA` would answer, from the
+    rendered roles and bindings alone: a ClusterRoleBinding grants its ClusterRole everywhere, a
+    RoleBinding grants its Role (or ClusterRole) in the binding's namespace."""
+    subject = {"kind": "ServiceAccount", "namespace": sa[0], "name": sa[1]}
+    roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r
+             for r in out.kinds("ClusterRole") + out.kinds("Role")}
+    for binding in out.kinds("ClusterRoleBinding") + out.kinds("RoleBinding"):
+        if subject not in binding["subjects"]:
+            continue
+        scope = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+        if scope not in (None, namespace):
+            continue
+        ref = binding["roleRef"]
+        role = roles.get((ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"]))
+        for rule in (role or {}).get("rules", []):
+            if (group in rule["apiGroups"] or "*" in rule["apiGroups"]) and \
+                    (resource in rule["resources"] or "*" in rule["resources"]) and \
+                    (verb in rule["verbs"] or "*" in rule["verbs"]):
+                return True
+    return False
+
+
+WRITES = [("create", "apps", "deployments"), ("patch", "apps", "deployments"),
+          ("delete", "apps", "deployments"), ("create", "", "services")]
+
+
+@pytest.mark.parametrize("verb, group, resource", WRITES)
+def test_default_install_writes_workloads_only_in_its_own_namespace(render, verb, group, resource):
+    """The default scope is the release namespace: the operator's ServiceAccount cannot create a
+    Deployment (which could run as any ServiceAccount there and mount its Secrets) in kube-system
+    or any other namespace."""
+    out = render(sets=NO_CRD)
+    assert may(out, verb, group, resource, "models")
+    for namespace in ("kube-system", "kube-public", "default", "team-a"):
+        assert not may(out, verb, group, resource, namespace), f"{verb} {resource} in {namespace}"
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--namespace=models" in args and "--all-namespaces" not in args
+
+
+def test_watched_namespaces_are_the_only_ones_written(render):
+    out = render(values={"operator": {"watchNamespaces": ["team-a", "team-b"]}}, sets=NO_CRD)
+    assert may(out, "create", "apps", "deployments", "team-a") and may(out, "create", "apps", "deployments", "team-b")
+    assert not may(out, "create", "apps", "deployments", "models")
+    assert not may(out, "create", "apps", "deployments", "kube-system")
+
+
+def test_cluster_wide_is_an_explicit_choice_and_says_what_it_grants(render):
+    """clusterWide gives the ServiceAccount kube-system too (RBAC has no "all but"): the operator's
+    --refused-namespaces is then what keeps ModelServices out of the system namespaces."""
+    out = render(sets=NO_CRD + ["operator.clusterWide=true"])
+    assert may(out, "create", "apps", "deployments", "kube-system")
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--all-namespaces" in args
+    assert "--refused-namespaces=kube-system,kube-public,kube-node-lease" in args
+
+
+def test_refused_namespaces_reach_the_operator(render):
+    out = render(sets=NO_CRD + ["operator.refusedNamespaces={kube-system,platform-*}"])
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--refused-namespaces=kube-system,platform-*" in args
+    out = render(sets=NO_CRD + ["operator.refusedNamespaces=null"])  # --reuse-values from an older chart
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert not [a for a in args if a.startswith("--refused-namespaces")]  # the operator's default
+
+
+@pytest.mark.parametrize("sets, namespace, message", [
+    (["operator.clusterWide=true", "operator.watchNamespaces={team-a}"], "models",
+     "operator.clusterWide is true and operator.watchNamespaces lists team-a: choose one"),
+    (["operator.watchNamespaces={team-a,kube-system}"], "models",
+     "would serve namespace kube-system, which operator.refusedNamespaces refuses"),
+    ([], "kube-system", "would serve namespace kube-system, which operator.refusedNamespaces refuses"),
+])
+def test_a_scope_that_contradicts_itself_or_reaches_a_system_namespace_fails(render_error, sets, namespace, message):
+    assert message in render_error(sets=NO_CRD + sets, namespace=namespace)
 
 
 @pytest.mark.parametrize("values_file", sorted((CHART / "ci").glob("*.yaml")), ids=lambda p: p.stem)

@@ -74,10 +74,11 @@ def wait_for(what: str, predicate, timeout: float = 90.0, interval: float = 1.0)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def can_i(verb: str, resource: str, namespace: str | None = NS) -> bool:
-    """kubectl auth can-i as the operator's ServiceAccount; `resource/sub` names a subresource."""
+def can_i(verb: str, resource: str, namespace: str | None = NS, sa: str = f"{NS}:{SA}") -> bool:
+    """kubectl auth can-i as the operator's ServiceAccount (`namespace:name`); `resource/sub`
+    names a subresource."""
     resource, _, sub = resource.partition("/")
-    args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{NS}:{SA}"]
+    args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{sa}"]
     args += [f"--subresource={sub}"] if sub else []
     args += ["-n", namespace] if namespace else []
     return kubectl(*args, check=False).stdout.strip() == "yes"
@@ -204,6 +205,14 @@ FORBIDDEN = [
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
     ("create", "serviceaccounts/token", NS),
+    # The default scope is the release namespace: no Deployment (which could run as any
+    # ServiceAccount there and mount its Secrets) in the system namespaces or anywhere else.
+    ("create", "deployments.apps", "kube-system"),
+    ("patch", "deployments.apps", "kube-system"),
+    ("delete", "deployments.apps", "kube-system"),
+    ("create", "services", "kube-system"),
+    ("create", "deployments.apps", "default"),
+    ("patch", "modelservices.serving.embedding-images.io/status", "kube-system"),
 ]
 
 
@@ -288,6 +297,48 @@ def test_second_release_installs_beside_the_first_and_leaves_its_crd(release):
         helm("uninstall", "second", "-n", other_ns, "--ignore-not-found", check=False)
         kubectl("delete", "namespace", other_ns, "--ignore-not-found", "--wait=false", check=False)
     assert get_json("crd", CRD)["metadata"]["name"] == CRD
+
+
+def test_upgrade_from_a_cluster_wide_operator_never_silently_narrows_its_scope(release):
+    """A release whose operator served every namespace (the chart's default before
+    operator.clusterWide), upgraded with the new defaults while ModelServices exist elsewhere,
+    fails naming them and the values to choose; choosing a scope then upgrades, and the
+    ServiceAccount's reach follows it."""
+    ns, apps = f"{NS}-scope", f"{NS}-scope-apps"
+    sa = f"{ns}:scope-embedding-images-operator"
+    base = {"crds": {"enabled": False}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
+            "operator": {"image": {"repository": "registry.invalid/operator"}}}
+    wide, defaults = release["tmp"] / "scope-wide.yaml", release["tmp"] / "scope-defaults.yaml"
+    wide.write_text(yaml.safe_dump({**base, "operator": {**base["operator"], "clusterWide": True}}))
+    defaults.write_text(yaml.safe_dump(base))
+    for n in (ns, apps):  # an earlier run's namespaces may still be terminating
+        wait_for(f"namespace {n} of an earlier run to finish terminating",
+                 lambda: kubectl("get", "namespace", n, check=False).returncode != 0, timeout=120)
+    try:
+        helm("install", "scope", str(CHART), "-n", ns, "--create-namespace", "-f", str(wide))
+        assert can_i("create", "deployments.apps", "kube-system", sa=sa)  # what cluster-wide grants
+        kubectl("create", "namespace", apps)
+        kubectl("apply", "-n", apps, "-f", "-", stdin=json.dumps({
+            "apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "emb"}, "spec": {"task": "embed", "model": "m", "accelerator": "cpu"}}))
+
+        proc = helm("upgrade", "scope", str(CHART), "-n", ns, "-f", str(defaults), check=False)
+        assert proc.returncode != 0, proc.stdout
+        assert f"ModelServices exist outside namespace {ns} (in {apps})" in proc.stderr
+        assert "--set operator.clusterWide=true" in proc.stderr
+        assert f"--set 'operator.watchNamespaces={{{ns},{apps}}}'" in proc.stderr
+        assert can_i("create", "deployments.apps", "kube-system", sa=sa), "a failed upgrade changes nothing"
+
+        helm("upgrade", "scope", str(CHART), "-n", ns, "-f", str(defaults),
+             "--set", f"operator.watchNamespaces={{{ns},{apps}}}")
+        assert can_i("create", "deployments.apps", apps, sa=sa)
+        assert not can_i("create", "deployments.apps", "kube-system", sa=sa)
+        helm("upgrade", "scope", str(CHART), "-n", ns, "-f", str(wide))  # back to cluster-wide, chosen
+        assert can_i("create", "deployments.apps", "kube-system", sa=sa)
+    finally:
+        helm("uninstall", "scope", "-n", ns, "--ignore-not-found", check=False)
+        for n in (ns, apps):
+            kubectl("delete", "namespace", n, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_uninstall_removes_everything_but_the_kept_crd(release, operator):

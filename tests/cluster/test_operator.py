@@ -30,6 +30,8 @@ CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.y
 CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 TEI = "ghcr.io/huggingface/text-embeddings-inference"
+# Watched (msvc-*) but refused, as kube-system is by default: the operator must say so and do nothing.
+REFUSED = "msvc-refused"
 
 
 class Operator:
@@ -43,7 +45,8 @@ class Operator:
     def start(self) -> None:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelservice", "--namespace=msvc-*", "--verbose"],
+            [sys.executable, "-m", "modelservice", "--namespace=msvc-*", "--verbose",
+             f"--refused-namespaces=kube-system,kube-public,kube-node-lease,{REFUSED}-*"],
             env={**self.cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -201,6 +204,31 @@ def test_pairs_that_cannot_run_are_refused_before_any_pod(cluster, operator, ns)
     assert "use engine reranker" in ready["message"]
     assert ms["status"]["phase"] == "Failed"
     assert cluster.kubectl("get", "deployment", "qwen-on-tei", "-n", ns, check=False).returncode != 0
+
+
+def test_a_modelservice_in_a_refused_namespace_is_refused_visibly(cluster, operator):
+    """The system namespaces are refused even when watched (a Deployment there could run as the
+    cluster's own ServiceAccounts); this namespace is refused the same way, by pattern."""
+    name = f"{REFUSED}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        cluster.apply(modelservice("emb", task="embed", model="m", accelerator="cpu"), namespace=name)
+
+        def refused():
+            ms = get_ms(cluster, name, "emb")
+            return ms if condition(ms, "Ready") == ("False", "NamespaceRefused") else None
+        ms = wait_for("the NamespaceRefused condition", refused, timeout=30)
+        ready = next(c for c in ms["status"]["conditions"] if c["type"] == "Ready")
+        assert name in ready["message"] and "operator.refusedNamespaces" in ready["message"]
+        events = wait_for("a NamespaceRefused Warning Event", lambda: [
+            e for e in cluster.get("events", "-n", name)["items"]
+            if e["reason"] == "NamespaceRefused" and e["type"] == "Warning"
+            and e["involvedObject"]["name"] == "emb"], timeout=30)
+        assert name in events[0]["message"]
+        assert f"NamespaceRefused: the operator does not serve ModelServices in namespace {name}" in operator.tail()
+        assert cluster.get("deployments,services", "-n", name)["items"] == []
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_no_fitting_gpu_node_is_reported_or_falls_back_to_cpu(cluster, operator, ns):

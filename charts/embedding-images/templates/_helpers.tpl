@@ -117,9 +117,64 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaces the operator watches: operator.watchNamespaces, or nothing (cluster-wide). */}}
+{{/* "true" unless the operator serves every namespace (operator.clusterWide). */}}
 {{- define "embedding-images.operator.namespaced" -}}
-{{- if .Values.operator.watchNamespaces -}}true{{- end -}}
+{{- if not .Values.operator.clusterWide -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The namespaces the operator serves, as a JSON list: operator.watchNamespaces, or the release
+namespace; empty when cluster-wide. Fails on contradictory values and on a refused namespace.
+A release upgraded with --reuse-values from a chart without clusterWide/refusedNamespaces reads
+them as unset: namespaced, and the operator's own default refused list.
+*/}}
+{{- define "embedding-images.operator.watchNamespaces" -}}
+{{- $op := .Values.operator -}}
+{{- if $op.clusterWide -}}
+{{- if $op.watchNamespaces -}}
+{{- fail (printf "operator.clusterWide is true and operator.watchNamespaces lists %s: choose one (clusterWide serves every namespace; watchNamespaces only those listed)" (join ", " $op.watchNamespaces)) -}}
+{{- end -}}
+[]
+{{- else -}}
+{{- $watched := $op.watchNamespaces | default (list .Release.Namespace) -}}
+{{- range $watched -}}
+{{- if has . ($op.refusedNamespaces | default list) -}}
+{{- fail (printf "the operator would serve namespace %s, which operator.refusedNamespaces refuses (a ModelService there could run as its ServiceAccounts and mount its Secrets); install into an application namespace or set operator.watchNamespaces" .) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $watched -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Upgrading a release whose operator served every namespace (the chart's default before
+operator.clusterWide existed) with neither clusterWide nor watchNamespaces set would silently
+narrow it to the release namespace, and the ModelServices elsewhere would no longer be reconciled.
+Fails instead, naming them and the values that keep or choose the scope. ModelServices of another
+release of this chart are left out: that release runs its own operator. Reads the cluster with
+lookup, so `helm template` and client-side dry runs skip it.
+*/}}
+{{- define "embedding-images.operator.checkUpgradeScope" -}}
+{{- $op := .Values.operator -}}
+{{- if and .Release.IsUpgrade $op.enabled (not $op.clusterWide) (not $op.watchNamespaces) (.Capabilities.APIVersions.Has "serving.embedding-images.io/v1alpha1/ModelService") -}}
+{{- $old := lookup "rbac.authorization.k8s.io/v1" "ClusterRole" "" (include "embedding-images.operator.fullname" .) -}}
+{{- $wasClusterWide := false -}}
+{{- range (get $old "rules" | default list) -}}
+{{- if has "deployments" (.resources | default list) -}}{{- $wasClusterWide = true -}}{{- end -}}
+{{- end -}}
+{{- if $wasClusterWide -}}
+{{- $elsewhere := list -}}
+{{- range (get (lookup "serving.embedding-images.io/v1alpha1" "ModelService" "" "") "items" | default list) -}}
+{{- $owner := .metadata.annotations | default dict -}}
+{{- $otherRelease := and (get $owner "meta.helm.sh/release-name") (ne (get $owner "meta.helm.sh/release-namespace") $.Release.Namespace) -}}
+{{- if and (ne .metadata.namespace $.Release.Namespace) (not $otherRelease) -}}{{- $elsewhere = append $elsewhere .metadata.namespace -}}{{- end -}}
+{{- end -}}
+{{- if $elsewhere -}}
+{{- $others := $elsewhere | uniq | sortAlpha -}}
+{{- fail (printf "this release's operator serves every namespace, and ModelServices exist outside namespace %s (in %s); the chart now serves only the release namespace unless told otherwise, which would leave those unreconciled. Keep the previous scope: --set operator.clusterWide=true. Or serve the namespaces you name: --set 'operator.watchNamespaces={%s}' (a Role in each). See the chart README, RBAC." .Release.Namespace (join ", " $others) (join "," (prepend $others .Release.Namespace))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
