@@ -20,7 +20,7 @@ gives the same numbers while removing work:
   kept between passes in a small cache of `prompt_cache_tokens` rows, least recently used out
   (positions start at 0 for every sequence, so cached keys are valid for any later request).
 * Documents of one or several requests are packed, without padding, into passes under a token
-  budget (see `batching.plan_pass`): the linear layers run on one [tokens, hidden] matrix,
+  budget (see `planning.plan_pass`): the linear layers run on one [tokens, hidden] matrix,
   attention runs per document against its request's shared keys and values, in chunks of
   query rows so that a long document's attention scratch stays small.
 * In the last layer only each document's final token goes past attention, and the vocabulary
@@ -45,8 +45,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .batching import Prepared, plan_padded, score_alone
 from .errors import InvalidRequest
+from .planning import Prepared, plan_padded, score_alone
 from .settings import Settings
 
 log = logging.getLogger("reranker.engine")
