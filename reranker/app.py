@@ -21,8 +21,9 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import BodySizeLimit, build_router, install_error_handlers
-from .engine import Engine, TransformersEngine
+from .engine import Engine
 from .metrics import Metrics, RequestMetrics
+from .model.loader import TransformersEngine
 from .scheduler import Scheduler
 from .settings import Settings
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from reranker.engine import resolve_device, resolve_dtype
+from reranker.model.loader import resolve_device, resolve_dtype
 from reranker.settings import Settings
 
 
