@@ -4,7 +4,7 @@ A random-weight model of the real Qwen3-Reranker-0.6B shape (`--layers` to short
 real Qwen3 tokenizer are written to a temporary directory; one query and `--docs` documents of
 50-400 words are drawn from a fixed seed. The baseline is the model card's transformers recipe
 applied to the documents in input order, in batches of 16; the candidate is
-`reranker.engine.TransformersEngine` with its default settings. Each runs in its own process
+`reranker.model.loader.TransformersEngine` with its default settings. Each runs in its own process
 (so peak RSS is its own), after one small warm-up call, with the service's allocator setting
 (`reranker.memory.keep_freed_memory`, as `python -m reranker` applies it) for both alike.
 
@@ -77,7 +77,8 @@ def _run_baseline(model_dir: str, docs: list[str], threads: int, conn) -> None:
 
 def _run_engine(model_dir: str, docs: list[str], threads: int, conn) -> None:
     keep_freed_memory()  # what `python -m reranker` does (RERANKER_KEEP_FREED_MEMORY)
-    from reranker.engine import TransformersEngine, sigmoid
+    from reranker.engine import sigmoid
+    from reranker.model.loader import TransformersEngine
     from reranker.settings import Settings
 
     engine = TransformersEngine(Settings(model=model_dir, device="cpu", threads=threads))

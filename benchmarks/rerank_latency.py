@@ -3,7 +3,7 @@
 vLLM reports about 65 ms for Qwen3-Reranker-0.6B scoring 16 documents of 1,024 tokens on an RTX
 PRO 6000 in bf16. This measures the same request on this machine: a random-weight model of the
 real 0.6B shape (`--layers` to shorten it) with the real Qwen3 tokenizer, one query and `--docs`
-documents of exactly `--doc-tokens` tokens, scored by `reranker.engine.TransformersEngine` on
+documents of exactly `--doc-tokens` tokens, scored by `reranker.model.loader.TransformersEngine` on
 `--device` in `--dtype` (default: CUDA in bf16 when a GPU is visible, else the CPU in fp32), and,
 side by side in the same run, by the model card's recipe on the same device and dtype (one
 batch of 16, transformers' SDPA attention standing in for the card's flash_attention_2).
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from reranker.engine import TransformersEngine, sigmoid
+    from reranker.engine import sigmoid
+    from reranker.model.loader import TransformersEngine
     from reranker.settings import Settings
     from tests.qwen_models import OfficialRecipe, build_qwen3_reranker
 

@@ -21,9 +21,10 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import BodySizeLimit, build_router, install_error_handlers
-from .batching import Scheduler
-from .engine import Engine, TransformersEngine
+from .engine import Engine
 from .metrics import Metrics, RequestMetrics
+from .model.loader import TransformersEngine
+from .scheduler import Scheduler
 from .settings import Settings
 
 log = logging.getLogger("reranker.app")

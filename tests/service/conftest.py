@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from tests.qwen_models import shared_tiny_model  # noqa: E402
 
 from reranker.app import create_app  # noqa: E402
-from reranker.batching import Prepared  # noqa: E402
 from reranker.engine import EngineInfo  # noqa: E402
+from reranker.planning import Prepared  # noqa: E402
 from reranker.settings import Settings  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.qwen_models import MINILM_DIR, shared_cross_encoder  # noqa: E402
 
-from reranker.engine import (  # noqa: E402
+from reranker.model.loader import (  # noqa: E402
     CROSS_ENCODER,
     QWEN3_RERANKER,
     TransformersEngine,

@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.qwen_models import OfficialRecipe, shared_tiny_model  # noqa: E402
 
-from reranker.engine import TransformersEngine, sigmoid  # noqa: E402
+from reranker.engine import sigmoid  # noqa: E402
+from reranker.model.loader import TransformersEngine  # noqa: E402
 from reranker.settings import Settings  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -175,9 +176,9 @@ def test_requests_sharing_a_pass_score_as_they_do_alone(model_dir):
 
 def test_a_document_longer_than_the_attention_chunk_scores_as_the_card(model_dir, monkeypatch):
     """Attention runs in chunks of query rows; a document spanning several agrees with the card."""
-    import reranker.engine as engine_module
+    from reranker.model import attention
 
-    monkeypatch.setattr(engine_module, "ATTENTION_ROWS", 16)
+    monkeypatch.setattr(attention, "ATTENTION_ROWS", 16)
     card = OfficialRecipe(model_dir, max_length=200)
     engine = engine_for(model_dir, max_length=200)
     rng = random.Random(9)

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.qwen_models import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR  # noqa: E402
 
-from reranker.engine import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt  # noqa: E402
+from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

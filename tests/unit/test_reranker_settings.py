@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from reranker.engine import resolve_device, resolve_dtype
+from reranker.model.loader import resolve_device, resolve_dtype
 from reranker.settings import Settings
 
 
@@ -63,11 +63,20 @@ def test_bad_values_are_refused_naming_the_setting(monkeypatch, name, value):
         Settings()
 
 
-def test_device_and_dtype_resolution():
+@pytest.mark.parametrize("available, expected", [(True, "cuda"), (False, "cpu")])
+def test_auto_device_is_cuda_where_there_is_one(monkeypatch, available, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    assert resolve_device("auto") == expected
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_dtype_on_cuda_is_bfloat16_where_supported_else_float16(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_dtype("auto", "cuda") is expected
+
+
+def test_auto_dtype_on_cpu_is_float32_and_a_named_dtype_is_kept():
     assert resolve_dtype("auto", "cpu") is torch.float32
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
-    if torch.cuda.is_available():
-        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        assert resolve_dtype("auto", "cuda") is expected
+    assert resolve_dtype("float16", "cuda") is torch.float16

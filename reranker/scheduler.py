@@ -1,19 +1,13 @@
-"""Batching: how documents are grouped into forward passes, and how requests reach the model.
+"""The scheduler: how requests reach the model, one worker thread owning it.
 
-Two separate concerns live here, apart from the model math in `engine.py`:
-
-* Pure planning. `plan_pass` picks the next forward pass from the requests waiting, first come
-  first served, under a token budget; `plan_batches` packs one list of items, shortest first.
-  The budget counts every row a pass runs through the model (a request's shared prompt once,
-  plus each document), so it bounds activation memory whatever the requests look like.
-* `Scheduler`: one worker thread owns the model. Requests are tokenized on the request's own
-  thread, then wait in a bounded queue; a full queue is answered at once with `Overloaded`
-  (HTTP 429 with Retry-After) instead of piling up latency. With cross-request batching on,
-  each pass takes documents from every waiting request in arrival order until the budget is
-  full; with it off, a pass only ever holds one request's documents (the baseline the load
-  benchmark compares against). A request that outlives its timeout is answered `Timeout`
-  (HTTP 504) and its remaining documents are dropped from later passes; a client that goes
-  away frees its place the same way.
+Requests are tokenized on the request's own thread, then wait in a bounded queue; a full queue
+is answered at once with `Overloaded` (HTTP 429 with Retry-After) instead of piling up latency.
+With cross-request batching on, each pass takes documents from every waiting request in arrival
+order until the token budget is full; with it off, a pass only ever holds one request's
+documents (the baseline the load benchmark compares against). Which documents a pass holds is
+planned by the pure functions of `planning.py`. A request that outlives its timeout is answered
+`Timeout` (HTTP 504) and its remaining documents are dropped from later passes; a client that
+goes away frees its place the same way.
 """
 
 from __future__ import annotations
@@ -24,113 +18,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from .errors import NotReady, Overloaded, Timeout
+from .planning import BatchEngine, Prepared, plan_pass, run_order
 
-log = logging.getLogger("reranker.batching")
-
-
-def plan_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Indices of `lengths`, shortest first, cut into batches whose total stays within budget.
-
-    A single item longer than the budget gets a batch of its own (it cannot be split); every
-    index appears exactly once.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i in order:
-        if current and used + lengths[i] > token_budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += lengths[i]
-    if current:
-        batches.append(current)
-    return batches
-
-
-def plan_pass(waiting: Sequence[tuple[int, Sequence[int]]], token_budget: int) -> list[int]:
-    """How many items of each waiting request the next forward pass takes, in arrival order.
-
-    `waiting` holds, per request, the cost of its shared part (paid once per pass that holds
-    any of its items) and the costs of its remaining items, in the order they must run. The
-    pass takes items front to back and stops at the first that would overflow the budget, so
-    a request is only ever split at the end of a pass and nobody is overtaken. The very first
-    item always goes in, even alone over budget: it cannot be split.
-    """
-    taken: list[int] = []
-    used = 0
-    for shared, costs in waiting:
-        count = 0
-        for cost in costs:
-            extra = cost + (shared if count == 0 else 0)
-            if used + extra > token_budget and used > 0:
-                break
-            used += extra
-            count += 1
-        taken.append(count)
-        if count < len(costs):
-            break
-    return taken + [0] * (len(waiting) - len(taken))
-
-
-def plan_padded(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Like `plan_batches`, for padded batches: a batch costs its size times its longest item."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > token_budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-@dataclass
-class Prepared:
-    """One tokenized request, as the engine wants it and the scheduler can plan it.
-
-    `costs[u]` is the number of rows unit `u` (a distinct document) adds to a pass, `shared`
-    the rows of the part every unit of the request reads (the Qwen3 prompt and query; 0 for a
-    cross-encoder); `slot[d]` is the unit that scores document `d`; `tokens` is what the
-    request reads, reported to the client. `payload` is the engine's own.
-    """
-
-    shared: int
-    costs: list[int]
-    slot: list[int]
-    tokens: int
-    payload: Any = None
-
-    @property
-    def rows(self) -> int:
-        return self.shared + sum(self.costs)
-
-
-class BatchEngine(Protocol):
-    """What the scheduler needs: one forward pass over units of several prepared requests."""
-
-    def forward(self, parts: list[tuple[Prepared, list[int]]]) -> list[list[float]]: ...
-
-
-def score_alone(engine: BatchEngine, prepared: Prepared, token_budget: int) -> list[float]:
-    """One request's scores, one per document, in passes planned as the scheduler plans them."""
-    order = sorted(range(len(prepared.costs)), key=lambda u: (prepared.costs[u], u))
-    results: list[float] = [0.0] * len(prepared.costs)
-    while order:
-        (count,) = plan_pass([(prepared.shared, [prepared.costs[u] for u in order])], token_budget)
-        units, order = order[:count], order[count:]
-        for unit, value in zip(units, engine.forward([(prepared, units)])[0]):
-            results[unit] = value
-    return [results[u] for u in prepared.slot]
+log = logging.getLogger("reranker.scheduler")
 
 
 @dataclass(frozen=True)
@@ -257,8 +151,7 @@ class Scheduler:
 
     def _enqueue(self, prepared: Prepared) -> _Job:
         job = _Job(prepared, concurrent.futures.Future(), time.monotonic())
-        # Shortest units first: the last pass a request spans is then the fullest it can be.
-        job.order = sorted(range(len(prepared.costs)), key=lambda u: (prepared.costs[u], u))
+        job.order = run_order(prepared)
         job.results = [None] * len(prepared.costs)
         with self._cond:
             self._jobs.append(job)

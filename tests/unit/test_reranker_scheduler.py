@@ -1,4 +1,4 @@
-"""Batch planning (pure) and the scheduler: one worker, bounded queue, passes across requests."""
+"""The scheduler: one worker, bounded queue, passes across requests."""
 
 from __future__ import annotations
 
@@ -6,62 +6,10 @@ import asyncio
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from reranker.batching import Prepared, Scheduler, plan_batches, plan_padded, plan_pass
 from reranker.errors import NotReady, Overloaded, Timeout
-
-
-@given(st.lists(st.integers(min_value=1, max_value=500), max_size=60), st.integers(1, 1500))
-def test_every_document_once_shortest_first_within_budget(lengths, budget):
-    batches = plan_batches(lengths, budget)
-    flat = [i for batch in batches for i in batch]
-    assert sorted(flat) == list(range(len(lengths)))
-    assert [lengths[i] for i in flat] == sorted(lengths)
-    for batch in batches:
-        assert len(batch) == 1 or sum(lengths[i] for i in batch) <= budget
-
-
-def test_batches_are_full_before_a_new_one_starts():
-    assert plan_batches([3, 1, 2, 4], 6) == [[1, 2, 0], [3]]
-    assert plan_batches([10, 1], 5) == [[1], [0]]
-
-
-@given(st.lists(st.integers(min_value=1, max_value=500), max_size=60), st.integers(1, 1500))
-def test_padded_batches_stay_within_budget_counting_padding(lengths, budget):
-    batches = plan_padded(lengths, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
-
-
-waiting_requests = st.lists(
-    st.tuples(st.integers(0, 300), st.lists(st.integers(1, 400), min_size=1, max_size=20)),
-    min_size=1,
-    max_size=8,
-)
-
-
-@given(waiting_requests, st.integers(1, 3000))
-def test_a_pass_is_first_come_first_served_and_within_budget(waiting, budget):
-    taken = plan_pass(waiting, budget)
-    assert len(taken) == len(waiting)
-    assert taken[0] >= 1  # the oldest request always moves
-    rows = sum(
-        shared + sum(costs[:count]) for (shared, costs), count in zip(waiting, taken) if count
-    )
-    assert rows <= budget or (taken[0] == 1 and sum(taken) == 1)
-    # Only the last request in the pass may be split; nobody after it is served.
-    for i, ((_, costs), count) in enumerate(zip(waiting, taken)):
-        if count < len(costs):
-            assert all(c == 0 for c in taken[i + 1 :])
-            break
-
-
-def test_a_pass_takes_several_requests_and_pays_each_shared_part_once():
-    assert plan_pass([(10, [5, 5]), (10, [5]), (10, [5])], 45) == [2, 1, 0]
-    assert plan_pass([(10, [50])], 20) == [1]  # alone over budget: still scored
+from reranker.planning import Prepared
+from reranker.scheduler import Scheduler
 
 
 class GatedEngine:

@@ -1,0 +1,91 @@
+"""Qwen3-Reranker's prompt as its model card builds it, tokenized as shared head + tails.
+
+The model card builds, for every document,
+
+    prefix + tokenize("<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {doc}")[:budget] + suffix
+
+with budget = max_length - len(prefix) - len(suffix). Here the body is tokenized as two parts,
+the per-request head "<Instruct>: ...<Query>: ...<Document>:" and the per-document tail
+" {doc}". The Qwen3 pre-tokenizer always ends a pre-token after that colon (a punctuation run
+stops before a space), so the ids are those of the whole string;
+`tests/unit/test_reranker_prompt.py` checks it on random and unicode text.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PROMPT_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+PROMPT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """The token ids of one request: a shared part and its tails (suffix included), one per
+    document as built, one per distinct document once a request is prepared.
+
+    The first `head` ids of `shared` (system prompt, instruction, up to "<Query>:") depend on
+    the instruction alone, so requests with the same instruction share them; 0 when the
+    budget cut into them.
+    """
+
+    shared: list[int]
+    tails: Sequence[Sequence[int]]
+    head: int = 0
+
+
+class Qwen3Prompt:
+    """The model card's template and truncation, tokenized as shared head + per-document tail."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.prefix_ids = tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)
+        self.suffix_ids = tokenizer.encode(PROMPT_SUFFIX, add_special_tokens=False)
+        self.body_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if self.body_budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for the prompt template")
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one prompt per engine, for its lifetime)
+    def _instruction_ids(self, instruction: str) -> tuple[int, ...]:
+        return tuple(
+            self.tokenizer.encode(f"<Instruct>: {instruction}\n<Query>:", add_special_tokens=False)
+        )
+
+    def build(
+        self,
+        query: str,
+        documents: list[str],
+        instruction: str,
+        max_tokens_per_doc: int | None = None,
+    ) -> PromptIds:
+        # The body's head, tokenized as the instruction part and the query part: as after
+        # "<Document>:", the pre-tokenizer always ends a pre-token after "<Query>:" (a
+        # punctuation run stops before the space), so the ids are the whole string's.
+        instruction_ids = self._instruction_ids(instruction)
+        head = list(instruction_ids) + self.tokenizer.encode(
+            f" {query}\n<Document>:", add_special_tokens=False
+        )
+        # The card truncates the whole body from the right: a head longer than the budget
+        # leaves no room for any document, and every document then scores the same.
+        head = head[: self.body_budget]
+        shareable = len(instruction_ids) <= len(head)
+        room = self.body_budget - len(head)
+        if documents:
+            tails = self.tokenizer([" " + doc for doc in documents], add_special_tokens=False)[
+                "input_ids"
+            ]
+        else:
+            tails = []
+        limit = room if max_tokens_per_doc is None else min(room, max_tokens_per_doc)
+        return PromptIds(
+            shared=self.prefix_ids + head,
+            tails=[ids[:limit] + self.suffix_ids for ids in tails],
+            head=len(self.prefix_ids) + len(instruction_ids) if shareable else 0,
+        )
