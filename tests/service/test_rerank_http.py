@@ -138,6 +138,17 @@ def test_info_and_openapi(live_url):
     spec = httpx.get(f"{live_url}/openapi.json").json()
     assert {"/rerank", "/v1/rerank", "/v2/rerank", "/health", "/info"} <= set(spec["paths"])
     assert httpx.get(f"{live_url}/docs").status_code == 200
+    # Every error the service answers with is documented on each rerank route, in one shape.
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, body in (("/rerank", "V1"), ("/v1/rerank", "V1"), ("/v2/rerank", "V2")):
+        operation = spec["paths"][path]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/RerankRequest{body}"}
+        responses = operation["responses"]
+        assert set(responses) == {"200", "401", "413", "422", "424", "429", "503", "504"}
+        for status in set(responses) - {"200"}:
+            assert responses[status]["content"]["application/json"]["schema"] == error
+        assert "Retry-After" in responses["429"]["description"]
 
 
 @pytest.mark.parametrize(
