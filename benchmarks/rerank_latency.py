@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reranker.engine import TransformersEngine, sigmoid
     from reranker.settings import Settings
-    from tests.qwen_models import OfficialRecipe, build_qwen3_reranker
+    from reranker.testing import OfficialRecipe, build_qwen3_reranker
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="rerank-latency-") as model_dir:
