@@ -245,7 +245,8 @@ RERANK_ROUTES = (
 
 
 def rerank_endpoint(route: RerankRoute):
-    """The endpoint of `route`: FastAPI reads the body type from its signature."""
+    """The endpoint of `route`. FastAPI reads the body type from the signature, hence the
+    annotation set to the route's request class."""
 
     async def endpoint(request: Request, response: Response, body: Any) -> RerankResponse:
         return await rerank(request, response, body, route.version)
