@@ -21,7 +21,6 @@ runs to the hardware).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -35,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reporting import Column, Table, finish  # noqa: E402  (benchmarks/ is the script's own folder)
 from reranker.memory import keep_freed_memory  # noqa: E402  (imports no torch)
 
 WORDS = (
@@ -64,7 +64,7 @@ def _run_baseline(model_dir: str, docs: list[str], threads: int, conn) -> None:
     keep_freed_memory()  # the service's allocator setting, for both sides alike
     import torch
 
-    from tests.qwen_models import OfficialRecipe
+    from reranker.testing import OfficialRecipe
 
     torch.set_num_threads(threads)
     recipe = OfficialRecipe(model_dir)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()  # the reference matmul gets the same allocator as both runs
 
-    from tests.qwen_models import build_qwen3_reranker
+    from reranker.testing import build_qwen3_reranker
 
     docs = make_documents(args.docs, args.seed)
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as model_dir:
@@ -197,23 +197,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["engine_matmul_ratio"] = report["engine_gflops"] / mm
 
-    rows = [
-        ("docs/s", f"{report['baseline_docs_per_s']:.2f}", f"{report['engine_docs_per_s']:.2f}"),
-        ("seconds", f"{base['seconds']:.1f}", f"{cand['seconds']:.1f}"),
-        ("peak RSS MB", f"{base['peak_rss_mb']:.0f}", f"{cand['peak_rss_mb']:.0f}"),
+    rows = [  # (row, JSON key after baseline_/engine_, number format)
+        ("docs/s", "docs_per_s", ".2f"),
+        ("seconds", "seconds", ".1f"),
+        ("peak RSS MB", "peak_rss_mb", ".0f"),
     ]
-    print(f"\n{args.docs} documents, {args.layers} layers, {args.threads} threads")
-    print(f"{'':<14}{'model card':>14}{'engine':>14}")
-    for name, b, c in rows:
-        print(f"{name:<14}{b:>14}{c:>14}")
-    print(f"speedup {report['speedup']:.2f}x   max |score diff| {diff:.2e}")
-    print(
-        f"engine {report['engine_gflops']:.1f} GFLOP/s = {100 * report['engine_matmul_ratio']:.0f}% "
-        f"of fp32 matmul {mm:.1f} GFLOP/s"
+    table = Table(
+        [Column("", 14, "<"), Column("model card", 14), Column("engine", 14)],
+        [
+            (name, f"{report['baseline_' + key]:{spec}}", f"{report['engine_' + key]:{spec}}")
+            for name, key, spec in rows
+        ],
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    finish(
+        args.out,
+        report,
+        title=f"{args.docs} documents, {args.layers} layers, {args.threads} threads",
+        table=table,
+        notes=[
+            f"speedup {report['speedup']:.2f}x   max |score diff| {diff:.2e}",
+            f"engine {report['engine_gflops']:.1f} GFLOP/s = "
+            f"{100 * report['engine_matmul_ratio']:.0f}% of fp32 matmul {mm:.1f} GFLOP/s",
+        ],
+    )
     return 0
 
 

@@ -23,7 +23,6 @@ reference_vllm_ms (65, the published figure, on other hardware).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from rerank_bench import QUERY  # noqa: E402  (benchmarks/ is the script's own folder)
 from rerank_load import text  # noqa: E402  (words of one token each with their leading space)
+from reporting import Column, Table, finish  # noqa: E402
 from reranker.memory import keep_freed_memory  # noqa: E402  (imports no torch)
 
 REFERENCE_VLLM_MS = 65.0
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from reranker.engine import sigmoid
     from reranker.model.loader import TransformersEngine
     from reranker.settings import Settings
-    from tests.qwen_models import OfficialRecipe, build_qwen3_reranker
+    from reranker.testing import OfficialRecipe, build_qwen3_reranker
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="rerank-latency-") as model_dir:
@@ -149,22 +149,32 @@ def main(argv: list[str] | None = None) -> int:
                 max_abs_score_diff=max(abs(a - b) for a, b in zip(base_scores, engine_scores)),
             )
 
-    print(
-        f"\n{args.docs} documents x {args.doc_tokens} tokens, {args.layers} layers, "
-        f"{report['device_name']} {dtype}, {args.repeats} timed calls"
-    )
-    print(f"{'':<12}{'model card':>14}{'engine':>14}")
-    rows = [("p50 ms", "baseline_p50_ms", "engine_p50_ms"), ("min ms", "baseline_min_ms",
-            "engine_min_ms"), ("peak MB", "baseline_peak_mb", "engine_peak_mb")]
-    for name, base_key, engine_key in rows:
-        base = f"{report[base_key]:.1f}" if base_key in report else "-"
-        print(f"{name:<12}{base:>14}{report[engine_key]:>14.1f}")
+    def cell(key: str) -> str:
+        return f"{report[key]:.1f}" if key in report else "-"
+
+    rows = [
+        ("p50 ms", "baseline_p50_ms", "engine_p50_ms"),
+        ("min ms", "baseline_min_ms", "engine_min_ms"),
+        ("peak MB", "baseline_peak_mb", "engine_peak_mb"),
+    ]
+    notes = []
     if "speedup" in report:
-        print(f"speedup {report['speedup']:.2f}x   max |score diff| {report['max_abs_score_diff']:.2e}")
-    print(f"published vLLM figure (RTX PRO 6000, bf16): {REFERENCE_VLLM_MS:.0f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        notes.append(
+            f"speedup {report['speedup']:.2f}x   "
+            f"max |score diff| {report['max_abs_score_diff']:.2e}"
+        )
+    notes.append(f"published vLLM figure (RTX PRO 6000, bf16): {REFERENCE_VLLM_MS:.0f} ms")
+    finish(
+        args.out,
+        report,
+        title=f"{args.docs} documents x {args.doc_tokens} tokens, {args.layers} layers, "
+        f"{report['device_name']} {dtype}, {args.repeats} timed calls",
+        table=Table(
+            [Column("", 12, "<"), Column("model card", 14), Column("engine", 14)],
+            [(name, cell(base), cell(engine)) for name, base, engine in rows],
+        ),
+        notes=notes,
+    )
     return 0
 
 

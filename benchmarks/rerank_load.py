@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import httpx
+from reporting import Column, Table, finish  # benchmarks/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -266,7 +267,7 @@ def memory_cases(model: Path, label: str, threads: int, budget: int, many: int) 
 
 def memory_only(args) -> int:
     """The 0.6B-width memory cases alone, at --memory-layers (0: the full 28)."""
-    from tests.qwen_models import build_qwen3_reranker
+    from reranker.testing import build_qwen3_reranker
 
     label = f"0.6b-{args.memory_layers or 28}-layers"
     with tempfile.TemporaryDirectory(prefix="rerank-memory-") as tmp:
@@ -280,9 +281,7 @@ def memory_only(args) -> int:
         "peak_rss_mb": round(max(peaks.values()), 1),
         "peak_rss_mb_by_case": {k: round(v, 1) for k, v in peaks.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    finish(args.out, report)
     return 0
 
 
@@ -314,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank_load.json")
     args = parser.parse_args(argv)
 
-    from tests.qwen_models import build_qwen3_reranker
+    from reranker.testing import build_qwen3_reranker
 
     if args.memory_only:
         return memory_only(args)
@@ -416,33 +415,42 @@ def main(argv: list[str] | None = None) -> int:
         report["throughput_docs_per_s"][top] / report["unbatched_throughput_docs_per_s"][top], 2
     )
 
-    print(f"\n{args.shape} shape, {args.docs} docs of {args.words} words per request")
-    print(
-        f"{'clients':>8} | {'batched docs/s':>15} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'unbatched docs/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
-    )
     report["windows_docs_per_s"] = {
         mode: {str(c): results[mode][c]["window_docs_per_s"] for c in levels} for mode in results
     }
+    columns = [
+        Column("clients", 8),
+        Column("batched docs/s", 15, before=" | "),
+        Column("p50 ms", 8, before=" "),
+        Column("p99 ms", 8, before=" "),
+        Column("unbatched docs/s", 17, before=" | "),
+        Column("p50 ms", 8, before=" "),
+        Column("p99 ms", 8, before=" "),
+        Column("ratio", 6, before=" | "),
+    ]
+    rows = []
     for c in levels:
-        b, u = results["batched"][c], results["unbatched"][c]
-        print(
-            f"{c:>8} | {b['docs_per_s']:>15.1f} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} | "
-            f"{u['docs_per_s']:>17.1f} {u['p50_ms']:>8.1f} {u['p99_ms']:>8.1f} | "
-            f"{b['docs_per_s'] / u['docs_per_s']:>5.2f}x"
-        )
-    print(
-        f"failed requests {report['failed_requests']}, deliberate 429 {report['deliberate_429']} "
-        f"(then 200 after Retry-After: {report['burst']['ok_after_retry_after']}, "
-        f"{report['burst']['retries']} retries)"
+        row = [str(c)]
+        for mode in ("batched", "unbatched"):
+            r = results[mode][c]
+            row += [f"{r['docs_per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"]
+        ratio = results["batched"][c]["docs_per_s"] / results["unbatched"][c]["docs_per_s"]
+        rows.append(row + [f"{ratio:.2f}x"])
+    finish(
+        args.out,
+        report,
+        title=f"{args.shape} shape, {args.docs} docs of {args.words} words per request",
+        table=Table(columns, rows),
+        notes=[
+            f"failed requests {report['failed_requests']}, "
+            f"deliberate 429 {report['deliberate_429']} "
+            f"(then 200 after Retry-After: {report['burst']['ok_after_retry_after']}, "
+            f"{report['burst']['retries']} retries)",
+            "peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()),
+            f"load average before {report['load_average_before']}, "
+            f"after {report['load_average_after']}",
+        ],
     )
-    print("peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    print(
-        f"load average before {report['load_average_before']}, after {report['load_average_after']}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
     return 0
 
 

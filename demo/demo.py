@@ -460,7 +460,7 @@ class Demo:
                               f"into {model.relative_to(ROOT)} (once)")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             sys.path.insert(0, str(ROOT))
-            from tests.qwen_models import build_qwen3_reranker  # the test suite's builder
+            from reranker.testing import build_qwen3_reranker  # the builder the tests use
 
             build_qwen3_reranker(model, "tiny")
         env = {**self.env, "RERANKER_MODEL": str(model), "RERANKER_PORT": str(self.port),

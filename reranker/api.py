@@ -2,8 +2,8 @@
 
 Routes: GET /health, GET /info, GET /metrics (Prometheus), POST /rerank and /v1/rerank
 (Cohere v1), POST /v2/rerank (Cohere v2). Every error body is `{"message": ..., "type": ...}`
-with the status from `errors.STATUS_BY_KIND`; request validation problems are 422s whose
-message names the field, a 429 carries Retry-After.
+with the status its `errors.ServiceError` class carries; request validation problems are 422s
+whose message names the field, a 429 carries Retry-After.
 
 Rerank answers carry timing and size headers (times in milliseconds):
 
@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -32,14 +33,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .engine import sigmoid
 from .errors import (
+    ERRORS,
     BackendError,
     InvalidRequest,
     NotReady,
-    Overloaded,
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
-    http_status,
 )
 from .schemas import (
     ErrorBody,
@@ -55,24 +55,19 @@ from .settings import Settings
 
 log = logging.getLogger("reranker.api")
 
+# The OpenAPI responses of the protected routes, one per error class.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (401, "Missing or wrong API key"),
-        (413, "Too many documents, or the body is too large"),
-        (422, "Malformed or invalid request"),
-        (424, "The model failed while scoring"),
-        (429, "Too many requests queued; retry after the Retry-After header's seconds"),
-        (503, "The model is not loaded (yet), or the server is shutting down"),
-        (504, "The request did not finish within RERANKER_REQUEST_TIMEOUT"),
-    )
+    error.status: {"model": ErrorBody, "description": error.description} for error in ERRORS
 }
 
 
-def error_response(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"message": message, "type": kind}, status_code=status, headers=headers)
+def error_response(error: ServiceError) -> JSONResponse:
+    """The answer to `error`: its status and headers, body `{"message": ..., "type": kind}`."""
+    return JSONResponse(
+        {"message": error.message, "type": error.kind},
+        status_code=error.status,
+        headers=error.headers(),
+    )
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:
@@ -112,23 +107,22 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = None
-        if isinstance(exc, Overloaded):
-            headers = {"Retry-After": str(exc.retry_after)}
-        return error_response(http_status(exc), exc.message, exc.kind, headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, describe_validation_error(exc), "invalid_request")
+        return error_response(InvalidRequest(describe_validation_error(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), "http_error")
+        # Starlette's own answers (404 no such route, 405 wrong method), in the same shape.
+        body = {"message": str(exc.detail), "type": "http_error"}
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(424, "the model backend failed; see the server log", "backend")
+        return error_response(BackendError("the model backend failed; see the server log"))
 
 
 def _settings(request: Request) -> Settings:
@@ -230,6 +224,37 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+@dataclass(frozen=True)
+class RerankRoute:
+    """One rerank route: its path, the request body it parses and the API version it answers."""
+
+    path: str
+    name: str  # the endpoint's name, from which OpenAPI's operationId is made
+    body: type[RerankRequestV1] | type[RerankRequestV2]
+    version: str
+    summary: str
+
+
+RERANK_ROUTES = (
+    RerankRoute(
+        "/rerank", "rerank_default", RerankRequestV1, "1", "Rerank documents (Cohere v1 shape)"
+    ),
+    RerankRoute("/v1/rerank", "rerank_v1", RerankRequestV1, "1", "Rerank documents (Cohere v1)"),
+    RerankRoute("/v2/rerank", "rerank_v2", RerankRequestV2, "2", "Rerank documents (Cohere v2)"),
+)
+
+
+def rerank_endpoint(route: RerankRoute):
+    """The endpoint of `route`. FastAPI reads the body type from the signature, hence the
+    annotation set to the route's request class."""
+
+    async def endpoint(request: Request, response: Response, body: Any) -> RerankResponse:
+        return await rerank(request, response, body, route.version)
+
+    endpoint.__annotations__["body"] = route.body
+    return endpoint
+
+
 def build_router() -> APIRouter:
     router = APIRouter()
     protected = [Depends(require_api_key)]
@@ -274,44 +299,18 @@ def build_router() -> APIRouter:
             version=__version__,
         )
 
-    @router.post(
-        "/rerank",
-        response_model=RerankResponse,
-        response_model_exclude_none=True,
-        dependencies=protected,
-        responses=ERROR_RESPONSES,
-        summary="Rerank documents (Cohere v1 shape)",
-    )
-    async def rerank_default(
-        request: Request, response: Response, body: RerankRequestV1
-    ) -> RerankResponse:
-        return await rerank(request, response, body, "1")
-
-    @router.post(
-        "/v1/rerank",
-        response_model=RerankResponse,
-        response_model_exclude_none=True,
-        dependencies=protected,
-        responses=ERROR_RESPONSES,
-        summary="Rerank documents (Cohere v1)",
-    )
-    async def rerank_v1(
-        request: Request, response: Response, body: RerankRequestV1
-    ) -> RerankResponse:
-        return await rerank(request, response, body, "1")
-
-    @router.post(
-        "/v2/rerank",
-        response_model=RerankResponse,
-        response_model_exclude_none=True,
-        dependencies=protected,
-        responses=ERROR_RESPONSES,
-        summary="Rerank documents (Cohere v2)",
-    )
-    async def rerank_v2(
-        request: Request, response: Response, body: RerankRequestV2
-    ) -> RerankResponse:
-        return await rerank(request, response, body, "2")
+    for route in RERANK_ROUTES:
+        router.add_api_route(
+            route.path,
+            rerank_endpoint(route),
+            methods=["POST"],
+            name=route.name,
+            response_model=RerankResponse,
+            response_model_exclude_none=True,
+            dependencies=protected,
+            responses=ERROR_RESPONSES,
+            summary=route.summary,
+        )
 
     @router.get(
         "/metrics",
@@ -340,9 +339,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_large = error_response(
-            413,
-            f"body: the request body is larger than the limit of {self.limit} bytes",
-            PayloadTooLarge.kind,
+            PayloadTooLarge(
+                f"body: the request body is larger than the limit of {self.limit} bytes"
+            )
         )
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:

@@ -82,7 +82,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.status = "loading"
     app.state.status_message = None
     install_error_handlers(app)
-    app.include_router(build_router())
+    router = build_router()
+    app.include_router(router)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    paths = frozenset(route.path for route in router.routes)
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     return app

@@ -1,83 +1,106 @@
-"""Every error the service answers with, and the one table that maps each kind to an HTTP status.
+"""Every error the service answers with: each class carries its HTTP status and description.
 
-Handlers raise `ServiceError` subclasses; `api.py` turns them into `{"message": ..., "type": ...}`
-bodies with the status below. Anything else that escapes is logged and answered as a 424
-(backend failure) without internals, so no client input can crash the process or leak a
-traceback.
+This is the one table, in the manner of TEI's `impl From<&ErrorType> for StatusCode`: handlers
+raise a `ServiceError` subclass; `api.py` answers it as `{"message": ..., "type": kind}` with its
+`status` and `headers()`, and lists every class in `ERRORS` as an OpenAPI response with its
+`description`. TEI's convention: 413 too large, 422 unprocessable, 424 backend, 429 overloaded,
+503 not ready; here also 401 for a missing key and 504 for a request that ran out of time.
+
+Anything else that escapes a handler is logged and answered as a `BackendError` without
+internals, so no client input can crash the process or leak a traceback.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ServiceError(Exception):
-    """Base class: `kind` selects the HTTP status in `STATUS_BY_KIND`."""
+    """Base class. A subclass sets `kind` (the body's `type`), `status` and `description`."""
 
-    kind = "internal"
+    kind: ClassVar[str]
+    status: ClassVar[int]
+    description: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [name for name in ("kind", "status", "description") if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"{cls.__name__} must set {', '.join(missing)}")
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
-
-class InvalidRequest(ServiceError):
-    """The body parsed but makes no sense (fields missing, contradictory, out of range)."""
-
-    kind = "invalid_request"
-
-
-class PayloadTooLarge(ServiceError):
-    """More documents than the configured maximum, or a body over the size limit."""
-
-    kind = "payload_too_large"
+    def headers(self) -> dict[str, str]:
+        """Response headers the answer carries besides the JSON body."""
+        return {}
 
 
 class Unauthorized(ServiceError):
     """An API key is configured and the request did not carry it."""
 
     kind = "unauthorized"
+    status = 401
+    description = "Missing or wrong API key"
 
 
-class Overloaded(ServiceError):
-    """The request queue is full; the client should retry after `retry_after` seconds."""
+class PayloadTooLarge(ServiceError):
+    """More documents than the configured maximum, or a body over the size limit."""
 
-    kind = "overloaded"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
+    kind = "payload_too_large"
+    status = 413
+    description = "Too many documents, or the body is too large"
 
 
-class Timeout(ServiceError):
-    """The request was not scored within the configured timeout (queue wait included)."""
+class InvalidRequest(ServiceError):
+    """The body parsed but makes no sense (fields missing, contradictory, out of range)."""
 
-    kind = "timeout"
-
-
-class NotReady(ServiceError):
-    """The model is still loading, or failed to load."""
-
-    kind = "not_ready"
+    kind = "invalid_request"
+    status = 422
+    description = "Malformed or invalid request"
 
 
 class BackendError(ServiceError):
     """The model raised while scoring (out of memory, a device fault)."""
 
     kind = "backend"
+    status = 424
+    description = "The model failed while scoring"
 
 
-# TEI's convention: 413 too large, 422 unprocessable, 424 backend, 429 overloaded, 503 not ready;
-# and 504 for a request that ran out of time.
-STATUS_BY_KIND: dict[str, int] = {
-    InvalidRequest.kind: 422,
-    PayloadTooLarge.kind: 413,
-    Unauthorized.kind: 401,
-    Overloaded.kind: 429,
-    NotReady.kind: 503,
-    Timeout.kind: 504,
-    BackendError.kind: 424,
-    ServiceError.kind: 424,
-}
+class Overloaded(ServiceError):
+    """The request queue is full; the client should retry after `retry_after` seconds."""
+
+    kind = "overloaded"
+    status = 429
+    description = "Too many requests queued; retry after the Retry-After header's seconds"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
-def http_status(error: ServiceError) -> int:
-    return STATUS_BY_KIND.get(error.kind, 424)
+class NotReady(ServiceError):
+    """The model is still loading, or failed to load, or the server is shutting down."""
+
+    kind = "not_ready"
+    status = 503
+    description = "The model is not loaded (yet), or the server is shutting down"
+
+
+class Timeout(ServiceError):
+    """The request was not scored within the configured timeout (queue wait included)."""
+
+    kind = "timeout"
+    status = 504
+    description = "The request did not finish within RERANKER_REQUEST_TIMEOUT"
+
+
+# Every error the service answers with, in status order: the OpenAPI responses of api.py.
+ERRORS: tuple[type[ServiceError], ...] = tuple(
+    sorted(ServiceError.__subclasses__(), key=lambda error: error.status)
+)

@@ -33,9 +33,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
-# Paths whose requests may be answered before the router runs (413 from the body-size limit).
-SERVICE_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank", "/health", "/info", "/metrics"})
-
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "RequestMetrics"]
 
 
@@ -149,12 +146,15 @@ class RequestMetrics:
     """ASGI middleware: counts and times every HTTP answer by route and status.
 
     The route is the one the router matched (it records it in the request scope), so path
-    parameters or unknown paths never become new label values.
+    parameters or unknown paths never become new label values. A request answered before
+    routing (a body over the size limit) is labelled with its path when that is one of `paths`
+    (the service's routes), else `other`.
     """
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, paths: frozenset[str]):
         self.app = app
         self.metrics = metrics
+        self.paths = paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -173,5 +173,5 @@ class RequestMetrics:
         finally:
             endpoint = getattr(scope.get("route"), "path", None)
             if endpoint is None:  # answered before routing (a body over the limit)
-                endpoint = scope.get("path") if scope.get("path") in SERVICE_PATHS else "other"
+                endpoint = scope.get("path") if scope.get("path") in self.paths else "other"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)

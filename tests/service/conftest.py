@@ -2,7 +2,7 @@
 
 `serve(settings, engine=None)` starts `create_app(settings, engine)` under uvicorn in a thread
 on a free 127.0.0.1 port and returns its base URL; servers stop at the end of the test. The
-real engine runs a tiny random Qwen3 model with the real tokenizer (tests/qwen_models.py);
+real engine runs a tiny random Qwen3 model with the real tokenizer (reranker/testing.py);
 `FakeEngine` scores by word overlap, instantly, and can be told to load slowly, fail, or block,
 for the error paths.
 """
@@ -10,7 +10,6 @@ for the error paths.
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tests.qwen_models import shared_tiny_model  # noqa: E402
+from reranker.testing import shared_tiny_model
 
 from reranker.app import create_app  # noqa: E402
 from reranker.engine import EngineInfo  # noqa: E402

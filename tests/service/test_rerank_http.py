@@ -39,7 +39,7 @@ def replay_curl(command: str, base_url: str) -> httpx.Response:
     return httpx.post(target, content=data, headers=headers)
 
 
-def test_the_readme_examples_work_verbatim(live_url):
+def test_the_readme_examples_work_verbatim(live_url, tiny_model):
     commands = readme_curl_commands()
     assert len(commands) == 3
     france, pizza, health = (replay_curl(c, live_url) for c in commands)
@@ -63,7 +63,8 @@ def test_the_readme_examples_work_verbatim(live_url):
     assert all("document" not in r for r in results)
 
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "model": health.json()["model"], "device": "cpu"}
+    # The server was started on the tiny model's directory (RERANKER_MODEL), no served name.
+    assert health.json() == {"status": "ok", "model": str(tiny_model), "device": "cpu"}
 
 
 def test_v1_v2_and_default_routes_agree_and_rank_every_document(live_url):
@@ -85,15 +86,29 @@ def test_object_documents_and_rank_fields(live_url):
     docs = [{"text": "Paris is in France.", "id": "a"}, {"text": "Berlin.", "id": "b"}]
     body = httpx.post(f"{live_url}/v1/rerank", json={"query": "Paris", "documents": docs}).json()
     assert {r["document"]["id"] for r in body["results"]} == {"a", "b"}  # echoed as given
-    fields = httpx.post(
-        f"{live_url}/v1/rerank",
-        json={
-            "query": "Paris",
-            "documents": [{"title": "T", "body": "B"}],
-            "rank_fields": ["title", "body"],
-        },
-    )
-    assert fields.status_code == 200
+
+
+def test_rank_fields_choose_what_is_scored(live_url):
+    """Objects are scored on the `field: value` lines of `rank_fields`, in their order; without
+    rank_fields, on `text`. Every candidate text below differs, so ranking on the wrong one
+    gives other scores."""
+    docs = [
+        {"text": "Tokyo is in Japan.", "title": "Paris", "body": "The capital of France."},
+        {"text": "Rome is in Italy.", "title": "Berlin", "body": "The capital of Germany."},
+    ]
+
+    def scores(**request) -> dict[int, float]:
+        request = {"query": "Where is Paris?", "return_documents": False, **request}
+        answer = httpx.post(f"{live_url}/v1/rerank", json=request)
+        assert answer.status_code == 200, answer.text
+        return {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+
+    ranked = scores(documents=docs, rank_fields=["title", "body"])
+    lines = [f"title: {d['title']}\nbody: {d['body']}" for d in docs]
+    assert ranked == pytest.approx(scores(documents=lines), abs=1e-6)
+    on_text = scores(documents=docs)
+    assert on_text == pytest.approx(scores(documents=[d["text"] for d in docs]), abs=1e-6)
+    assert all(abs(ranked[i] - on_text[i]) > 1e-4 for i in ranked)
 
 
 def test_raw_scores_are_the_log_odds_of_the_probabilities(live_url):
@@ -138,6 +153,17 @@ def test_info_and_openapi(live_url):
     spec = httpx.get(f"{live_url}/openapi.json").json()
     assert {"/rerank", "/v1/rerank", "/v2/rerank", "/health", "/info"} <= set(spec["paths"])
     assert httpx.get(f"{live_url}/docs").status_code == 200
+    # Every error the service answers with is documented on each rerank route, in one shape.
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, body in (("/rerank", "V1"), ("/v1/rerank", "V1"), ("/v2/rerank", "V2")):
+        operation = spec["paths"][path]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/RerankRequest{body}"}
+        responses = operation["responses"]
+        assert set(responses) == {"200", "401", "413", "422", "424", "429", "503", "504"}
+        for status in set(responses) - {"200"}:
+            assert responses[status]["content"]["application/json"]["schema"] == error
+        assert "Retry-After" in responses["429"]["description"]
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from tests.qwen_models import MINILM_DIR, shared_cross_encoder
 
 from reranker.app import create_app
 from reranker.settings import Settings
+from reranker.testing import MINILM_DIR, shared_cross_encoder
 
 from .conftest import FakeEngine, RunningServer, free_port, wait_ready
 

@@ -10,15 +10,12 @@ truncated longest-first to the model's maximum length, the single logit read out
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.qwen_models import MINILM_DIR, shared_cross_encoder  # noqa: E402
+from reranker.testing import MINILM_DIR, shared_cross_encoder
 
 from reranker.model.loader import (  # noqa: E402
     CROSS_ENCODER,

@@ -1,6 +1,6 @@
 """Parity: the engine's scores against the model card's recipe, on the same random Qwen3 model.
 
-Real architecture and real Qwen3 tokenizer, random weights (tests/qwen_models.py); random and
+Real architecture and real Qwen3 tokenizer, random weights (reranker/testing.py); random and
 unicode queries and documents, documents long enough to be truncated, duplicates, a query that
 fills the whole budget. Scores must agree within 1e-4, whatever the batching.
 """
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.qwen_models import OfficialRecipe, shared_tiny_model  # noqa: E402
+from reranker.testing import OfficialRecipe, shared_tiny_model
 
 from reranker.engine import sigmoid  # noqa: E402
 from reranker.model.loader import TransformersEngine  # noqa: E402

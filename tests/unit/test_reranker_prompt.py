@@ -7,16 +7,12 @@ truncates it to max_length - len(prefix) - len(suffix). These tests compare the 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.qwen_models import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR  # noqa: E402
+from reranker.testing import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR
 
 from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt  # noqa: E402
 

