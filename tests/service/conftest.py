@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from reranker.app import create_app
+from reranker.engine import EngineInfo
+from reranker.planning import Prepared
+from reranker.settings import Settings
 from reranker.testing import shared_tiny_model
-
-from reranker.app import create_app  # noqa: E402
-from reranker.engine import EngineInfo  # noqa: E402
-from reranker.planning import Prepared  # noqa: E402
-from reranker.settings import Settings  # noqa: E402
 
 
 def free_port() -> int:

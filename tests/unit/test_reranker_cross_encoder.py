@@ -15,17 +15,16 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from reranker.testing import MINILM_DIR, shared_cross_encoder
-
-from reranker.model.loader import (  # noqa: E402
+from reranker.errors import InvalidRequest
+from reranker.model.loader import (
     CROSS_ENCODER,
     QWEN3_RERANKER,
     TransformersEngine,
     UnsupportedModel,
     choose_backend,
 )
-from reranker.errors import InvalidRequest  # noqa: E402
-from reranker.settings import Settings  # noqa: E402
+from reranker.settings import Settings
+from reranker.testing import MINILM_DIR, shared_cross_encoder
 
 QUERY = "what is the capital of france"
 DOCS = [

@@ -12,11 +12,10 @@ import random
 
 import pytest
 
+from reranker.engine import sigmoid
+from reranker.model.loader import TransformersEngine
+from reranker.settings import Settings
 from reranker.testing import OfficialRecipe, shared_tiny_model
-
-from reranker.engine import sigmoid  # noqa: E402
-from reranker.model.loader import TransformersEngine  # noqa: E402
-from reranker.settings import Settings  # noqa: E402
 
 TOLERANCE = 1e-4
 # The card pads with `padding=True, max_length=...`, which transformers warns about; it is the card.

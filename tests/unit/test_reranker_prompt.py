@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt
 from reranker.testing import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR
-
-from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")
