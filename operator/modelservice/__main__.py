@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import kopf
@@ -31,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="no peering with other operator instances (always on; accepted for clarity)")
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--resync-seconds", type=float, metavar="S",
+                        default=os.environ.get("MODELSERVICE_RESYNC_SECONDS") or None,
+                        help="compare every ModelService with its children this often, repairing what "
+                             "events missed (jittered; env MODELSERVICE_RESYNC_SECONDS; 0: off; "
+                             "default handlers.DEFAULT_RESYNC_S, 60)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(refused_namespaces=tuple(args.refused_namespaces)),
+        memo=kopf.Memo(refused_namespaces=tuple(args.refused_namespaces),
+                       resync_seconds=args.resync_seconds),
     )
     return 0
 

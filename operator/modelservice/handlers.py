@@ -8,6 +8,13 @@
 * A child Deployment or Service changes or disappears: `on_child_event()` puts back a deleted or
   hand-edited child and refreshes the status from the Deployment's; it never re-plans, it reuses
   the plan the status records for the current generation (status.recorded_plan).
+* Events can be missed: a child deleted while the watch reconnects sends none that the operator
+  sees (kopf lists again, and a missing object is just absent). `Resync` reads every ModelService
+  the operator serves once per resync interval (jittered), with its Deployment and Service,
+  and runs `resync()`: compare, repair what is missing or drifted, write the status only when it
+  changed, so a ModelService in sync costs reads and no writes.
+* A pod the scheduler cannot place (PodScheduled=False, Unschedulable) triggers `resync()` of its
+  ModelService, so the status names the scheduler's reason instead of a rollout in progress.
 
 The API client (kube.Kube) is made once in the startup handler and reaches every handler through
 kopf's `memo`; reconcile() and on_child_event() take it as their first argument.
@@ -20,6 +27,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import random
+import threading
+import time
 from typing import Any, Mapping
 
 import kopf
@@ -29,13 +39,21 @@ from pydantic import ValidationError
 from .kube import Kube, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
-from .resources import build_deployment, build_service, drifted
+from .resources import SELECTOR_LABEL, build_deployment, build_selector, build_service, drifted
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
-from .status import build_invalid_status, build_status, recorded_plan, status_changed
+from .status import (build_invalid_status, build_status, recorded_plan, status_changed,
+                     unschedulable_message)
 from .variants import AUTO
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 RETRY_NODES_S = 30
+# How often each ModelService is compared with its children when no event says anything changed
+# (`--resync-seconds`, env MODELSERVICE_RESYNC_SECONDS; 0 turns it off). Each wait is drawn from
+# [1 - RESYNC_JITTER, 1] x the interval, so ModelServices seen together spread out over time and
+# a child lost unseen is back within one interval.
+DEFAULT_RESYNC_S = 60.0
+RESYNC_JITTER = 0.2
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -55,14 +73,51 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     load_config()
     memo.kube = Kube()
+    interval = memo.get("resync_seconds")  # from the command line (__main__), else the default
+    memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval))
+    memo.resync.start()
 
 
-def write_status(kube: Kube, ms: ModelService, status: Mapping[str, Any]) -> bool:
-    """Writes the status when it differs from the one `ms` was read with; returns whether it wrote."""
+@kopf.on.cleanup()
+def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    if "resync" in memo:
+        memo.resync.stop()
+
+
+def write_status(kube: Kube, ms: ModelService, status: Mapping[str, Any],
+                 resource_version: str | None = None) -> bool:
+    """Writes the status when it differs from the one `ms` was read with; returns whether it
+    wrote. With `resource_version`, only over that version of the ModelService (kube.replace_status)."""
     if not status_changed(ms.status, status):
         return False
-    kube.replace_status(ms.namespace, ms.name, status)
+    if resource_version is None:
+        kube.replace_status(ms.namespace, ms.name, status)
+    else:
+        kube.replace_status(ms.namespace, ms.name, status, resource_version=resource_version)
     return True
+
+
+def observed_status(kube: Kube, ms: ModelService, plan: Plan, deployment: Mapping[str, Any] | None,
+                    *, service_exists: bool = True) -> dict[str, Any]:
+    """The status of a planned ModelService from its live children. The pods are read only while
+    some replicas are not ready, to name the scheduler's reason for those that wait."""
+    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+    pods = (kube.list_pods(ms.namespace, build_selector(ms.name))
+            if deployment is not None and ready < ms.spec.replicas else [])
+    return build_status(ms, now=now(), plan=plan, deployment=deployment,
+                        service_exists=service_exists, pods=pods)
+
+
+def repair(kube: Kube, body: Mapping[str, Any], desired: dict[str, Any], live: Mapping[str, Any] | None,
+           logger: logging.Logger | logging.LoggerAdapter) -> Mapping[str, Any]:
+    """Applies the `desired` child when `live` is missing (None) or drifted from it; returns the
+    child as it now is. A child in sync costs nothing."""
+    if live is not None and not drifted(live, desired):
+        return live
+    logger.info("%s %s/%s %s: putting it back", desired["kind"], body["metadata"]["namespace"],
+                desired["metadata"]["name"], "is missing" if live is None else "drifted")
+    kopf.adopt([desired], owner=body)  # type: ignore[arg-type]
+    return kube.apply(desired)
 
 
 def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan) -> dict[str, Any]:
@@ -98,7 +153,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
     live = apply_children(kube, body, ms, plan)
-    status = build_status(ms, now=now(), plan=plan, deployment=live)
+    status = observed_status(kube, ms, plan, live)
     if write_status(kube, ms, status):
         logger.info("%s/%s: %s on %s (%s)", namespace, name, plan.engine, plan.variant, plan.image)
     # Deployment events that arrived between the apply and the status write were skipped (the
@@ -107,7 +162,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
     fresh = kube.get_deployment(namespace, name)
     if fresh is not None and fresh.get("status") != live.get("status"):
         written = dataclasses.replace(ms, status=status)
-        write_status(kube, written, build_status(written, now=now(), plan=plan, deployment=fresh))
+        write_status(kube, written, observed_status(kube, written, plan, fresh))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -152,15 +207,128 @@ def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
         return  # the ModelService handler has not finished this generation: it owns the next step
     kind = child.get("kind")
     desired = build_deployment(ms, plan) if kind == "Deployment" else build_service(ms)
-    live: Mapping[str, Any] | None = child if kind == "Deployment" else None
-    if event_type == "DELETED" or drifted(child, desired):
-        logger.info("%s %s/%s %s: putting it back", kind, namespace, child["metadata"]["name"],
-                    "was deleted" if event_type == "DELETED" else "drifted")
-        kopf.adopt([desired], owner=body)  # type: ignore[arg-type]
-        applied = kube.apply(desired)
-        live = applied if kind == "Deployment" else None
-    if live is not None:
-        write_status(kube, ms, build_status(ms, now=now(), plan=plan, deployment=live))
+    live = repair(kube, body, desired, None if event_type == "DELETED" else child, logger)
+    if kind == "Deployment":
+        write_status(kube, ms, observed_status(kube, ms, plan, live))
+
+
+def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter) -> bool:
+    """Compares one ModelService's Deployment and Service with its recorded plan, puts back what
+    is missing or drifted, and writes the status from the children that exist (only if it
+    changed): in sync, it reads and writes nothing. Returns False when the ModelService is gone.
+
+    A ModelService without a plan for its current generation is left to its own handler (kopf
+    retries it), as are invalid specs and ModelServices being deleted."""
+    body = kube.get_modelservice(namespace, name)
+    if body is None:
+        return False
+    if body["metadata"].get("deletionTimestamp"):
+        return True
+    try:
+        ms = parse_modelservice(body)
+    except ValidationError:
+        return True
+    plan = recorded_plan(ms)
+    if plan is None:
+        return True
+    deployment = kube.get_deployment(namespace, name)
+    service = kube.get_service(namespace, name)
+    try:
+        deployment = repair(kube, body, build_deployment(ms, plan), deployment, logger)
+        service = repair(kube, body, build_service(ms), service, logger)
+    finally:
+        # Also when a repair failed: the status then says which child is missing. Only over the
+        # version read above: a reconcile of a newer generation may have written since.
+        write_status(kube, ms, observed_status(kube, ms, plan, deployment, service_exists=service is not None),
+                     resource_version=body["metadata"].get("resourceVersion"))
+    return True
+
+
+class Resync:
+    """Runs `resync()` for every ModelService the operator serves, each once per `interval_s`
+    (jittered), in one background thread: a level-triggered safety net for events the watch
+    missed. `track`/`forget` follow the ModelServices kopf reports (a relist after a reconnect
+    reports them all again); one that has disappeared unseen is forgotten at its next resync.
+    A failed resync logs one line and is tried again at the next interval."""
+
+    def __init__(self, kube: Kube, interval_s: float, rng: random.Random | None = None):
+        self.kube = kube
+        self.interval_s = interval_s
+        self._rng = rng or random.Random()
+        self._due: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0
+
+    def _next(self, now: float) -> float:
+        return now + self.interval_s * self._rng.uniform(1 - RESYNC_JITTER, 1)
+
+    def track(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._due.setdefault((namespace, name), self._next(time.monotonic()))
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._due.pop((namespace, name), None)
+
+    def run_due(self, now: float) -> None:
+        """Resyncs the ModelServices due by `now` and schedules their next turn."""
+        with self._lock:
+            due = sorted(key for key, at in self._due.items() if at <= now)
+            for key in due:
+                self._due[key] = self._next(now)
+        for namespace, name in due:
+            try:
+                if not resync(self.kube, namespace, name, log):
+                    self.forget(namespace, name)
+            except Exception as exc:  # noqa: BLE001  (API down or refusing: the next turn retries)
+                reason = getattr(exc, "reason", None) or str(exc)
+                log.warning("resync of %s/%s failed (retried in %.0f s): %s: %s", namespace, name,
+                            self.interval_s, type(exc).__name__, str(reason).splitlines()[0] if reason else "")
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self.run_due(time.monotonic())
+            self._stopped.wait(1.0)  # no API call: only the schedule is looked at
+
+    def start(self) -> None:
+        if not self.enabled:
+            log.info("periodic resync is off")
+            return
+        log.info("resyncing every ModelService every %.0f s (jitter %.0f%%)", self.interval_s, RESYNC_JITTER * 100)
+        self._thread = threading.Thread(target=self._loop, name="modelservice-resync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track_modelservice(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        memo.resync.forget(namespace, name)
+    else:
+        memo.resync.track(namespace, name)
+
+
+def _unschedulable(body: kopf.Body, **_: Any) -> bool:
+    return unschedulable_message([body]) is not None
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, SELECTOR_LABEL: kopf.PRESENT}, when=_unschedulable)
+def unschedulable_pod(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """A model pod the scheduler cannot place: the ModelService's status says why."""
+    meta = body["metadata"]
+    try:
+        resync(memo.kube, meta["namespace"], meta["labels"][SELECTOR_LABEL], logger)
+    except ApiException as exc:
+        logger.warning("could not report an unschedulable pod: %s", exc.reason)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)

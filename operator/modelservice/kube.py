@@ -61,6 +61,20 @@ class Kube:
                 return None
             raise
 
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The pods of one ModelService (`selector`: its pod selector), read only to report
+        why some are Pending."""
+        return _json(self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                   _preload_content=False)).get("items", [])
+
     def get_modelservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return _json(self.custom.get_namespaced_custom_object(
@@ -73,11 +87,16 @@ class Kube:
     def list_nodes(self) -> list[dict[str, Any]]:
         return _json(self.core.list_node(_preload_content=False)).get("items", [])
 
-    def replace_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def replace_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                       resource_version: str | None = None) -> None:
         """Writes the whole status (a JSON patch on the status subresource, so fields the new
-        status no longer has, such as an old nodeSelector, disappear)."""
+        status no longer has, such as an old nodeSelector, disappear). With `resource_version`,
+        only over that version of the object (else 409 Conflict): for writers that read it a while
+        ago and must not put an older generation's status back."""
+        patch: list[dict[str, Any]] = [{"op": "add", "path": "/status", "value": dict(status)}]
+        if resource_version is not None:
+            patch.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version})
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name,
-            [{"op": "add", "path": "/status", "value": dict(status)}],
+            GROUP, VERSION, namespace, PLURAL, name, patch,
             _content_type=JSON_PATCH, _preload_content=False)
 

@@ -9,8 +9,13 @@ lastTransitionTime that only moves when the condition's status does. `build_stat
 clock as an argument, and returns the same dict for the same inputs, so the handlers can write
 the status only when it changed.
 
+The children are reported as they are, not as the last apply left them: a missing Deployment
+or Service is never Ready, and pods the scheduler cannot place are named with its message (a
+rollout waiting for GPUs that do not exist would otherwise look like one still in progress).
+
 Condition reasons:
-  Ready        AllReplicasReady | ReplicasNotReady | ScaledToZero | <PlanError reason>
+  Ready        AllReplicasReady | ReplicasNotReady | Unschedulable | DeploymentMissing |
+               ServiceMissing | ScaledToZero | <PlanError reason>
                (UnsupportedModelForEngine, UnsupportedEngineArgs, NoMatchingGPUNodes,
                UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused)
   Progressing  RolloutInProgress | RolloutComplete | ProgressDeadlineExceeded | <PlanError reason>
@@ -19,7 +24,7 @@ Condition reasons:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .models import ModelService
 from .plan import Plan, PlanError
@@ -27,7 +32,8 @@ from .resources import build_endpoint, build_selector
 
 # Ready reasons of a status built from a plan; any other reason is a PlanError's, and such a
 # status only carries over what an earlier plan runs.
-PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "ScaledToZero")
+PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "Unschedulable", "DeploymentMissing",
+                   "ServiceMissing", "ScaledToZero")
 # The status fields that record a plan; a status built from a PlanError carries them over.
 PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU")
 
@@ -50,6 +56,20 @@ def _deployment_condition(deployment: Mapping[str, Any] | None, type_: str) -> M
     return {}
 
 
+def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the scheduler cannot place these pods, in its own words (the PodScheduled=False
+    condition's message of the first such pod by name), or None when none of them is waiting
+    for a node."""
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        if (pod.get("spec") or {}).get("nodeName"):
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                    and cond.get("reason") == "Unschedulable"):
+                return cond.get("message") or "the scheduler found no node for the pod"
+    return None
+
+
 def build_status(
     ms: ModelService,
     *,
@@ -57,12 +77,17 @@ def build_status(
     plan: Plan | None = None,
     error: PlanError | None = None,
     deployment: Mapping[str, Any] | None = None,
+    service_exists: bool = True,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The status of a ModelService: from `plan` and the live `deployment`, or from `error` (the
-    spec cannot run; an earlier Deployment, if any, keeps running and is reported)."""
+    """The status of a ModelService: from `plan` and the live `deployment` (None: it does not
+    exist), whether its Service exists (callers that have not just applied or read it say so) and
+    its pods (only read for the scheduler's word on Pending ones; callers pass none when every
+    replica is ready); or from `error` (the spec cannot run; an earlier Deployment, if any, keeps
+    running and is reported)."""
     return _build_status(ms.name, ms.generation, ms.status, desired=ms.spec.replicas,
                          endpoint=build_endpoint(ms), now=now, plan=plan, error=error,
-                         deployment=deployment)
+                         deployment=deployment, service_exists=service_exists, pods=pods)
 
 
 def build_invalid_status(body: Mapping[str, Any], *, now: str, error: PlanError,
@@ -99,6 +124,8 @@ def _build_status(
     plan: Plan | None = None,
     error: PlanError | None = None,
     deployment: Mapping[str, Any] | None = None,
+    service_exists: bool = True,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     old_conditions = {c.get("type"): c for c in old.get("conditions") or []}
 
@@ -138,10 +165,20 @@ def _build_status(
         deadline = progress.get("reason") == "ProgressDeadlineExceeded"
         failure = _deployment_condition(deployment, "ReplicaFailure")
 
-        if desired == 0:
+        unschedulable = None if rolled_out else unschedulable_message(pods)
+        if deployment is None:
+            ready_cond = cond("Ready", False, "DeploymentMissing",
+                              f"the Deployment {name} does not exist; the operator recreates it")
+        elif not service_exists:
+            ready_cond = cond("Ready", False, "ServiceMissing",
+                              f"the Service {name} does not exist; the operator recreates it")
+        elif desired == 0:
             ready_cond = cond("Ready", False, "ScaledToZero", "replicas is 0")
         elif rolled_out:
             ready_cond = cond("Ready", True, "AllReplicasReady", f"{ready}/{desired} pods ready")
+        elif unschedulable is not None:
+            ready_cond = cond("Ready", False, "Unschedulable",
+                              f"{ready}/{desired} pods ready; pods are Pending: {unschedulable}")
         else:
             ready_cond = cond("Ready", False, "ReplicasNotReady", f"{ready}/{desired} pods ready")
         if deadline:
@@ -165,6 +202,8 @@ def _build_status(
             status["phase"] = "Degraded"
         elif ready_cond["status"] == "True":
             status["phase"] = "Ready"
+        elif unschedulable is not None and ready == 0:
+            status["phase"] = "Pending"
         else:
             status["phase"] = "Progressing" if desired else "Pending"
         status.update(_plan_fields(plan))

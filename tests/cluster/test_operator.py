@@ -248,6 +248,31 @@ def test_no_fitting_gpu_node_is_reported_or_falls_back_to_cpu(cluster, operator,
     assert all(p["spec"]["nodeName"].startswith("cpu-") for p in pods(cluster, ns, "fallback"))
 
 
+def test_pods_the_scheduler_cannot_place_are_reported_with_its_reason(cluster, operator, ns):
+    """Planning counts allocatable GPUs, not free ones: two pods of 5 GPUs each both plan onto the
+    one 8-GPU H100 node, and the scheduler can place only one."""
+    for name in ("first", "second"):
+        cluster.apply(modelservice(name, task="embed", model="m", gpu={"count": 5}), namespace=ns)
+
+    def one_each():
+        found = {name: condition(get_ms(cluster, ns, name), "Ready") for name in ("first", "second")}
+        placed = [n for n, c in found.items() if c == ("True", "AllReplicasReady")]
+        waiting = [n for n, c in found.items() if c == ("False", "Unschedulable")]
+        return (placed[0], waiting[0]) if len(placed) == len(waiting) == 1 else None
+    try:
+        placed, waiting = wait_for("one Ready and one Unschedulable", one_each, timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
+    ms = get_ms(cluster, ns, waiting)
+    ready = next(c for c in ms["status"]["conditions"] if c["type"] == "Ready")
+    assert "Insufficient nvidia.com/gpu" in ready["message"], ready
+    assert ready["message"].startswith("0/1 pods ready; pods are Pending: ")
+    assert ms["status"]["phase"] == "Pending" and ms["status"]["ready"] == "0/1"
+    # GPUs freed: the waiting pod is placed and the status says so, without any spec change
+    cluster.kubectl("delete", "modelservice", placed, "-n", ns, "--wait=true", "--timeout=60s")
+    assert wait_ready(cluster, ns, waiting, operator)["status"]["phase"] == "Ready"
+
+
 def test_scale_update_and_delete(cluster, operator, ns):
     cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu"),
                   namespace=ns)

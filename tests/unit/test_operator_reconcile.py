@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 
 import kopf
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from modelservice import handlers
 from modelservice.models import parse_modelservice
@@ -29,6 +31,8 @@ class FakeKube:
         self.status_writes: list[dict] = []
         self.applied: list[dict] = []
         self.nodes: list[dict] = []
+        self.service: dict | None = None
+        self.pods: list[dict] = []
 
     def apply(self, obj):
         obj = copy.deepcopy(obj)
@@ -38,7 +42,15 @@ class FakeKube:
             obj["status"] = deployment_status(ready=0)
             self.deployment = copy.deepcopy(obj)
             self.deployment["status"] = deployment_status(ready=1)  # ready a moment later
+        else:
+            self.service = copy.deepcopy(obj)
         return obj
+
+    def get_service(self, namespace, name):
+        return copy.deepcopy(self.service)
+
+    def list_pods(self, namespace, selector):
+        return copy.deepcopy(self.pods)
 
     def get_deployment(self, namespace, name):
         return copy.deepcopy(self.deployment)
@@ -49,7 +61,7 @@ class FakeKube:
     def get_modelservice(self, namespace, name):
         return copy.deepcopy(self.ms)
 
-    def replace_status(self, namespace, name, status):
+    def replace_status(self, namespace, name, status, resource_version=None):
         self.status_writes.append(copy.deepcopy(dict(status)))
         self.ms["status"] = copy.deepcopy(dict(status))
 
@@ -108,3 +120,67 @@ def test_a_deleted_deployment_is_put_back_as_the_reconcile_applied_it(fake, spec
     handlers.on_child_event(fake, "DELETED", fake.deployment, logging.getLogger("test"))
     assert fake.applied[-1] == applied
     assert recorded_plan(parse_modelservice(fake.ms)) == recorded
+
+
+def writes(fake):
+    return len(fake.applied) + len(fake.status_writes)
+
+
+def test_resync_of_a_modelservice_in_sync_writes_nothing(fake):
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
+    before = writes(fake)
+    for _ in range(3):
+        assert handlers.resync(fake, "search", "emb", logging.getLogger("test"))
+    assert writes(fake) == before
+
+
+def test_resync_puts_back_children_deleted_without_an_event_and_reports_them(fake):
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
+    deployment, service = fake.applied[-2], fake.applied[-1]
+    fake.deployment = fake.service = None  # deleted while the watch was away: no event
+    assert handlers.resync(fake, "search", "emb", logging.getLogger("test"))
+    assert fake.applied[-2:] == [deployment, service]
+    assert fake.ms["status"]["ready"] == "0/1"  # the new Deployment, not the lost one's 1/1
+    assert fake.ms["status"]["phase"] == "Progressing"
+
+
+def test_a_child_the_resync_cannot_put_back_is_reported_missing(fake):
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), logging.getLogger("test"))
+    fake.service = None
+    refused = ApiException(status=403, reason="Forbidden")
+
+    def apply(obj):
+        if obj["kind"] == "Service":
+            raise refused
+        return FakeKube.apply(fake, obj)
+    fake.apply = apply
+    with pytest.raises(ApiException):
+        handlers.resync(fake, "search", "emb", logging.getLogger("test"))
+    ready = next(c for c in fake.ms["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ServiceMissing")
+    assert fake.ms["status"]["phase"] != "Ready"
+
+
+def test_resync_forgets_a_deleted_modelservice(fake):
+    fake.ms = None
+    assert not handlers.resync(fake, "search", "emb", logging.getLogger("test"))
+
+
+def test_the_resync_schedule_spreads_modelservices_within_the_interval(fake, monkeypatch):
+    """Each ModelService is resynced within one interval of the last time, at a jittered moment."""
+    seen = []
+    monkeypatch.setattr(handlers, "resync", lambda kube, ns, name, logger: seen.append(name) or True)
+    clock = [1000.0]
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
+    resync = handlers.Resync(fake, 10.0, rng=random.Random(1))
+    for i in range(20):
+        resync.track("search", f"ms-{i}")
+    first = {}
+    for step in range(1, 101):  # 10 s in 0.1 s steps
+        clock[0] = 1000.0 + step / 10
+        resync.run_due(clock[0])
+        for name in seen:
+            first.setdefault(name, clock[0] - 1000.0)
+        seen.clear()
+    assert sorted(first) == sorted(f"ms-{i}" for i in range(20))  # all within one interval
+    assert min(first.values()) >= 8.0 and len(set(first.values())) > 10  # spread, not all at once

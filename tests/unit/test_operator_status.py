@@ -6,7 +6,8 @@ import pytest
 from modelservice.models import parse_modelservice
 from modelservice.plan import Plan, PlanError
 from modelservice.resources import contains
-from modelservice.status import build_invalid_status, build_status, recorded_plan, status_changed
+from modelservice.status import (build_invalid_status, build_status, recorded_plan, status_changed,
+                                 unschedulable_message)
 from modelservice.__main__ import parse_args
 
 PLAN = Plan("tei", "hopper", "ghcr.io/huggingface/text-embeddings-inference:hopper-1.9", 1,
@@ -85,6 +86,58 @@ def test_no_gpu_node_is_pending():
     assert conditions(status)["Degraded"] == ("False", "AsExpected")
 
 
+INSUFFICIENT = ("0/6 nodes are available: 1 Insufficient nvidia.com/gpu, 5 node(s) didn't match Pod's node "
+                "affinity/selector. preemption: 0/6 nodes are available: 1 No preemption victims found.")
+
+
+def pod(name, node=None, scheduled=None):
+    conditions = [] if scheduled is None else [scheduled]
+    return {"metadata": {"name": name}, "spec": {"nodeName": node} if node else {},
+            "status": {"phase": "Running" if node else "Pending", "conditions": conditions}}
+
+
+UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": INSUFFICIENT}
+
+
+def test_pods_the_scheduler_cannot_place_are_reported_with_its_message():
+    pending = [pod("emb-b", scheduled=UNSCHEDULABLE), pod("emb-a", scheduled=UNSCHEDULABLE)]
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(0, replicas=2), pods=pending)
+    assert conditions(status)["Ready"] == ("False", "Unschedulable")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == f"0/2 pods ready; pods are Pending: {INSUFFICIENT}"
+    assert status["phase"] == "Pending" and status["ready"] == "0/2"
+    # one pod placed and ready, the other waiting: still said, but the model serves
+    mixed = [pod("emb-a", node="gpu-h100", scheduled={"type": "PodScheduled", "status": "True"}),
+             pod("emb-b", scheduled=UNSCHEDULABLE)]
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(1, updated=2, replicas=2), pods=mixed)
+    assert conditions(status)["Ready"] == ("False", "Unschedulable") and status["phase"] == "Progressing"
+    # the plan stays recorded, so the child handlers keep repairing children meanwhile
+    assert recorded_plan(ms(status=status)) == PLAN
+
+
+@pytest.mark.parametrize("pods", [
+    [],
+    [pod("emb-a")],  # not looked at by the scheduler yet
+    [pod("emb-a", node="gpu-h100", scheduled={"type": "PodScheduled", "status": "True"})],
+    [pod("emb-a", scheduled={**UNSCHEDULABLE, "reason": "SchedulingGated"})],
+], ids=["no-pods", "not-yet-scheduled", "scheduled", "gated"])
+def test_pods_still_coming_up_are_not_called_unschedulable(pods):
+    assert unschedulable_message(pods) is None
+    status = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(0, replicas=2), pods=pods)
+    assert conditions(status)["Ready"] == ("False", "ReplicasNotReady")
+
+
+def test_missing_children_are_never_ready():
+    """A status must describe the children that exist: the last Deployment's 2/2 is gone with it."""
+    no_deployment = build_status(ms(), now=T0, plan=PLAN, deployment=None)
+    assert conditions(no_deployment)["Ready"] == ("False", "DeploymentMissing")
+    assert no_deployment["ready"] == "0/2" and no_deployment["phase"] != "Ready"
+    no_service = build_status(ms(), now=T0, plan=PLAN, deployment=deployment(2), service_exists=False)
+    assert conditions(no_service)["Ready"] == ("False", "ServiceMissing")
+    assert no_service["phase"] != "Ready"
+    assert recorded_plan(ms(status=no_service)) == PLAN
+
+
 def test_cpu_fallback_is_ready_but_degraded():
     plan = Plan("tei", "cpu", "tei:cpu-1.9", 0, {}, fell_back_to_cpu=True)
     status = build_status(ms(replicas=1), now=T0, plan=plan, deployment=deployment(1))
@@ -146,7 +199,11 @@ def test_drift_detection_ignores_api_defaults_but_sees_edits():
     assert not contains(live, desired)
 
 
-def test_command_line():
+def test_command_line(monkeypatch):
+    monkeypatch.delenv("MODELSERVICE_RESYNC_SECONDS", raising=False)
     assert parse_args([]).namespace == [] and parse_args(["-A"]).all_namespaces
+    assert parse_args([]).resync_seconds is None and parse_args(["--resync-seconds=5"]).resync_seconds == 5
+    monkeypatch.setenv("MODELSERVICE_RESYNC_SECONDS", "7.5")
+    assert parse_args([]).resync_seconds == 7.5
     args = parse_args(["--standalone", "--namespace=a", "--namespace=b", "--liveness=http://0.0.0.0:8080/healthz"])
     assert args.namespace == ["a", "b"] and args.liveness.endswith("/healthz")
