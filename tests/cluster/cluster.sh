@@ -6,6 +6,9 @@
 #   tests/cluster/cluster.sh up        build if needed, start the cluster, create the simulated nodes;
 #                                      a second `up` while it runs does nothing
 #   tests/cluster/cluster.sh down      stop every process of the cluster and delete its state
+#   tests/cluster/cluster.sh restart-apiserver   kill the running cluster's kube-apiserver and start it
+#                                      again as it was (same command line, environment, directory):
+#                                      an API server restart, nothing else touched
 #   tests/cluster/cluster.sh status    say whether it runs (exit 1 if not) and where its kubeconfig is
 #   tests/cluster/cluster.sh built     exit 0 when the binaries of the pinned versions are cached
 #   tests/cluster/cluster.sh pin-k8s vX.Y.Z   rewrite modules/k8s/go.mod for another release
@@ -269,6 +272,28 @@ cmd_down() {
   say "down"
 }
 
+# Kills kube-apiserver (SIGKILL: a crash, no graceful drain) and starts the same command line again
+# with the same environment and working directory, appending to the same log; waits for /readyz.
+# The other components keep running and reconnect, as after an API server restart in a real
+# cluster. Quick enough (a few seconds) for kube-controller-manager and kube-scheduler to keep
+# their leader leases (10 s renew deadline).
+cmd_restart_apiserver() {
+  local pidfile="$cluster_dir/pids/kube-apiserver.pid" pid cwd start=$SECONDS
+  running || die "the cluster is not running"
+  pid="$(<"$pidfile")"
+  ours "$pid" || die "pid $pid of $pidfile is not this cluster's kube-apiserver"
+  local -a args envs
+  mapfile -d '' args <"/proc/$pid/cmdline"
+  mapfile -d '' envs <"/proc/$pid/environ"
+  cwd="$(readlink "/proc/$pid/cwd")"
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  (cd "$cwd" && exec env -i "${envs[@]}" setsid "${args[@]}" </dev/null >>"$logs/kube-apiserver.log" 2>&1 8>&- 9>&-) &
+  printf '%s' "$!" >"$pidfile"  # kwokctl's pid files end without a newline
+  wait_until 60 "the restarted kube-apiserver becoming ready" "$logs/kube-apiserver.log" running
+  say "kube-apiserver restarted in $((SECONDS - start)) s"
+}
+
 cmd_status() {
   if running; then
     say "running: KUBECONFIG=$kubeconfig"
@@ -319,8 +344,9 @@ main() {
     up) cmd_up ;;
     down) mkdir -p "$state"; lock_cluster 120; cmd_down ;;
     status) cmd_status ;;
+    restart-apiserver) mkdir -p "$state"; lock_cluster 120; cmd_restart_apiserver ;;
     pin-k8s) cmd_pin_k8s "${2:-}" ;;
-    *) die "usage: $0 build|up|down|status|pin-k8s VERSION" ;;
+    *) die "usage: $0 build|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
   esac
 }
 

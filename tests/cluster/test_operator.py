@@ -2,7 +2,8 @@
 
 One operator process (`python -m modelservice`, the real code under kopf) serves the module; it
 watches only namespaces named msvc-*, so an operator started by another test module never
-competes with it. Pods run on kwok's simulated nodes (2 CPU, T4, A10, A100, L4, H100x8), which
+competes with it. The test of an API server restart starts its own, for its own namespace,
+behind a proxy it cuts. Pods run on kwok's simulated nodes (2 CPU, T4, A10, A100, L4, H100x8), which
 become Ready without pulling images, so each test takes seconds.
 """
 from __future__ import annotations
@@ -16,13 +17,16 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
-from control_plane import ROOT, Cluster, KubectlError, wait_for
+from control_plane import CLUSTER_SH, ROOT, Cluster, KubectlError, wait_for
+from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.cluster
 
@@ -35,20 +39,27 @@ REFUSED = "msvc-refused"
 
 
 class Operator:
-    """`python -m modelservice` as a child process, restartable, logging to a file."""
+    """`python -m modelservice` as a child process, restartable, logging to a file.
 
-    def __init__(self, cluster: Cluster, log: Path):
+    It serves the namespaces matching `namespace` and reaches the API server through `kubeconfig`
+    (the cluster's by default), with `env` added to its environment."""
+
+    def __init__(self, cluster: Cluster, log: Path, namespace: str = "msvc-*", kubeconfig: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.cluster = cluster
         self.log = log
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelservice", "--namespace=msvc-*", "--verbose",
+            [sys.executable, "-m", "modelservice", f"--namespace={self.namespace}", "--verbose",
              f"--refused-namespaces=kube-system,kube-public,kube-node-lease,{REFUSED}-*"],
-            env={**self.cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            env={**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env},
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -65,9 +76,13 @@ class Operator:
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     try:
@@ -455,3 +470,86 @@ def test_operator_killed_mid_reconcile_converges_after_restart(cluster, operator
     args = deployment(cluster, ns, "emb")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--max-batch-tokens") + 1] == "1024"
     assert wait_ready(cluster, ns, "late", operator)["status"]["variant"] == "cpu"
+
+
+@pytest.fixture
+def apiserver_restart(cluster: Cluster, namespace: str) -> Iterator[Callable[[], None]]:
+    """Restarts the local control plane's kube-apiserver alone (cluster.sh restart-apiserver).
+
+    Afterwards, checks that the cluster still runs workloads for the tests that follow: a fresh
+    Deployment in `namespace` gets its pod Running (controller-manager, scheduler and kwok all
+    reconnected)."""
+    if not cluster.local:
+        pytest.skip("restarts the local control plane's API server")
+    restarted = False
+
+    def restart() -> None:
+        nonlocal restarted
+        restarted = True
+        subprocess.run([str(CLUSTER_SH), "restart-apiserver"], cwd=ROOT, check=True, timeout=120)
+    yield restart
+    if restarted:
+        cluster.kubectl("create", "deployment", "after-restart", "-n", namespace, "--image=registry.invalid/pause:1")
+        cluster.kubectl("rollout", "status", "deployment/after-restart", "-n", namespace, "--timeout=60s",
+                        timeout=90)
+
+
+# The resync interval of the operator under test; MODELSERVICE_RESYNC_SECONDS=0 (off) fails the test.
+RESYNC_S = 5
+
+
+def test_children_deleted_while_the_operator_is_cut_off_are_put_back_by_the_resync(
+        cluster, crd, namespace, apiserver_restart, tmp_path):
+    """The API server restarts while the operator cannot reach it, and the Deployment and the
+    Service of a Ready ModelService are deleted before it is back. The operator's watches resume
+    from resourceVersions the restarted server no longer has (410 Gone), so kopf lists again, where
+    a deleted object is just absent: no event ever says they are gone. The periodic resync must
+    put them back, without an operator restart, within its interval of the connection coming
+    back.
+
+    The operator reaches the API server through a proxy that this test cuts and restores, so the
+    outage is the operator's alone and lasts as long as the test wants (the other components see
+    only the few seconds of the restart)."""
+    server = cluster.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
+    address = urlsplit(server)
+    proxy = TcpProxy(address.hostname, address.port)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(cluster.kubeconfig.read_text().replace(server, f"https://127.0.0.1:{proxy.port}"))
+    op = Operator(cluster, tmp_path / "operator.log", namespace=namespace, kubeconfig=kubeconfig,
+                  env={"MODELSERVICE_RESYNC_SECONDS": str(RESYNC_S)})
+    op.start()
+    try:
+        cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu",
+                                   replicas=2), namespace=namespace)
+        wait_ready(cluster, namespace, "emb", op)
+        wait_for("2/2 ready", lambda: get_ms(cluster, namespace, "emb")["status"]["ready"] == "2/2", timeout=30)
+        uid = deployment(cluster, namespace, "emb")["metadata"]["uid"]
+
+        proxy.cut()
+        apiserver_restart()
+        cluster.kubectl("delete", "service,deployment", "emb", "-n", namespace)
+        proxy.restore()
+        restored = time.monotonic()
+
+        def both_back() -> bool:
+            names = cluster.kubectl("get", "deployment,service", "-n", namespace, "-o", "name").stdout.split()
+            return sorted(names) == ["deployment.apps/emb", "service/emb"]
+        try:
+            wait_for("the Deployment and the Service back", both_back, timeout=RESYNC_S + 25, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\noperator log:\n{op.tail()}") from None
+        repair_s = time.monotonic() - restored
+        print(f"\nchildren back {repair_s:.1f} s after the operator's connection (resync every {RESYNC_S} s)")
+        # the fault is the one of the issue: the watch was answered 410 Gone and listed again
+        assert "Restarting the watch-stream for deployments" in op.log.read_text(), op.tail()
+        assert repair_s < RESYNC_S + 5, op.tail()
+        assert deployment(cluster, namespace, "emb")["metadata"]["uid"] != uid
+        ms = wait_ready(cluster, namespace, "emb", op)
+        wait_for("2/2 ready", lambda: get_ms(cluster, namespace, "emb")["status"]["ready"] == "2/2", timeout=30)
+        assert ms["status"]["endpoint"] == f"http://emb.{namespace}.svc.cluster.local:8080"
+    finally:
+        proxy.restore()
+        cluster.kubectl("delete", "modelservice", "emb", "-n", namespace, "--wait=true", "--timeout=60s",
+                        check=False)
+        op.stop()
+        proxy.close()
