@@ -18,6 +18,8 @@ from .scope import SYSTEM_NAMESPACES, parse_namespace_list
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from .handlers import DEFAULT_RESYNC_S  # noqa: PLC0415  (the one default; handlers imports kopf's registry)
+
     parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[],
@@ -33,10 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--resync-seconds", type=float, metavar="S",
-                        default=os.environ.get("MODELSERVICE_RESYNC_SECONDS") or None,
+                        default=float(os.environ.get("MODELSERVICE_RESYNC_SECONDS") or DEFAULT_RESYNC_S),
                         help="compare every ModelService with its children this often, repairing what "
                              "events missed (jittered; env MODELSERVICE_RESYNC_SECONDS; 0: off; "
-                             "default handlers.DEFAULT_RESYNC_S, 60)")
+                             f"default {DEFAULT_RESYNC_S:g})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 

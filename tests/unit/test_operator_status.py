@@ -202,7 +202,7 @@ def test_drift_detection_ignores_api_defaults_but_sees_edits():
 def test_command_line(monkeypatch):
     monkeypatch.delenv("MODELSERVICE_RESYNC_SECONDS", raising=False)
     assert parse_args([]).namespace == [] and parse_args(["-A"]).all_namespaces
-    assert parse_args([]).resync_seconds is None and parse_args(["--resync-seconds=5"]).resync_seconds == 5
+    assert parse_args([]).resync_seconds == 60 and parse_args(["--resync-seconds=5"]).resync_seconds == 5
     monkeypatch.setenv("MODELSERVICE_RESYNC_SECONDS", "7.5")
     assert parse_args([]).resync_seconds == 7.5
     args = parse_args(["--standalone", "--namespace=a", "--namespace=b", "--liveness=http://0.0.0.0:8080/healthz"])
