@@ -131,12 +131,30 @@ def deployment(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     ({"task": "embed", "model": "m", "cache": {"sizeLimit": "1Gi", "existingClaim": "c"}}, "spec.cache",
      "not both"),
     ({"task": "embed", "model": "m", "replica": 2}, "replica", "unknown field"),
+    ({"task": "embed", "model": "m", "nodeSelector": {"bad key!": "x"}}, "spec.nodeSelector",
+     "nodeSelector keys must be label keys"),
+    ({"task": "embed", "model": "m", "nodeSelector": {"pool": "bad value!"}}, "spec.nodeSelector.pool",
+     "should match"),
+    ({"task": "embed", "model": "m", "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]},
+     "spec.env[1]", "Duplicate value"),
+    ({"task": "embed", "model": "m", "env": [{"name": "A=B", "value": "1"}]}, "spec.env[0].name", "should match"),
 ])
 def test_invalid_modelservices_are_refused_naming_the_field(cluster, operator, ns, spec, field, words):
     with pytest.raises(KubectlError) as info:
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(modelservice("bad", **spec)))
     message = info.value.stderr
     assert field in message and words in message, message
+    assert cluster.get("modelservices", "-n", ns)["items"] == []
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "7b-embed", "bge.small", "Bge"])
+def test_names_no_service_can_have_are_refused_naming_the_field(cluster, operator, ns, name):
+    """The name is the Service's: a DNS-1035 label, checked at the root of the schema."""
+    with pytest.raises(KubectlError) as info:
+        cluster.kubectl("apply", "-n", ns, "-f", "-",
+                        input=json.dumps(modelservice(name, task="embed", model="m")))
+    message = info.value.stderr
+    assert "metadata.name must be a DNS-1035 label" in message and "at most 63 characters" in message, message
     assert cluster.get("modelservices", "-n", ns)["items"] == []
 
 
