@@ -13,7 +13,13 @@ The API client (kube.Kube) is made once in the startup handler and reaches every
 kopf's `memo`; reconcile() and on_child_event() take it as their first argument.
 
 Specs that cannot run raise kopf.PermanentError (retried only when the spec changes); a missing
-GPU node raises kopf.TemporaryError (retried, nodes may join). API failures are retried by kopf.
+GPU node raises kopf.TemporaryError (retried, nodes may join). A Deployment or Service the API
+refuses (e.g. affinity terms it cannot read, which the CRD keeps as written) is `ApplyFailed`:
+Ready=False with the API's message in the status, a Warning Event, and a retry after a delay that
+doubles up to APPLY_BACKOFF_MAX_S, logged as one line without a traceback. The Deployment is
+applied before the Service, so a refused Deployment leaves no Service behind; a Service refused
+after its Deployment was applied is reported the same way (Degraded: the Deployment runs). Other
+API failures are retried by kopf.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .kube import Kube, load_config
+from .kube import ApiFailure, Kube, api_failure, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
 from .resources import build_deployment, build_service, drifted
@@ -35,6 +41,24 @@ from .variants import AUTO
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 RETRY_NODES_S = 30
+APPLY_FAILED = "ApplyFailed"
+APPLY_BACKOFF_S = 5
+APPLY_BACKOFF_MAX_S = 300
+
+
+class ApplyFailed(Exception):
+    """The API refused a child of a ModelService; the status already says so."""
+
+    def __init__(self, kind: str, failure: ApiFailure):
+        self.kind = kind
+        self.failure = failure
+        self.message = f"the API refused the {kind} ({failure.status} {failure.reason}): {failure.message}"
+        super().__init__(self.message)
+
+
+def apply_backoff(retry: int) -> float:
+    """Seconds before retry number `retry` (0 for the first) of a refused apply: doubling, capped."""
+    return float(min(APPLY_BACKOFF_MAX_S, APPLY_BACKOFF_S * 2 ** min(retry, 16)))
 
 
 def now() -> str:
@@ -49,6 +73,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="serving.embedding-images.io", key="last-handled-configuration")
     # Events only for problems: a healthy reconcile writes nothing but the objects and status.
+    # kopf 1.45 posts only explicit kopf.warn()/event() calls (settings.posting.loggers is off),
+    # and kopf.warn() only while this level allows WARNING: ApplyFailed's Event depends on it.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
@@ -65,12 +91,18 @@ def write_status(kube: Kube, ms: ModelService, status: Mapping[str, Any]) -> boo
 
 
 def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan) -> dict[str, Any]:
-    """Applies the Deployment and Service of a plan, owned by `body`; returns the live Deployment."""
+    """Applies the Deployment, then the Service, of a plan, owned by `body`; returns the live
+    Deployment. Raises ApplyFailed when the API refuses one (the Service is not tried then)."""
     deployment = build_deployment(ms, plan)
     service = build_service(ms)
     kopf.adopt([deployment, service], owner=body)  # type: ignore[arg-type]
-    live = kube.apply(deployment)
-    kube.apply(service)
+    live: dict[str, Any] = {}
+    for child in (deployment, service):
+        try:
+            applied = kube.apply(child)
+        except ApiException as exc:
+            raise ApplyFailed(child["kind"], api_failure(exc)) from None
+        live = live or applied
     return live
 
 
@@ -96,7 +128,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         if error.retry:
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
-    live = apply_children(kube, body, ms, plan)
+    try:
+        live = apply_children(kube, body, ms, plan)
+    except ApplyFailed as failure:
+        write_status(kube, ms, build_status(ms, now=now(), error=PlanError(APPLY_FAILED, failure.message),
+                                            deployment=kube.get_deployment(namespace, name)))
+        raise
     status = build_status(ms, now=now(), plan=plan, deployment=live)
     if write_status(kube, ms, status):
         logger.info("%s/%s: %s on %s (%s)", namespace, name, plan.engine, plan.variant, plan.image)
@@ -112,8 +149,14 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    reconcile(memo.kube, body, logger)
+def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int = 0,
+                           **_: Any) -> None:
+    try:
+        reconcile(memo.kube, body, logger)
+    except ApplyFailed as failure:
+        kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
+        # kopf logs a TemporaryError as one line (no traceback) and retries after `delay`.
+        raise kopf.TemporaryError(f"{APPLY_FAILED}: {failure.message}", delay=apply_backoff(retry)) from None
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -236,6 +237,52 @@ def test_no_fitting_gpu_node_is_reported_or_falls_back_to_cpu(cluster, operator,
     assert ms["status"]["variant"] == "cpu" and ms["status"]["image"] == f"{TEI}:cpu-1.9"
     assert condition(ms, "Degraded") == ("True", "FellBackToCPU")
     assert all(p["spec"]["nodeName"].startswith("cpu-") for p in pods(cluster, ns, "fallback"))
+
+
+# Affinity terms are kept as written (the CRD cannot check them), so the Deployment API is the
+# first to read them: it refuses this one (500, "failed to create typed patch object").
+JUNK_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "junk"}}
+# Seconds of operator log to count, and the most lines it may hold for one refused ModelService
+# (each retry logs a few --verbose lines; the retries come 5, 10, 20 s apart).
+LOG_WINDOW_S = 40
+LOG_LINES_MAX = 40
+
+
+def test_a_spec_the_api_refuses_is_reported_with_an_event_and_retried_quietly(cluster, operator, ns):
+    start = len(operator.log.read_text(errors="replace").splitlines())
+    cluster.apply(modelservice("junk", task="embed", model="m", accelerator="cpu", affinity=JUNK_AFFINITY),
+                  namespace=ns)
+
+    def failed():
+        ms = get_ms(cluster, ns, "junk")
+        return ms if condition(ms, "Ready") == ("False", "ApplyFailed") else None
+    try:
+        ms = wait_for("the ApplyFailed condition", failed, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
+    ready = next(c for c in ms["status"]["conditions"] if c["type"] == "Ready")
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in ready["message"], ready
+    assert "Deployment" in ready["message"] and ms["status"]["phase"] == "Failed"
+    events = wait_for("the ApplyFailed Event", lambda: cluster.get(
+        "events", "-n", ns, "--field-selector", "involvedObject.name=junk,reason=ApplyFailed")["items"], timeout=30)
+    assert events[0]["type"] == "Warning" and events[0]["involvedObject"]["kind"] == "ModelService"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in events[0]["message"]
+    # Nothing half-made: the Service is applied only after its Deployment.
+    assert cluster.kubectl("get", "deployment,service", "-n", ns, "-o", "name").stdout.strip() == ""
+
+    time.sleep(LOG_WINDOW_S)
+    window = operator.log.read_text(errors="replace").splitlines()[start:]
+    assert not any("Traceback" in line for line in window), "\n".join(window[-60:])
+    mine = [line for line in window if f"{ns}/junk" in line]
+    retries = [line for line in mine if "failed temporarily" in line]
+    assert 2 <= len(retries) <= 5, "\n".join(mine)
+    assert len(mine) <= LOG_LINES_MAX, f"{len(mine)} lines in {LOG_WINDOW_S} s:\n" + "\n".join(mine)
+
+    # A fixed spec heals: the retry count starts again and the children appear.
+    cluster.kubectl("patch", "modelservice", "junk", "-n", ns, "--type=json",
+                    "-p", json.dumps([{"op": "remove", "path": "/spec/affinity"}]))
+    wait_ready(cluster, ns, "junk", operator)
+    assert cluster.get("service", "junk", "-n", ns)["spec"]["ports"][0]["port"] == 8080
 
 
 def test_scale_update_and_delete(cluster, operator, ns):
