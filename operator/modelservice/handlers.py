@@ -47,11 +47,14 @@ APPLY_BACKOFF_MAX_S = 300
 
 
 class ApplyFailed(Exception):
-    """The API refused a child of a ModelService; the status already says so."""
+    """The API refused a write for a ModelService: a child (the status then says so; retried), or
+    the status itself (`retry` False: a ModelService named before the CRD checked names refuses
+    every write, so only deleting it helps)."""
 
-    def __init__(self, kind: str, failure: ApiFailure):
+    def __init__(self, kind: str, failure: ApiFailure, retry: bool = True):
         self.kind = kind
         self.failure = failure
+        self.retry = retry
         self.message = f"the API refused the {kind} ({failure.status} {failure.reason}): {failure.message}"
         super().__init__(self.message)
 
@@ -117,7 +120,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         status = build_invalid_status(body, now=now(), error=error,
                                       deployment=kube.get_deployment(namespace, name))
         if status_changed(body.get("status") or {}, status):
-            kube.replace_status(namespace, name, status)
+            try:
+                kube.replace_status(namespace, name, status)
+            except ApiException as refused:
+                if refused.status != 422:
+                    raise
+                raise ApplyFailed("status", api_failure(refused), retry=False) from None
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from exc
     nodes = kube.list_nodes() if ms.spec.accelerator == AUTO else None
     try:
@@ -155,7 +163,9 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         reconcile(memo.kube, body, logger)
     except ApplyFailed as failure:
         kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
-        # kopf logs a TemporaryError as one line (no traceback) and retries after `delay`.
+        # kopf logs these errors as one line (no traceback); a TemporaryError is retried after `delay`.
+        if not failure.retry:
+            raise kopf.PermanentError(f"{APPLY_FAILED}: {failure.message}") from None
         raise kopf.TemporaryError(f"{APPLY_FAILED}: {failure.message}", delay=apply_backoff(retry)) from None
 
 

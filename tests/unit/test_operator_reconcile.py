@@ -193,3 +193,20 @@ def test_api_failure_is_the_apis_status_on_one_line(body, status, expected):
     exc = ApiException(status=status, reason="Bad Gateway")
     exc.body = body
     assert api_failure(exc) == expected
+
+
+def test_a_modelservice_named_before_the_crd_checked_names_gets_one_event_and_no_retry(fake, monkeypatch):
+    """Such an object refuses every write (the root CEL rule): the status cannot say it."""
+    fake.ms["metadata"]["name"] = "bge.small"
+    message = 'ModelService "bge.small" is invalid: metadata: Invalid value: metadata.name must be a DNS-1035 label'
+
+    def refuse_status(namespace, name, status):
+        raise refused(422, message)
+    monkeypatch.setattr(fake, "replace_status", refuse_status)
+    events = []
+    monkeypatch.setattr(kopf, "warn", lambda body, **kw: events.append(kw))
+    with pytest.raises(kopf.PermanentError) as info:
+        handlers.reconcile_modelservice(body=copy.deepcopy(fake.ms), memo=kopf.Memo(kube=fake),
+                                        logger=logging.getLogger("test"), retry=0)
+    assert message in str(info.value) and fake.applied == []
+    assert [e["reason"] for e in events] == ["ApplyFailed"] and message in events[0]["message"]
