@@ -87,11 +87,15 @@ LABEL_KEY_MESSAGE = ("nodeSelector keys must be label keys: an optional DNS subd
 # A map rule: keys cannot carry a schema of their own in a CRD. The API server estimates a rule's
 # cost from the largest map the schema admits, hence NODE_SELECTOR_MAX entries.
 NODE_SELECTOR_MAX = 64
-LABEL_KEYS_RULE = {
-    "rule": f"self.all(k, k.matches('{LABEL_KEY_PATTERN}') && "
-            f"(!k.contains('/') || k.matches('{LABEL_PREFIX_PATTERN}')))",
-    "message": LABEL_KEY_MESSAGE,
-}
+LABEL_KEY_MAX = 253 + 1 + 63
+
+
+def _label_key_cel(expr: str) -> str:
+    """CEL: the string `expr` is a label key (what is_label_key checks)."""
+    return f"{expr}.matches('{LABEL_KEY_PATTERN}') && (!{expr}.contains('/') || {expr}.matches('{LABEL_PREFIX_PATTERN}'))"
+
+
+LABEL_KEYS_RULE = {"rule": f"self.all(k, {_label_key_cel('k')})", "message": LABEL_KEY_MESSAGE}
 
 
 def is_label_key(key: str) -> bool:
@@ -146,14 +150,52 @@ class ResourceRequirements(_Model):
     limits: Optional[dict[str, Quantity]] = Field(None, description="Maximum resources.")
 
 
+# The API server bounds the cost of the rules below by the longest list the schema admits.
+TOLERATIONS_MAX = 64
+# What the API's ValidateTolerations refuses, as CEL rules on one toleration; Toleration's
+# validator enforces the same in Python.
+TOLERATION_RULES = [
+    {"rule": f"!has(self.key) || self.key == '' || ({_label_key_cel('self.key')})",
+     "fieldPath": ".key",
+     "reason": "FieldValueInvalid",
+     "message": "a toleration key must be a label key, like a nodeSelector key"},
+    {"rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+     "fieldPath": ".operator",
+     "reason": "FieldValueInvalid",
+     "message": "a toleration without a key must have operator Exists (it tolerates every taint)"},
+    {"rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+     "fieldPath": ".value",
+     "reason": "FieldValueForbidden",
+     "message": "a toleration with operator Exists takes no value"},
+    {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+     "fieldPath": ".tolerationSeconds",
+     "reason": "FieldValueForbidden",
+     "message": "tolerationSeconds needs effect NoExecute"},
+]
+
+
 class Toleration(_Model):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: Optional[str] = None
+    key: Optional[Annotated[str, StringConstraints(max_length=LABEL_KEY_MAX)]] = None
     operator: Optional[Literal["Exists", "Equal"]] = None
-    value: Optional[str] = None
+    value: Optional[LabelValue] = None
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
     toleration_seconds: Optional[int] = None
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TOLERATION_RULES})
+
+    @model_validator(mode="after")
+    def _as_the_api_validates(self) -> "Toleration":
+        if self.key and not is_label_key(self.key):
+            raise ValueError(TOLERATION_RULES[0]["message"])
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_RULES[1]["message"])
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_RULES[2]["message"])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_RULES[3]["message"])
+        return self
 
 
 class Affinity(_Model):
@@ -320,7 +362,7 @@ class ModelServiceSpec(_Model):
         description="Extra node selector (the accelerator's own node pinning wins on conflicts).",
         json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
     tolerations: Optional[list[Toleration]] = Field(
-        None, description="Extra tolerations (GPU accelerators tolerate the nvidia.com/gpu taint themselves).")
+        None, max_length=TOLERATIONS_MAX, description="Extra tolerations (GPU accelerators tolerate the nvidia.com/gpu taint themselves).")
     affinity: Optional[Affinity] = Field(None, description="Pod affinity and anti-affinity.")
     runtime_class_name: Optional[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
         None, description="RuntimeClass of the pods (e.g. nvidia).")

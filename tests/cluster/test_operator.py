@@ -139,6 +139,10 @@ def deployment(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     ({"task": "embed", "model": "m", "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]},
      "spec.env[1]", "Duplicate value"),
     ({"task": "embed", "model": "m", "env": [{"name": "A=B", "value": "1"}]}, "spec.env[0].name", "should match"),
+    ({"task": "embed", "model": "m", "tolerations": [{"key": "bad key!", "operator": "Exists"}]},
+     "spec.tolerations[0].key", "must be a label key"),
+    ({"task": "embed", "model": "m", "tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+     "spec.tolerations[0].tolerationSeconds", "needs effect NoExecute"),
 ])
 def test_invalid_modelservices_are_refused_naming_the_field(cluster, operator, ns, spec, field, words):
     with pytest.raises(KubectlError) as info:

@@ -156,11 +156,25 @@ CEL = celpy.Environment()
 
 def cel_rules(schema: dict, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
     """Each x-kubernetes-validations rule of a structural schema, with the path of the object it
-    judges (`self`)."""
+    judges (`self`); "[]" in a path stands for each item of a list."""
     for rule in schema.get("x-kubernetes-validations", ()):
         yield path, rule
     for name, sub in schema.get("properties", {}).items():
         yield from cel_rules(sub, (*path, name))
+        if sub.get("type") == "array":
+            yield from cel_rules(sub.get("items", {}), (*path, name, "[]"))
+
+
+def nodes_at(value: Any, path: tuple[str, ...]) -> list[Any]:
+    """The objects at a cel_rules path of `value` (none where it is absent)."""
+    if not path:
+        return [value]
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        return [n for item in (value if isinstance(value, list) else []) for n in nodes_at(item, rest)]
+    if isinstance(value, dict) and value.get(head) is not None:
+        return nodes_at(value[head], rest)
+    return []
 
 
 SPEC_CEL_RULES = list(cel_rules(SPEC_SCHEMA))
@@ -214,12 +228,7 @@ def cel_refusals(spec: dict) -> list[str]:
     spec = with_defaults(SPEC_SCHEMA, spec)
     refused = []
     for path, rule in SPEC_CEL_RULES:
-        node = spec
-        for name in path:
-            node = node.get(name) if isinstance(node, dict) else None
-        if node is None:
-            continue
-        if not evaluate(rule, node):
+        if not all(evaluate(rule, node) for node in nodes_at(spec, path)):
             refused.append(rule["message"])
     return refused
 
@@ -260,6 +269,18 @@ RULE_CASES = {
         [{"nodeSelector": {"pool": "gpu", "example.com/zone": "a", "kubernetes.io/hostname": "n-1",
                            "a" * 63: "", f"{'b' * 253}/{'c' * 63}": "x"}}, {"nodeSelector": {}}],
         {"nodeSelector": {"pool": "gpu", "bad key!": "x"}}),
+    models.TOLERATION_RULES[0]["message"]: (
+        [{"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}, {"key": "", "operator": "Exists"}]}],
+        {"tolerations": [{"key": "k"}, {"key": "bad key!", "operator": "Exists"}]}),
+    models.TOLERATION_RULES[1]["message"]: (
+        [{"tolerations": [{"operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v"}]}],
+        {"tolerations": [{"operator": "Equal", "value": "v"}]}),
+    models.TOLERATION_RULES[2]["message"]: (
+        [{"tolerations": [{"key": "k", "operator": "Exists", "value": ""}, {"key": "k", "value": "v"}]}],
+        {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+    models.TOLERATION_RULES[3]["message"]: (
+        [{"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}],
+        {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]}),
 }
 
 # The rule at the root of the schema (self is the whole object; CEL may read metadata.name).
@@ -361,8 +382,12 @@ values = {
                                     st.sampled_from(["a", "b", "", "bad value!"]), max_size=2),
     "env": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "A=B", ""])},
                                           optional={"value": st.just("1")}), max_size=3),
-    "tolerations": st.lists(st.fixed_dictionaries({"key": st.just("k")}, optional={
-        "operator": st.sampled_from(["Exists", "Equal", "Maybe"])}), max_size=2),
+    "tolerations": st.lists(st.fixed_dictionaries({}, optional={
+        "key": st.sampled_from(["k", "", "nvidia.com/gpu", "bad key!"]),
+        "operator": st.sampled_from(["Exists", "Equal", "Maybe"]),
+        "value": st.sampled_from(["", "v", "bad value!"]),
+        "effect": st.sampled_from(["NoSchedule", "NoExecute"]),
+        "tolerationSeconds": st.just(30)}), max_size=2),
     "cache": st.fixed_dictionaries({}, optional={"sizeLimit": st.sampled_from(["10Gi", "ten"]),
                                                  "existingClaim": st.sampled_from(["models", "Bad_Name"])}),
     "engineArgs": st.fixed_dictionaries({}, optional={
