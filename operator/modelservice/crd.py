@@ -120,6 +120,7 @@ def build_crd() -> dict[str, Any]:
                     "description": "A text embedding or reranking model served in the cluster: the "
                                    "operator turns it into a Deployment and a ClusterIP Service.",
                     "required": ["spec"],
+                    "x-kubernetes-validations": [models.NAME_RULE],
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -20,7 +20,13 @@ The API client (kube.Kube) is made once in the startup handler and reaches every
 kopf's `memo`; reconcile() and on_child_event() take it as their first argument.
 
 Specs that cannot run raise kopf.PermanentError (retried only when the spec changes); a missing
-GPU node raises kopf.TemporaryError (retried, nodes may join). API failures are retried by kopf.
+GPU node raises kopf.TemporaryError (retried, nodes may join). A Deployment or Service the API
+refuses (e.g. affinity terms it cannot read, which the CRD keeps as written) is `ApplyFailed`:
+Ready=False with the API's message in the status, a Warning Event, and a retry after a delay that
+doubles up to APPLY_BACKOFF_MAX_S, logged as one line without a traceback. The Deployment is
+applied before the Service, so a refused Deployment leaves no Service behind; a Service refused
+after its Deployment was applied is reported the same way (Degraded: the Deployment runs). Other
+API failures are retried by kopf.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .kube import Kube, load_config
+from .kube import ApiFailure, Kube, api_failure, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
 from .resources import SELECTOR_LABEL, build_deployment, build_selector, build_service, drifted
@@ -55,6 +61,28 @@ DEFAULT_RESYNC_S = 60.0
 RESYNC_JITTER = 0.2
 log = logging.getLogger(__name__)
 
+APPLY_FAILED = "ApplyFailed"
+APPLY_BACKOFF_S = 5
+APPLY_BACKOFF_MAX_S = 300
+
+
+class ApplyFailed(Exception):
+    """The API refused a write for a ModelService: a child (the status then says so; retried), or
+    the status itself (`retry` False: a ModelService named before the CRD checked names refuses
+    every write, so only deleting it helps)."""
+
+    def __init__(self, kind: str, failure: ApiFailure, retry: bool = True):
+        self.kind = kind
+        self.failure = failure
+        self.retry = retry
+        self.message = f"the API refused the {kind} ({failure.status} {failure.reason}): {failure.message}"
+        super().__init__(self.message)
+
+
+def apply_backoff(retry: int) -> float:
+    """Seconds before retry number `retry` (0 for the first) of a refused apply: doubling, capped."""
+    return float(min(APPLY_BACKOFF_MAX_S, APPLY_BACKOFF_S * 2 ** min(retry, 16)))
+
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -68,6 +96,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="serving.embedding-images.io", key="last-handled-configuration")
     # Events only for problems: a healthy reconcile writes nothing but the objects and status.
+    # kopf 1.45 posts only explicit kopf.warn()/event() calls (settings.posting.loggers is off),
+    # and kopf.warn() only while this level allows WARNING: ApplyFailed's Event depends on it.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
@@ -121,12 +151,18 @@ def repair(kube: Kube, body: Mapping[str, Any], desired: dict[str, Any], live: M
 
 
 def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan) -> dict[str, Any]:
-    """Applies the Deployment and Service of a plan, owned by `body`; returns the live Deployment."""
+    """Applies the Deployment, then the Service, of a plan, owned by `body`; returns the live
+    Deployment. Raises ApplyFailed when the API refuses one (the Service is not tried then)."""
     deployment = build_deployment(ms, plan)
     service = build_service(ms)
     kopf.adopt([deployment, service], owner=body)  # type: ignore[arg-type]
-    live = kube.apply(deployment)
-    kube.apply(service)
+    live: dict[str, Any] = {}
+    for child in (deployment, service):
+        try:
+            applied = kube.apply(child)
+        except ApiException as exc:
+            raise ApplyFailed(child["kind"], api_failure(exc)) from None
+        live = live or applied
     return live
 
 
@@ -141,7 +177,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         status = build_invalid_status(body, now=now(), error=error,
                                       deployment=kube.get_deployment(namespace, name))
         if status_changed(body.get("status") or {}, status):
-            kube.replace_status(namespace, name, status)
+            try:
+                kube.replace_status(namespace, name, status)
+            except ApiException as refused:
+                if refused.status != 422:
+                    raise
+                raise ApplyFailed("status", api_failure(refused), retry=False) from None
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from exc
     nodes = kube.list_nodes() if ms.spec.accelerator == AUTO else None
     try:
@@ -152,7 +193,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         if error.retry:
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
-    live = apply_children(kube, body, ms, plan)
+    try:
+        live = apply_children(kube, body, ms, plan)
+    except ApplyFailed as failure:
+        write_status(kube, ms, build_status(ms, now=now(), error=PlanError(APPLY_FAILED, failure.message),
+                                            deployment=kube.get_deployment(namespace, name)))
+        raise
     status = observed_status(kube, ms, plan, live)
     if write_status(kube, ms, status):
         logger.info("%s/%s: %s on %s (%s)", namespace, name, plan.engine, plan.variant, plan.image)
@@ -168,7 +214,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int = 0,
+                           **_: Any) -> None:
     refusal = namespace_refusal(body["metadata"]["namespace"],
                                 memo.get("refused_namespaces", SYSTEM_NAMESPACES))
     if refusal is not None:  # nothing is read or applied in a refused namespace
@@ -178,7 +225,14 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         kopf.warn(body, reason=refusal.reason, message=refusal.message)
         logger.warning("%s: %s", refusal.reason, refusal.message)
         return
-    reconcile(memo.kube, body, logger)
+    try:
+        reconcile(memo.kube, body, logger)
+    except ApplyFailed as failure:
+        kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
+        # kopf logs these errors as one line (no traceback); a TemporaryError is retried after `delay`.
+        if not failure.retry:
+            raise kopf.PermanentError(f"{APPLY_FAILED}: {failure.message}") from None
+        raise kopf.TemporaryError(f"{APPLY_FAILED}: {failure.message}", delay=apply_backoff(retry)) from None
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:

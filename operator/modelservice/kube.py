@@ -8,6 +8,7 @@ The operator makes one `Kube` at start-up and hands it to the handlers through k
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import kubernetes
@@ -25,6 +26,35 @@ def load_config() -> None:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+
+
+# The longest API message kept in a status condition or an Event (a refused list can be long).
+MESSAGE_MAX = 1024
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    """Why the API refused a request: its HTTP status, its Status reason and message."""
+
+    status: int
+    reason: str
+    message: str
+
+
+def api_failure(exc: ApiException) -> ApiFailure:
+    """The API's own account of a refused request (its Status object), or the HTTP status line
+    when the body is not a Status (a proxy, a dropped connection)."""
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    message = " ".join(str(body.get("message") or exc.reason or "no message").split())
+    if len(message) > MESSAGE_MAX:
+        message = message[:MESSAGE_MAX - 3] + "..."
+    return ApiFailure(status=int(exc.status or 0), reason=str(body.get("reason") or exc.reason or ""),
+                      message=message)
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -10,10 +10,12 @@ Field names are the API's camelCase (aliases); Python code uses snake_case attri
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema,
+                      field_validator, model_validator)
 from pydantic.alias_generators import to_camel
 
 from .variants import AUTO, CPU, load_table
@@ -58,6 +60,61 @@ Quantity = Annotated[
 # A Kubernetes name (RFC 1123 subdomain) for Secrets and claims.
 ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253,
                                               pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+# The ModelService's name is its Service's and Deployment's: a DNS-1035 label (a Service name), so
+# the API never refuses the children for it. A rule at the root of the schema, where CEL may read
+# self.metadata.name; `check_name` enforces it in Python.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX = 63
+NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {NAME_MAX} && self.metadata.name.matches('{NAME_PATTERN}')",
+    "fieldPath": ".metadata",  # the deepest path the schema knows (metadata has no properties)
+    "reason": "FieldValueInvalid",
+    "message": "metadata.name must be a DNS-1035 label, the name of the ModelService's Service: at most "
+               "63 characters, lower-case letters, digits and '-', starting with a letter and ending "
+               "with a letter or digit",
+}
+
+# Label keys and values (k8s.io/apimachinery IsQualifiedName, IsValidLabelValue): an optional
+# DNS-1123 subdomain prefix (at most 253 characters) and '/', then a name of at most 63.
+# No backslashes: the patterns sit in CEL string literals as they are.
+LABEL_KEY_PATTERN = ("^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                     "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_PREFIX_PATTERN = r"^[^/]{1,253}/"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_MESSAGE = ("nodeSelector keys must be label keys: an optional DNS subdomain prefix of at most 253 "
+                     "characters and '/', then a name of at most 63 letters, digits, '-', '_' and '.', "
+                     "starting and ending with a letter or digit")
+# A map rule: keys cannot carry a schema of their own in a CRD. The API server estimates a rule's
+# cost from the largest map the schema admits, hence NODE_SELECTOR_MAX entries.
+NODE_SELECTOR_MAX = 64
+LABEL_KEY_MAX = 253 + 1 + 63
+
+
+def _label_key_cel(expr: str) -> str:
+    """CEL: the string `expr` is a label key (what is_label_key checks)."""
+    return f"{expr}.matches('{LABEL_KEY_PATTERN}') && (!{expr}.contains('/') || {expr}.matches('{LABEL_PREFIX_PATTERN}'))"
+
+
+LABEL_KEYS_RULE = {"rule": f"self.all(k, {_label_key_cel('k')})", "message": LABEL_KEY_MESSAGE}
+
+
+def is_label_key(key: str) -> bool:
+    """IsQualifiedName, as LABEL_KEYS_RULE says it in CEL."""
+    return bool(re.match(LABEL_KEY_PATTERN, key)) and ("/" not in key or bool(re.match(LABEL_PREFIX_PATTERN, key)))
+
+
+def _label_key(key: str) -> str:
+    if not is_label_key(key):
+        raise ValueError(LABEL_KEY_MESSAGE)
+    return key
+
+
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+# Environment variable names as the API validates them since Kubernetes 1.34
+# (RelaxedEnvironmentVariableValidation): printable ASCII other than '='.
+ENV_NAME_PATTERN = r"^[ -<>-~]+$"
+
 # A pass-through Kubernetes sub-object kept as the user wrote it (node/pod affinity terms).
 # Only these leaves preserve unknown fields; `spec` itself is fully typed.
 OpaqueObject = Annotated[
@@ -93,14 +150,52 @@ class ResourceRequirements(_Model):
     limits: Optional[dict[str, Quantity]] = Field(None, description="Maximum resources.")
 
 
+# The API server bounds the cost of the rules below by the longest list the schema admits.
+TOLERATIONS_MAX = 64
+# What the API's ValidateTolerations refuses, as CEL rules on one toleration; Toleration's
+# validator enforces the same in Python.
+TOLERATION_RULES = [
+    {"rule": f"!has(self.key) || self.key == '' || ({_label_key_cel('self.key')})",
+     "fieldPath": ".key",
+     "reason": "FieldValueInvalid",
+     "message": "a toleration key must be a label key, like a nodeSelector key"},
+    {"rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+     "fieldPath": ".operator",
+     "reason": "FieldValueInvalid",
+     "message": "a toleration without a key must have operator Exists (it tolerates every taint)"},
+    {"rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+     "fieldPath": ".value",
+     "reason": "FieldValueForbidden",
+     "message": "a toleration with operator Exists takes no value"},
+    {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+     "fieldPath": ".tolerationSeconds",
+     "reason": "FieldValueForbidden",
+     "message": "tolerationSeconds needs effect NoExecute"},
+]
+
+
 class Toleration(_Model):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: Optional[str] = None
+    key: Optional[Annotated[str, StringConstraints(max_length=LABEL_KEY_MAX)]] = None
     operator: Optional[Literal["Exists", "Equal"]] = None
-    value: Optional[str] = None
+    value: Optional[LabelValue] = None
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
     toleration_seconds: Optional[int] = None
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TOLERATION_RULES})
+
+    @model_validator(mode="after")
+    def _as_the_api_validates(self) -> "Toleration":
+        if self.key and not is_label_key(self.key):
+            raise ValueError(TOLERATION_RULES[0]["message"])
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_RULES[1]["message"])
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_RULES[2]["message"])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_RULES[3]["message"])
+        return self
 
 
 class Affinity(_Model):
@@ -138,7 +233,8 @@ class EnvVarSource(_Model):
 class EnvVar(_Model):
     """An environment variable of the model container (core/v1 EnvVar)."""
 
-    name: str = Field(..., min_length=1)
+    name: str = Field(..., min_length=1, pattern=ENV_NAME_PATTERN,
+                      description="Printable ASCII other than '='; unique in the list.")
     value: Optional[str] = None
     value_from: Optional[EnvVarSource] = None
 
@@ -261,14 +357,18 @@ class ModelServiceSpec(_Model):
     image: Optional[Annotated[str, StringConstraints(min_length=1, max_length=512)]] = Field(
         None, description="Full image reference; overrides the variant table's image.")
     resources: Optional[ResourceRequirements] = Field(None, description="Container resources.")
-    node_selector: Optional[dict[str, str]] = Field(
-        None, description="Extra node selector (the accelerator's own node pinning wins on conflicts).")
+    node_selector: Optional[dict[LabelKey, LabelValue]] = Field(
+        None, max_length=NODE_SELECTOR_MAX,
+        description="Extra node selector (the accelerator's own node pinning wins on conflicts).",
+        json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
     tolerations: Optional[list[Toleration]] = Field(
-        None, description="Extra tolerations (GPU accelerators tolerate the nvidia.com/gpu taint themselves).")
+        None, max_length=TOLERATIONS_MAX, description="Extra tolerations (GPU accelerators tolerate the nvidia.com/gpu taint themselves).")
     affinity: Optional[Affinity] = Field(None, description="Pod affinity and anti-affinity.")
     runtime_class_name: Optional[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
         None, description="RuntimeClass of the pods (e.g. nvidia).")
-    env: Optional[list[EnvVar]] = Field(None, description="Extra environment variables of the model container.")
+    env: Optional[list[EnvVar]] = Field(
+        None, description="Extra environment variables of the model container.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     engine_args: Optional[EngineArgs] = Field(None, description="Engine arguments.")
     hf_token_secret_ref: Optional[SecretKeyRef] = Field(
         None, alias="hfTokenSecretRef",
@@ -277,6 +377,15 @@ class ModelServiceSpec(_Model):
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port of the Service.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: Optional[list[EnvVar]]) -> Optional[list[EnvVar]]:
+        names = [var.name for var in env or ()]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate env names: {', '.join(duplicates)} (env is a list keyed by name)")
+        return env
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelServiceSpec":
@@ -342,14 +451,38 @@ class ModelService:
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
+def check_name(name: str) -> str:
+    """NAME_RULE in Python: `name` when it is a DNS-1035 label, else ValueError with its message."""
+    if len(name) > NAME_MAX or not re.match(NAME_PATTERN, name):
+        raise ValueError(NAME_RULE["message"])
+    return name
+
+
+class _Metadata(BaseModel):
+    """The metadata fields the operator judges (the rest is the API server's)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Annotated[str, AfterValidator(check_name)]
+
+
+class _Body(BaseModel):
+    """What parse_modelservice validates: error locations start with metadata or spec."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    metadata: _Metadata
+    spec: ModelServiceSpec
+
+
 def parse_modelservice(body: Mapping[str, Any]) -> ModelService:
     """A ModelService body (as the API serves it, or a plain {metadata, spec} dict as the chart
-    renders it) -> ModelService. Raises pydantic.ValidationError for an invalid spec."""
+    renders it) -> ModelService. Raises pydantic.ValidationError for an invalid name or spec
+    (error locations ("metadata", "name"), ("spec", ...))."""
     meta = body.get("metadata") or {}
+    valid = _Body.model_validate({"metadata": {"name": meta.get("name")}, "spec": dict(body.get("spec") or {})})
     return ModelService(
         name=meta["name"],
         namespace=meta.get("namespace"),
-        spec=parse_spec(body.get("spec") or {}),
+        spec=valid.spec,
         generation=meta.get("generation"),
         labels=dict(meta.get("labels") or {}),
         status=dict(body.get("status") or {}),

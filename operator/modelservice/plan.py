@@ -72,9 +72,10 @@ class PlanError(Exception):
 
 
 def invalid_spec(exc: ValidationError) -> PlanError:
-    """The PlanError of a spec that does not validate, naming each field and what is wrong."""
+    """The PlanError of a ModelService that does not validate (models.parse_modelservice), naming
+    each field (spec.*, metadata.name) and what is wrong."""
     return PlanError(INVALID_SPEC, "; ".join(
-        f"{'.'.join(['spec', *(str(p) for p in e['loc'])])}: {e['msg']}" for e in exc.errors()))
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def build_rules_table(node: dict[str, Any], path: str) -> str:
 
     def visit(n: dict[str, Any], p: str) -> None:
         for rule in n.get("x-kubernetes-validations", ()):
-            where = p + rule.get("fieldPath", "")
+            where = (p + rule.get("fieldPath", "")).lstrip(".")
             rows.append(f"| `{where}` | {_cell(_code(rule['rule']))} | {_cell(rule['message'])} |")
         for name, child in n.get("properties", {}).items():
             visit(child, f"{p}.{name}")
@@ -188,7 +188,7 @@ def render_reference() -> str:
         "\n## Validation\n\n",
         "Besides the types and limits above, the API server refuses these combinations at "
         "`kubectl apply`, and the operator refuses them with the same message:\n\n",
-        build_rules_table(spec, "spec"),
+        build_rules_table(schema, ""),
         "\n## status\n\n", status["description"], "\n\n",
         build_field_table(status, "status"),
         "\n## kubectl get columns\n\n",

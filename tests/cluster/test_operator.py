@@ -149,12 +149,34 @@ def deployment(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     ({"task": "embed", "model": "m", "cache": {"sizeLimit": "1Gi", "existingClaim": "c"}}, "spec.cache",
      "not both"),
     ({"task": "embed", "model": "m", "replica": 2}, "replica", "unknown field"),
+    ({"task": "embed", "model": "m", "nodeSelector": {"bad key!": "x"}}, "spec.nodeSelector",
+     "nodeSelector keys must be label keys"),
+    ({"task": "embed", "model": "m", "nodeSelector": {"pool": "bad value!"}}, "spec.nodeSelector.pool",
+     "should match"),
+    ({"task": "embed", "model": "m", "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]},
+     "spec.env[1]", "Duplicate value"),
+    ({"task": "embed", "model": "m", "env": [{"name": "A=B", "value": "1"}]}, "spec.env[0].name", "should match"),
+    ({"task": "embed", "model": "m", "tolerations": [{"key": "bad key!", "operator": "Exists"}]},
+     "spec.tolerations[0].key", "must be a label key"),
+    ({"task": "embed", "model": "m", "tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+     "spec.tolerations[0].tolerationSeconds", "needs effect NoExecute"),
 ])
 def test_invalid_modelservices_are_refused_naming_the_field(cluster, operator, ns, spec, field, words):
     with pytest.raises(KubectlError) as info:
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(modelservice("bad", **spec)))
     message = info.value.stderr
     assert field in message and words in message, message
+    assert cluster.get("modelservices", "-n", ns)["items"] == []
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "7b-embed", "bge.small", "Bge"])
+def test_names_no_service_can_have_are_refused_naming_the_field(cluster, operator, ns, name):
+    """The name is the Service's: a DNS-1035 label, checked at the root of the schema."""
+    with pytest.raises(KubectlError) as info:
+        cluster.kubectl("apply", "-n", ns, "-f", "-",
+                        input=json.dumps(modelservice(name, task="embed", model="m")))
+    message = info.value.stderr
+    assert "metadata.name must be a DNS-1035 label" in message and "at most 63 characters" in message, message
     assert cluster.get("modelservices", "-n", ns)["items"] == []
 
 
@@ -286,6 +308,52 @@ def test_pods_the_scheduler_cannot_place_are_reported_with_its_reason(cluster, o
     # GPUs freed: the waiting pod is placed and the status says so, without any spec change
     cluster.kubectl("delete", "modelservice", placed, "-n", ns, "--wait=true", "--timeout=60s")
     assert wait_ready(cluster, ns, waiting, operator)["status"]["phase"] == "Ready"
+
+
+# Affinity terms are kept as written (the CRD cannot check them), so the Deployment API is the
+# first to read them: it refuses this one (500, "failed to create typed patch object").
+JUNK_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "junk"}}
+# Seconds of operator log to count, and the most lines it may hold for one refused ModelService
+# (each retry logs a few --verbose lines; the retries come 5, 10, 20 s apart).
+LOG_WINDOW_S = 40
+LOG_LINES_MAX = 40
+
+
+def test_a_spec_the_api_refuses_is_reported_with_an_event_and_retried_quietly(cluster, operator, ns):
+    start = len(operator.log.read_text(errors="replace").splitlines())
+    cluster.apply(modelservice("junk", task="embed", model="m", accelerator="cpu", affinity=JUNK_AFFINITY),
+                  namespace=ns)
+
+    def failed():
+        ms = get_ms(cluster, ns, "junk")
+        return ms if condition(ms, "Ready") == ("False", "ApplyFailed") else None
+    try:
+        ms = wait_for("the ApplyFailed condition", failed, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
+    ready = next(c for c in ms["status"]["conditions"] if c["type"] == "Ready")
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in ready["message"], ready
+    assert "Deployment" in ready["message"] and ms["status"]["phase"] == "Failed"
+    events = wait_for("the ApplyFailed Event", lambda: cluster.get(
+        "events", "-n", ns, "--field-selector", "involvedObject.name=junk,reason=ApplyFailed")["items"], timeout=30)
+    assert events[0]["type"] == "Warning" and events[0]["involvedObject"]["kind"] == "ModelService"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in events[0]["message"]
+    # Nothing half-made: the Service is applied only after its Deployment.
+    assert cluster.kubectl("get", "deployment,service", "-n", ns, "-o", "name").stdout.strip() == ""
+
+    time.sleep(LOG_WINDOW_S)
+    window = operator.log.read_text(errors="replace").splitlines()[start:]
+    assert not any("Traceback" in line for line in window), "\n".join(window[-60:])
+    mine = [line for line in window if f"{ns}/junk" in line]
+    retries = [line for line in mine if "failed temporarily" in line]
+    assert 2 <= len(retries) <= 5, "\n".join(mine)
+    assert len(mine) <= LOG_LINES_MAX, f"{len(mine)} lines in {LOG_WINDOW_S} s:\n" + "\n".join(mine)
+
+    # A fixed spec heals: the retry count starts again and the children appear.
+    cluster.kubectl("patch", "modelservice", "junk", "-n", ns, "--type=json",
+                    "-p", json.dumps([{"op": "remove", "path": "/spec/affinity"}]))
+    wait_ready(cluster, ns, "junk", operator)
+    assert cluster.get("service", "junk", "-n", ns)["spec"]["ports"][0]["port"] == 8080
 
 
 def test_scale_update_and_delete(cluster, operator, ns):

@@ -148,18 +148,33 @@ def test_cel_rules_are_the_ones_pydantic_enforces():
 
 # --- the API server's judgement: schema, then defaults, then the CEL rules -----------------------
 
-SPEC_SCHEMA = openapi(committed())["properties"]["spec"]
+ROOT_SCHEMA = openapi(committed())
+SPEC_SCHEMA = ROOT_SCHEMA["properties"]["spec"]
 SPEC_VALIDATOR = jsonschema.Draft7Validator(SPEC_SCHEMA)
 CEL = celpy.Environment()
 
 
 def cel_rules(schema: dict, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
     """Each x-kubernetes-validations rule of a structural schema, with the path of the object it
-    judges (`self`)."""
+    judges (`self`); "[]" in a path stands for each item of a list."""
     for rule in schema.get("x-kubernetes-validations", ()):
         yield path, rule
     for name, sub in schema.get("properties", {}).items():
         yield from cel_rules(sub, (*path, name))
+        if sub.get("type") == "array":
+            yield from cel_rules(sub.get("items", {}), (*path, name, "[]"))
+
+
+def nodes_at(value: Any, path: tuple[str, ...]) -> list[Any]:
+    """The objects at a cel_rules path of `value` (none where it is absent)."""
+    if not path:
+        return [value]
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        return [n for item in (value if isinstance(value, list) else []) for n in nodes_at(item, rest)]
+    if isinstance(value, dict) and value.get(head) is not None:
+        return nodes_at(value[head], rest)
+    return []
 
 
 SPEC_CEL_RULES = list(cel_rules(SPEC_SCHEMA))
@@ -183,6 +198,29 @@ def _program(rule: str) -> celpy.Runner:
     return CEL.program(CEL.compile(rule))
 
 
+def evaluate(rule: dict, node: Any) -> bool:
+    verdict = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(node)})
+    assert isinstance(verdict, celpy.celtypes.BoolType), f"{rule['rule']} on {node}: {verdict!r}"
+    return bool(verdict)
+
+
+def list_map_duplicates(schema: dict, value: Any, path: str = "spec") -> list[str]:
+    """Where a list of x-kubernetes-list-type map holds two items with the same keys (the API
+    server's "Duplicate value")."""
+    found = []
+    if isinstance(value, list) and schema.get("x-kubernetes-list-type") == "map":
+        keys = [tuple(item.get(k) for k in schema["x-kubernetes-list-map-keys"]) for item in value]
+        found += [f"{path}[{i}]" for i, key in enumerate(keys) if key in keys[:i]]
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found += list_map_duplicates(schema.get("items", {}), item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                found += list_map_duplicates(sub, value[name], f"{path}.{name}")
+    return found
+
+
 def cel_refusals(spec: dict) -> list[str]:
     """The messages of the CEL rules that refuse a schema-valid spec. A rule is judged only where
     its object is present, on the defaulted spec; a rule that does not evaluate to a boolean
@@ -190,14 +228,7 @@ def cel_refusals(spec: dict) -> list[str]:
     spec = with_defaults(SPEC_SCHEMA, spec)
     refused = []
     for path, rule in SPEC_CEL_RULES:
-        node = spec
-        for name in path:
-            node = node.get(name) if isinstance(node, dict) else None
-        if node is None:
-            continue
-        verdict = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(node)})
-        assert isinstance(verdict, celpy.celtypes.BoolType), f"{rule['rule']} on {node}: {verdict!r}"
-        if not verdict:
+        if not all(evaluate(rule, node) for node in nodes_at(spec, path)):
             refused.append(rule["message"])
     return refused
 
@@ -234,11 +265,89 @@ RULE_CASES = {
     "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both": (
         [{"cache": {"sizeLimit": "10Gi"}}, {"cache": {"existingClaim": "models"}}],
         {"cache": {"sizeLimit": "10Gi", "existingClaim": "models"}}),
+    models.LABEL_KEY_MESSAGE: (
+        [{"nodeSelector": {"pool": "gpu", "example.com/zone": "a", "kubernetes.io/hostname": "n-1",
+                           "a" * 63: "", f"{'b' * 253}/{'c' * 63}": "x"}}, {"nodeSelector": {}}],
+        {"nodeSelector": {"pool": "gpu", "bad key!": "x"}}),
+    models.TOLERATION_RULES[0]["message"]: (
+        [{"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}, {"key": "", "operator": "Exists"}]}],
+        {"tolerations": [{"key": "k"}, {"key": "bad key!", "operator": "Exists"}]}),
+    models.TOLERATION_RULES[1]["message"]: (
+        [{"tolerations": [{"operator": "Exists"}, {"key": "k", "operator": "Equal", "value": "v"}]}],
+        {"tolerations": [{"operator": "Equal", "value": "v"}]}),
+    models.TOLERATION_RULES[2]["message"]: (
+        [{"tolerations": [{"key": "k", "operator": "Exists", "value": ""}, {"key": "k", "value": "v"}]}],
+        {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+    models.TOLERATION_RULES[3]["message"]: (
+        [{"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}],
+        {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]}),
 }
+
+# The rule at the root of the schema (self is the whole object; CEL may read metadata.name).
+NAMES_GOOD = ["emb", "a", "a" * 63, "qwen3-reranker-0-6b", "a-1"]
+NAMES_BAD = ["1digit", "has.dot", "a" * 64, "Upper", "trailing-", "-lead", "under_score", ""]
 
 
 def test_every_cel_rule_of_the_crd_has_cases():
-    assert sorted(rule["message"] for _, rule in SPEC_CEL_RULES) == sorted(RULE_CASES)
+    everywhere = [rule["message"] for _, rule in cel_rules(ROOT_SCHEMA)]
+    assert sorted(everywhere) == sorted([*RULE_CASES, models.NAME_RULE["message"]])
+    assert ROOT_SCHEMA["x-kubernetes-validations"] == [models.NAME_RULE]
+
+
+def name_refusals(name: str) -> tuple[bool, list[str] | None]:
+    """(the API server's verdict on the name, the operator's error messages or None)."""
+    api_ok = evaluate(models.NAME_RULE, {"metadata": {"name": name}, "spec": BASE})
+    try:
+        models.parse_modelservice({"metadata": {"name": name, "namespace": "ns"}, "spec": BASE})
+    except ValidationError as exc:
+        return api_ok, [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+    return api_ok, None
+
+
+@pytest.mark.parametrize("name", NAMES_GOOD + NAMES_BAD)
+def test_the_name_rule_refuses_what_a_service_cannot_be_named(name):
+    api_ok, operator = name_refusals(name)
+    assert api_ok == (name in NAMES_GOOD)
+    assert operator == (None if api_ok else [models.NAME_RULE["message"]])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(r"[a-z0-9.\-A_]{0,66}", fullmatch=True))
+def test_api_server_and_pydantic_judge_names_alike(name):
+    api_ok, operator = name_refusals(name)
+    assert api_ok == (operator is None), (name, operator)
+
+
+def k8s_is_qualified_name(key: str) -> bool:
+    """k8s.io/apimachinery/pkg/util/validation IsQualifiedName, written from its definition."""
+    parts = key.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+        labels = prefix.split(".")
+        if not prefix or len(prefix) > 253 or not all(
+                label and label[0].isalnum() and label[-1].isalnum() and
+                all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in label) for label in labels):
+            return False
+    else:
+        return False
+    return (0 < len(name) <= 63 and name[0].isascii() and name[0].isalnum() and name[-1].isascii()
+            and name[-1].isalnum() and all(c.isascii() and (c.isalnum() or c in "-_.") for c in name))
+
+
+label_keys = st.from_regex(r"([a-z0-9.\-]{0,6}/)?[A-Za-z0-9_.\- !]{0,6}", fullmatch=True) | st.sampled_from(
+    ["a" * 63, "a" * 64, f"{'b' * 253}/c", f"{'b' * 254}/c", "a/b/c", "/a", "a/", "Example.com/a", "é"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(label_keys)
+def test_the_node_selector_key_rule_is_the_apis_label_key_syntax(key):
+    """The CEL rule, pydantic and Kubernetes' own definition of a label key agree."""
+    (rule,) = SPEC_SCHEMA["properties"]["nodeSelector"]["x-kubernetes-validations"]
+    expected = k8s_is_qualified_name(key)
+    assert evaluate(rule, {key: "v"}) == expected, key
+    assert models.is_label_key(key) == expected, key
 
 
 @pytest.mark.parametrize("message", sorted(RULE_CASES))
@@ -269,9 +378,16 @@ values = {
     "resources": st.fixed_dictionaries({}, optional={
         "limits": st.dictionaries(st.sampled_from(["cpu", "memory"]),
                                   st.sampled_from(["500m", "2Gi", 2, "lots"]), max_size=2)}),
-    "nodeSelector": st.dictionaries(st.sampled_from(["pool", "zone"]), st.sampled_from(["a", "b"]), max_size=2),
-    "tolerations": st.lists(st.fixed_dictionaries({"key": st.just("k")}, optional={
-        "operator": st.sampled_from(["Exists", "Equal", "Maybe"])}), max_size=2),
+    "nodeSelector": st.dictionaries(st.sampled_from(["pool", "zone", "example.com/zone", "bad key!", "a/b/c"]),
+                                    st.sampled_from(["a", "b", "", "bad value!"]), max_size=2),
+    "env": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "A=B", ""])},
+                                          optional={"value": st.just("1")}), max_size=3),
+    "tolerations": st.lists(st.fixed_dictionaries({}, optional={
+        "key": st.sampled_from(["k", "", "nvidia.com/gpu", "bad key!"]),
+        "operator": st.sampled_from(["Exists", "Equal", "Maybe"]),
+        "value": st.sampled_from(["", "v", "bad value!"]),
+        "effect": st.sampled_from(["NoSchedule", "NoExecute"]),
+        "tolerationSeconds": st.just(30)}), max_size=2),
     "cache": st.fixed_dictionaries({}, optional={"sizeLimit": st.sampled_from(["10Gi", "ten"]),
                                                  "existingClaim": st.sampled_from(["models", "Bad_Name"])}),
     "engineArgs": st.fixed_dictionaries({}, optional={
@@ -289,14 +405,16 @@ near_valid_specs = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs | near_valid_specs)
 def test_api_server_and_pydantic_judge_specs_alike(spec):
-    """The API server accepts a spec (schema, then CEL on the defaulted spec) exactly when the
-    operator does, and where only CEL refuses it, pydantic refuses it for the same reason."""
+    """The API server accepts a spec (schema, list-map keys, then CEL on the defaulted spec) exactly
+    when the operator does, and where only CEL refuses it, pydantic refuses it for the same reason."""
     schema_ok = SPEC_VALIDATOR.is_valid(spec)
     cel = cel_refusals(spec) if schema_ok else []
+    duplicates = list_map_duplicates(SPEC_SCHEMA, spec)
     operator = pydantic_refusals(spec)
-    api_ok = schema_ok and not cel
-    assert api_ok == (operator is None), f"API server: schema {schema_ok}, CEL {cel}; operator: {operator}"
-    if schema_ok and cel:
+    api_ok = schema_ok and not cel and not duplicates
+    assert api_ok == (operator is None), (
+        f"API server: schema {schema_ok}, CEL {cel}, duplicates {duplicates}; operator: {operator}")
+    if schema_ok and cel and not duplicates:
         assert set(operator) <= set(cel), f"{spec}: the operator says {operator}, the API server {cel}"
 
 

@@ -3,6 +3,7 @@ describing the Deployment as it is, not as it was when the operator applied it."
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 
@@ -11,6 +12,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from modelservice import handlers
+from modelservice.kube import ApiFailure, api_failure
 from modelservice.models import parse_modelservice
 from modelservice.status import recorded_plan
 
@@ -184,3 +186,102 @@ def test_the_resync_schedule_spreads_modelservices_within_the_interval(fake, mon
         seen.clear()
     assert sorted(first) == sorted(f"ms-{i}" for i in range(20))  # all within one interval
     assert min(first.values()) >= 8.0 and len(set(first.values())) > 10  # spread, not all at once
+
+
+# --- a child the API refuses: status, Event, backoff -------------------------------------------
+
+JUNK_AFFINITY_MESSAGE = ("failed to create typed patch object (search/emb; apps/v1, Kind=Deployment): "
+                         ".spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: "
+                         "expected map, got &{junk [] false}")
+
+
+def refused(status: int, message: str) -> ApiException:
+    exc = ApiException(status=status, reason="Internal Server Error" if status == 500 else "Unprocessable Entity")
+    exc.body = json.dumps({"kind": "Status", "status": "Failure", "message": message,
+                           "reason": "InternalError" if status == 500 else "Invalid", "code": status})
+    return exc
+
+
+class RefusingKube(FakeKube):
+    """An API that refuses one kind of child."""
+
+    def __init__(self, ms: dict, kind: str, exc: ApiException):
+        super().__init__(ms)
+        self.kind, self.exc = kind, exc
+
+    def apply(self, obj):
+        if obj["kind"] == self.kind:
+            raise self.exc
+        return super().apply(obj)
+
+
+def test_a_refused_deployment_is_reported_with_the_apis_message_and_no_service_is_made(fake):
+    kube = RefusingKube(fake.ms, "Deployment", refused(500, JUNK_AFFINITY_MESSAGE))
+    with pytest.raises(handlers.ApplyFailed) as info:
+        handlers.reconcile(kube, copy.deepcopy(kube.ms), logging.getLogger("test"))
+    assert kube.applied == []  # no Service without its Deployment
+    status = kube.ms["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert JUNK_AFFINITY_MESSAGE in ready["message"] and "Deployment" in ready["message"]
+    assert status["phase"] == "Failed" and info.value.message == ready["message"]
+    # the same failure again writes nothing
+    with pytest.raises(handlers.ApplyFailed):
+        handlers.reconcile(kube, copy.deepcopy(kube.ms), logging.getLogger("test"))
+    assert len(kube.status_writes) == 1
+
+
+def test_a_refused_service_reports_the_deployment_it_left(fake):
+    kube = RefusingKube(fake.ms, "Service", refused(422, 'Service "emb" is invalid: spec.ports[0].port: Invalid value'))
+    with pytest.raises(handlers.ApplyFailed, match="the API refused the Service"):
+        handlers.reconcile(kube, copy.deepcopy(kube.ms), logging.getLogger("test"))
+    degraded = next(c for c in kube.ms["status"]["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert "spec.ports[0].port" in degraded["message"]
+
+
+def test_the_handler_posts_an_event_and_backs_off(fake, monkeypatch):
+    kube = RefusingKube(fake.ms, "Deployment", refused(500, JUNK_AFFINITY_MESSAGE))
+    events = []
+    monkeypatch.setattr(kopf, "warn", lambda body, **kw: events.append(kw))
+    delays = []
+    for retry in range(8):
+        with pytest.raises(kopf.TemporaryError) as info:
+            handlers.reconcile_modelservice(body=copy.deepcopy(kube.ms), memo=kopf.Memo(kube=kube),
+                                            logger=logging.getLogger("test"), retry=retry)
+        assert "\n" not in str(info.value) and JUNK_AFFINITY_MESSAGE in str(info.value)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        delays.append(info.value.delay)
+    assert delays == sorted(delays) and delays[0] < delays[3] and delays[-1] == handlers.APPLY_BACKOFF_MAX_S
+    assert len(events) == 8 and events[0]["reason"] == "ApplyFailed"
+    assert JUNK_AFFINITY_MESSAGE in events[0]["message"]
+
+
+@pytest.mark.parametrize("body, status, expected", [
+    (json.dumps({"kind": "Status", "reason": "Invalid", "message": 'Deployment.apps "x" is invalid:\n  bad'}), 422,
+     ApiFailure(422, "Invalid", 'Deployment.apps "x" is invalid: bad')),
+    ("<html>bad gateway</html>", 502, ApiFailure(502, "Bad Gateway", "Bad Gateway")),
+    (None, 0, ApiFailure(0, "Bad Gateway", "Bad Gateway")),
+    (json.dumps({"message": "x" * 5000}), 422, ApiFailure(422, "Bad Gateway", "x" * 1021 + "...")),
+])
+def test_api_failure_is_the_apis_status_on_one_line(body, status, expected):
+    exc = ApiException(status=status, reason="Bad Gateway")
+    exc.body = body
+    assert api_failure(exc) == expected
+
+
+def test_a_modelservice_named_before_the_crd_checked_names_gets_one_event_and_no_retry(fake, monkeypatch):
+    """Such an object refuses every write (the root CEL rule): the status cannot say it."""
+    fake.ms["metadata"]["name"] = "bge.small"
+    message = 'ModelService "bge.small" is invalid: metadata: Invalid value: metadata.name must be a DNS-1035 label'
+
+    def refuse_status(namespace, name, status):
+        raise refused(422, message)
+    monkeypatch.setattr(fake, "replace_status", refuse_status)
+    events = []
+    monkeypatch.setattr(kopf, "warn", lambda body, **kw: events.append(kw))
+    with pytest.raises(kopf.PermanentError) as info:
+        handlers.reconcile_modelservice(body=copy.deepcopy(fake.ms), memo=kopf.Memo(kube=fake),
+                                        logger=logging.getLogger("test"), retry=0)
+    assert message in str(info.value) and fake.applied == []
+    assert [e["reason"] for e in events] == ["ApplyFailed"] and message in events[0]["message"]
