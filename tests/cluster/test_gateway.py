@@ -1,0 +1,261 @@
+"""The gateway's Kubernetes half on the real control plane.
+
+The real operator (`python -m modelservice`, serving the namespaces gw-*) turns ModelServices into
+Deployments and Services; kwok marks their pods ready and the real endpoint controller writes the
+EndpointSlices. `gateway.kube.run_sources` runs in-process (its own event loop in a thread, as in
+the gateway) and the tests read its `Registry`: the models that exist, the ready pods of each,
+pods going away, scale from zero through the scale subresource.
+
+Nothing here sends HTTP to a pod: kwok's pod IPs are simulated and must never be reached. The
+end-to-end test routes through the address override to processes on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import kubernetes
+import pytest
+
+from control_plane import ROOT, Cluster, wait_for
+from gateway import kube
+from gateway.kube import KubeScaler, run_sources
+from gateway.registry import ModelInfo, ModelKey, Registry
+from gateway.settings import Settings
+
+pytestmark = pytest.mark.cluster
+
+CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD = "modelservices.serving.embedding-images.io"
+API = "serving.embedding-images.io/v1alpha1"
+QWEN = "Qwen/Qwen3-Reranker-0.6B"
+SELECTOR = "serving.embedding-images.io/modelservice"
+
+
+# --- the operator and the gateway's sources ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`python -m modelservice` serving gw-* (so it never competes with another module's)."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "modelservice", "--namespace=gw-*", "--verbose"],
+                                env={**cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def ns(cluster: Cluster, operator: Path) -> Iterator[str]:
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "modelservices", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class InProcessSources:
+    """`run_sources` on an event loop in a thread of this process, like the gateway runs it."""
+
+    def __init__(self, settings: Settings, api_client: kubernetes.client.ApiClient):
+        self.registry = Registry(home_namespace=settings.home_namespace)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.task = asyncio.run_coroutine_threadsafe(run_sources(settings, self.registry, api_client), self.loop)
+
+    async def _cancel(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def read(self, fn):
+        """Calls fn(registry) on the loop (where the registry lives) and returns its result."""
+        async def call():
+            return fn(self.registry)
+        if self.task.done():
+            self.task.result()   # raises what ended run_sources
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=10)
+
+    def models(self) -> dict[str, ModelInfo]:
+        return self.read(lambda r: {str(i.key): i for i in r.models()})
+
+    def pods(self, namespace: str, name: str) -> list[str]:
+        return self.read(lambda r: sorted(e.pod for e in r.endpoints(ModelKey(namespace, name))))
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._cancel(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def admin_client(cluster: Cluster) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture
+def sources(cluster: Cluster, ns: str) -> Iterator[InProcessSources]:
+    s = InProcessSources(Settings(namespace=ns, namespaces=ns), admin_client(cluster))
+    wait_for("the gateway's watches to sync", lambda: s.read(lambda r: r.synced), timeout=30)
+    yield s
+    s.close()
+
+
+def modelservice(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "ModelService", "metadata": {"name": name},
+            "spec": {"task": "rerank", "model": QWEN, "accelerator": "cpu", **spec}}
+
+
+def live_pods(cluster: Cluster, ns: str, name: str, ready_only: bool = True) -> list[str]:
+    """The ModelService's pods the cluster says are Ready (and not being deleted)."""
+    def ready(pod: dict) -> bool:
+        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
+        return conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp")
+    items = cluster.get("pods", "-n", ns, "-l", f"{SELECTOR}={name}")["items"]
+    return sorted(p["metadata"]["name"] for p in items if ready(p) or not ready_only)
+
+
+def set_ready(cluster: Cluster, ns: str, pod: str, ready: bool) -> None:
+    """Sets the pod's Ready condition as a failing (or recovering) readiness probe would; kwok
+    leaves it so."""
+    conditions = cluster.get("pod", pod, "-n", ns)["status"]["conditions"]
+    for c in conditions:
+        if c["type"] in ("Ready", "ContainersReady"):
+            c["status"] = "True" if ready else "False"
+    cluster.kubectl("patch", "pod", pod, "-n", ns, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"conditions": conditions}}))
+
+
+def wait_pods(sources: InProcessSources, cluster: Cluster, ns: str, name: str, count: int) -> list[str]:
+    """Waits until the registry's endpoints of the model are exactly its `count` Ready pods."""
+    def agree():
+        routed = sources.pods(ns, name)
+        return routed if len(routed) == count and routed == live_pods(cluster, ns, name) else None
+    return wait_for(f"{count} ready pods of {ns}/{name} in the registry", agree, timeout=60)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+def test_registry_holds_the_served_modelservices_and_their_ready_pods(cluster, ns, sources):
+    cluster.apply(modelservice("qwen", replicas=2), namespace=ns)
+    cluster.apply(modelservice("bge", model="BAAI/bge-reranker-base"), namespace=ns)
+    wait_for("both models", lambda: set(sources.models()) == {f"{ns}/qwen", f"{ns}/bge"})
+    pods = wait_pods(sources, cluster, ns, "qwen", 2)
+    wait_pods(sources, cluster, ns, "bge", 1)
+    info = wait_for("the operator's engine", lambda: sources.models()[f"{ns}/bge"] if
+                    sources.models()[f"{ns}/bge"].engine == "tei" else None)
+    assert (info.task, info.model_id, info.replicas) == ("rerank", "BAAI/bge-reranker-base", 1)
+    assert sources.models()[f"{ns}/qwen"].engine == "reranker"
+    # Each endpoint is the pod's own IP and container port `http` (never contacted here).
+    live = {p["metadata"]["name"]: p for p in cluster.get("pods", "-n", ns, "-l", f"{SELECTOR}=qwen")["items"]}
+    addresses = sources.read(lambda r: {e.pod: e.address for e in r.endpoints(ModelKey(ns, "qwen"))})
+    assert addresses == {pod: "{}:{}".format(live[pod]["status"]["podIP"], next(
+        port["containerPort"] for port in live[pod]["spec"]["containers"][0]["ports"] if port["name"] == "http"))
+        for pod in pods}
+
+    # A pod whose readiness fails stays in the slice, not ready: it is not routed until it recovers.
+    set_ready(cluster, ns, pods[1], False)
+    wait_for(f"{pods[1]} not ready to leave the registry", lambda: sources.pods(ns, "qwen") == [pods[0]])
+    set_ready(cluster, ns, pods[1], True)
+    wait_pods(sources, cluster, ns, "qwen", 2)
+
+    # A pod that goes away leaves the registry; its replacement joins once kwok marks it ready.
+    cluster.kubectl("delete", "pod", pods[0], "-n", ns, "--wait=false")
+    wait_for(f"{pods[0]} to leave the registry", lambda: pods[0] not in sources.pods(ns, "qwen"))
+    replaced = wait_pods(sources, cluster, ns, "qwen", 2)
+    assert pods[0] not in replaced and pods[1] in replaced
+
+    cluster.kubectl("scale", "modelservice", "qwen", "-n", ns, "--replicas=0")
+    wait_for("replicas 0 in the registry", lambda: sources.models()[f"{ns}/qwen"].replicas == 0)
+    wait_for("no endpoints of a model at zero", lambda: sources.pods(ns, "qwen") == [])
+
+    cluster.kubectl("delete", "modelservice", "bge", "-n", ns)
+    wait_for("bge to leave the registry", lambda: set(sources.models()) == {f"{ns}/qwen"})
+
+
+def test_modelservices_of_namespaces_not_served_are_not_routed(cluster, ns, sources, operator):
+    other = f"gw-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", other)
+    try:
+        cluster.apply(modelservice("elsewhere"), namespace=other)
+        cluster.apply(modelservice("here"), namespace=ns)
+        wait_pods(sources, cluster, ns, "here", 1)
+        wait_for("the other namespace's pod", lambda: live_pods(cluster, other, "elsewhere"))
+        assert set(sources.models()) == {f"{ns}/here"}
+    finally:
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_a_watch_whose_resource_version_expired_lists_again_and_converges(cluster, ns, monkeypatch, caplog):
+    """The first list hands the watch a resourceVersion the API server no longer keeps: the watch
+    answers 410 Gone, the source lists again and follows from there."""
+    gone = []
+    real = kubernetes.client.CustomObjectsApi.list_namespaced_custom_object
+
+    def stale_once(self, *args, **kwargs):
+        response = real(self, *args, **kwargs)
+        if kwargs.get("watch") or gone:
+            return response
+        gone.append(True)
+        listing = json.loads(response.data)
+        listing["metadata"]["resourceVersion"] = "1"
+
+        class Stale:
+            data = json.dumps(listing).encode()
+        return Stale()
+
+    monkeypatch.setattr(kubernetes.client.CustomObjectsApi, "list_namespaced_custom_object", stale_once)
+    caplog.set_level(logging.INFO, logger="gateway.kube")
+    cluster.apply(modelservice("before"), namespace=ns)
+    s = InProcessSources(Settings(namespace=ns, namespaces=ns), admin_client(cluster))
+    try:
+        wait_for("the relisted watch to sync", lambda: s.read(lambda r: r.synced), timeout=30)
+        cluster.apply(modelservice("after"), namespace=ns)
+        wait_for("a ModelService created after the 410", lambda: set(s.models()) == {f"{ns}/before", f"{ns}/after"})
+        assert gone
+        assert "resourceVersion expired, listing again" in caplog.text
+    finally:
+        s.close()
+
+
+def test_scale_from_zero_writes_one_replica_once_for_many_waiting_requests(cluster, ns, sources):
+    cluster.apply(modelservice("sleepy", replicas=0), namespace=ns)
+    wait_for("the model at zero", lambda: sources.models().get(f"{ns}/sleepy"))
+    generation = cluster.get("modelservice", "sleepy", "-n", ns)["metadata"]["generation"]
+    scaler = KubeScaler(api_client=admin_client(cluster))
+    key = ModelKey(ns, "sleepy")
+
+    async def requests(n: int) -> None:
+        await asyncio.gather(*(scaler.scale_from_zero(key) for _ in range(n)))
+    asyncio.run(requests(8))
+    asyncio.run(requests(3))      # later requests, while the pod starts
+    assert scaler.writes == 1
+    ms = cluster.get("modelservice", "sleepy", "-n", ns)
+    assert ms["spec"]["replicas"] == 1 and ms["metadata"]["generation"] == generation + 1
+    wait_pods(sources, cluster, ns, "sleepy", 1)
+
+    # Scaled by hand meanwhile: the gateway never overrides a count someone chose.
+    cluster.kubectl("scale", "modelservice", "sleepy", "-n", ns, "--replicas=3")
+    asyncio.run(requests(2))
+    assert scaler.writes == 1
+    assert cluster.get("modelservice", "sleepy", "-n", ns)["spec"]["replicas"] == 3
