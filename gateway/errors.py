@@ -34,15 +34,15 @@ class GatewayError(Exception):
         return {}
 
 
-class InvalidRequest(GatewayError):
+class BadRequest(GatewayError):
     """The body is not a JSON object, has no `model`, or names a model ambiguously."""
 
-    kind = "invalid_request"
+    kind = "bad_request"
     status = 400
     description = "No `model` field, a body that is not JSON, or an ambiguous model name"
 
 
-class AmbiguousModel(InvalidRequest):
+class AmbiguousModel(BadRequest):
     """A Hugging Face id served by more than one ModelService: the message lists them."""
 
     def __init__(self, model: str, candidates: Sequence[str]):
@@ -89,6 +89,15 @@ class PayloadTooLarge(GatewayError):
     description = "The body is over the size limit"
 
 
+class InvalidRequest(GatewayError):
+    """A rerank request for a TEI-served model that does not fit the Cohere schema, or asks for
+    what TEI cannot do: the same answer (422, `invalid_request`) the reranker service gives."""
+
+    kind = "invalid_request"
+    status = 422
+    description = "Malformed or invalid request"
+
+
 class Overloaded(GatewayError):
     """The model's concurrency cap (GATEWAY_MAX_IN_FLIGHT_PER_MODEL) is reached."""
 
@@ -102,6 +111,14 @@ class Overloaded(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class InternalError(GatewayError):
+    """A fault in the gateway itself: logged in full, answered without internals."""
+
+    kind = "internal"
+    status = 500
+    description = "The gateway failed; its log says why"
 
 
 class BadGateway(GatewayError):
