@@ -297,14 +297,15 @@ class _Gone(Exception):
 class Watcher:
     """One list-then-watch loop in a daemon thread, handing results to the event loop.
 
-    `list_fn` is a `kubernetes` client list method; `on_list(items)` and `on_event(type, obj)`
-    run on the loop. Errors are logged and followed by a fresh list after a short back-off.
+    `list_fn` is a `kubernetes` client list method, called with `args` and `kwargs` (e.g. a label
+    selector); `on_list(items)` and `on_event(type, obj)` run on the loop. Errors are logged and followed by a fresh list after a short back-off.
     """
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, list_fn: Callable[..., Any],
                  args: tuple, on_list: Callable[[list], None],
-                 on_event: Callable[[str, dict], None]):
+                 on_event: Callable[[str, dict], None], kwargs: Mapping[str, Any] | None = None):
         self.name = name
+        self.kwargs = dict(kwargs or {})
         self.loop = loop
         self.list_fn = list_fn
         self.args = args
@@ -333,7 +334,7 @@ class Watcher:
         try:
             while not self.stopping.is_set():
                 try:
-                    listing = json.loads(self.list_fn(*self.args, _preload_content=False,
+                    listing = json.loads(self.list_fn(*self.args, **self.kwargs, _preload_content=False,
                                                       _request_timeout=LIST_SECONDS).data)
                     self._hand(self.on_list, listing.get("items") or [])
                     failures = 0
@@ -355,7 +356,7 @@ class Watcher:
         while not self.stopping.is_set():
             watch = self._watch = kubernetes.watch.Watch()
             try:
-                for event in watch.stream(self.list_fn, *self.args, resource_version=resource_version,
+                for event in watch.stream(self.list_fn, *self.args, **self.kwargs, resource_version=resource_version,
                                           allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
                                           _request_timeout=WATCH_SECONDS + 30):
                     # raw_object: the API's JSON (the client's own ERROR handling needs the

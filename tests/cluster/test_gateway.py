@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -259,3 +261,73 @@ def test_scale_from_zero_writes_one_replica_once_for_many_waiting_requests(clust
     asyncio.run(requests(2))
     assert scaler.writes == 1
     assert cluster.get("modelservice", "sleepy", "-n", ns)["spec"]["replicas"] == 3
+
+
+# --- end to end: real reranker processes for kwok's pods, through `python -m gateway` ------------
+
+@pytest.mark.slow
+def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_model_at_zero(
+        cluster, ns, tmp_path):
+    """A reranker ModelService on CPU; the local pod runner starts the real reranker for its pod
+    with the pod's own env on 127.0.0.1 and writes the address override; `python -m gateway`
+    (admin kubeconfig, the override on) serves a Cohere SDK rerank by the ModelService's name.
+    Scaled to 0 by hand, the next request scales it back to 1 through the gateway, waits for the
+    new pod's process and succeeds. Every request goes to 127.0.0.1."""
+    import cohere
+
+    from gateway.podrunner import LocalPodRunner
+    from gateway.testing import free_port, wait_healthy
+    from reranker.testing import shared_tiny_model
+
+    model_dir = shared_tiny_model(tmp_path / "models")
+    overrides = tmp_path / "overrides.json"
+    cluster.apply(modelservice("qwen", replicas=1, engineArgs={"maxDocuments": 8}), namespace=ns)
+    runner = LocalPodRunner(admin_client(cluster), ns, ["qwen"], model_dir, overrides, tmp_path).start()
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**cluster.env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
+                 "GATEWAY_NAMESPACE": ns, "GATEWAY_NAMESPACES": ns,
+                 "GATEWAY_ADDRESS_OVERRIDES": str(overrides), "GATEWAY_SCALE_FROM_ZERO_TIMEOUT": "120"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, gateway, 60, log)
+        first = wait_for("the runner's process for the pod", lambda: list(runner.running), timeout=120)
+        # The process runs with the pod's env: the operator's RERANKER_MAX_DOCUMENTS included.
+        assert runner.running[first[0]].env["RERANKER_MAX_DOCUMENTS"] == "8"
+        assert json.loads(overrides.read_text()) == {f"{ns}/{first[0]}": runner.running[first[0]].backend.address}
+        co = cohere.ClientV2(api_key="unused", base_url=url, timeout=180)
+        docs = ["Paris is the capital of France.", "Bananas are yellow.", "France's capital city is Paris."]
+
+        def rerank_succeeds():
+            results = co.rerank(model="qwen", query="capital of France", documents=docs).results
+            return sorted(r.index for r in results) == [0, 1, 2]
+        assert wait_for("a rerank through the gateway", rerank_succeeds, timeout=60)
+        with pytest.raises(cohere.core.ApiError):   # the pod's own limit, enforced by its process
+            co.rerank(model="qwen", query="q", documents=[f"d{i}" for i in range(9)])
+
+        cluster.kubectl("scale", "modelservice", "qwen", "-n", ns, "--replicas=0")
+        wait_for("the pod's process to stop", lambda: not runner.running, timeout=60)
+        wait_for("no routable pod in the gateway", lambda: not json.loads(overrides.read_text()))
+
+        def models_at_zero():
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
+                return "qwen" in response.read().decode() and \
+                    cluster.get("modelservice", "qwen", "-n", ns)["spec"]["replicas"] == 0
+        wait_for("the gateway to see replicas 0", models_at_zero)
+        time.sleep(1)   # the gateway's watch has delivered replicas 0
+        assert rerank_succeeds()   # held while the gateway scales 0 -> 1 and the new pod starts
+        assert cluster.get("modelservice", "qwen", "-n", ns)["spec"]["replicas"] == 1
+        assert list(runner.running) and list(runner.running) != first
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        gateway.terminate()
+        try:
+            gateway.wait(20)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+        runner.stop()
