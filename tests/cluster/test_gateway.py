@@ -331,3 +331,63 @@ def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_
         except subprocess.TimeoutExpired:
             gateway.kill()
         runner.stop()
+
+
+# --- as the chart's ServiceAccount -----------------------------------------------------------------
+
+def chart_gateway_rbac(cluster: Cluster, ns: str) -> str:
+    """Applies the chart's gateway ServiceAccount, Role and RoleBinding (rendered for release
+    `gw` in `ns`) and returns the ServiceAccount's name."""
+    out = subprocess.run(
+        ["helm", "template", "gw", str(ROOT / "charts" / "embedding-images"), "-n", ns, "--set", "crds.enabled=false",
+         "--show-only", "templates/gateway/serviceaccount.yaml", "--show-only", "templates/gateway/rbac.yaml"],
+        env=cluster.env, capture_output=True, text=True, check=True).stdout
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=out)
+    return "gw-embedding-images-gateway"
+
+
+def sa_client(cluster: Cluster, ns: str, sa: str) -> kubernetes.client.ApiClient:
+    """An API client that authenticates as the ServiceAccount (a bound token)."""
+    token = cluster.kubectl("create", "token", sa, "-n", ns, "--duration=1h").stdout.strip()
+    admin = admin_client(cluster).configuration
+    config = kubernetes.client.Configuration()
+    config.host, config.ssl_ca_cert, config.verify_ssl = admin.host, admin.ssl_ca_cert, admin.verify_ssl
+    config.api_key = {"authorization": f"Bearer {token}"}
+    return kubernetes.client.ApiClient(config)
+
+
+def test_the_charts_serviceaccount_may_do_exactly_what_the_gateway_does(cluster, ns):
+    sa = chart_gateway_rbac(cluster, ns)
+    subject = f"--as=system:serviceaccount:{ns}:{sa}"
+
+    def can_i(verb: str, resource: str, namespace: str = ns) -> bool:
+        resource, _, sub = resource.partition("/")
+        args = ["auth", "can-i", verb, resource, subject, "-n", namespace] + ([f"--subresource={sub}"] if sub else [])
+        return cluster.kubectl(*args, check=False).stdout.strip() == "yes"
+    for verb, resource in [("list", "modelservices.serving.embedding-images.io"),
+                           ("watch", "modelservices.serving.embedding-images.io"),
+                           ("get", "modelservices.serving.embedding-images.io/scale"),
+                           ("patch", "modelservices.serving.embedding-images.io/scale"),
+                           ("list", "endpointslices.discovery.k8s.io"),
+                           ("watch", "endpointslices.discovery.k8s.io")]:
+        assert can_i(verb, resource), f"{verb} {resource}"
+        assert not can_i(verb, resource, "default"), f"{verb} {resource} outside the served namespace"
+    for verb, resource in [("patch", "modelservices.serving.embedding-images.io"),
+                           ("patch", "modelservices.serving.embedding-images.io/status"),
+                           ("get", "secrets"), ("list", "pods"), ("create", "pods"),
+                           ("patch", "deployments.apps"), ("list", "services")]:
+        assert not can_i(verb, resource), f"{verb} {resource}"
+
+    # The real thing, authenticated as that ServiceAccount: sources sync, scale from zero writes.
+    cluster.apply(modelservice("sleepy", replicas=0), namespace=ns)
+    client = sa_client(cluster, ns, sa)
+    s = InProcessSources(Settings(namespace=ns, namespaces=ns), client)
+    try:
+        wait_for("the watches to sync as the ServiceAccount", lambda: s.read(lambda r: r.synced), timeout=30)
+        wait_for("the model", lambda: f"{ns}/sleepy" in s.models())
+        scaler = KubeScaler(api_client=client)
+        asyncio.run(scaler.scale_from_zero(ModelKey(ns, "sleepy")))
+        assert scaler.writes == 1
+        wait_pods(s, cluster, ns, "sleepy", 1)
+    finally:
+        s.close()
