@@ -42,7 +42,7 @@ clean:
 
 ## images: build every image variant of charts/embedding-images/files/variants.yaml with docker
 ## buildx (needs a Docker engine). DRY_RUN=1 prints the commands. REGISTRY, PUSH=1, PLATFORM,
-## EMBEDDING_MODEL, ONLY=embedding,reranker,operator: see images/README.md
+## EMBEDDING_MODEL, ONLY=embedding,reranker,operator,gateway: see images/README.md
 .PHONY: images kind-up
 IMAGES_FLAGS = $(strip $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(if $(filter-out 0,$(PUSH)),--push) \
   $(if $(REGISTRY),--registry '$(REGISTRY)') $(if $(PLATFORM),--platform '$(PLATFORM)') \

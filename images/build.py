@@ -7,7 +7,8 @@ the chart read, so an image exists for every tag they can ask for:
   tagged `<registry>/embedding:<model>-<teiTag>`;
 - reranker: one image per reranker tag, CPU torch for the CPU variant and CUDA torch for the
   GPU variants, tagged `<registry>/reranker:<rerankerTag>` (the table's reranker repository);
-- operator: `<registry>/operator:<chart appVersion>`.
+- operator: `<registry>/operator:<chart appVersion>`;
+- gateway: `<registry>/gateway:<chart appVersion>` (operator_tag is that appVersion).
 
 `--dry-run` prints the commands instead of running them. Without it the script first asks the
 Docker engine for its version and stops with a clear message when none answers.
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 VARIANTS = REPO / "charts" / "embedding-images" / "files" / "variants.yaml"
 CHART = REPO / "charts" / "embedding-images" / "Chart.yaml"
 DEFAULT_EMBEDDING_MODEL = "BAAI/bge-small-en-v1.5"
-COMPONENTS = ("embedding", "reranker", "operator")
+COMPONENTS = ("embedding", "reranker", "operator", "gateway")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def build_plan(
     components: tuple[str, ...] = COMPONENTS,
     variants: tuple[str, ...] = (),
 ) -> list[Build]:
-    """Every build of `make images`, in order: embedding per TEI tag, reranker per tag, operator.
+    """Every build of `make images`, in order: embedding per TEI tag, reranker per tag, operator,
+    gateway.
 
     `variants` restricts the embedding and reranker builds to the named table rows.
     """
@@ -119,6 +121,13 @@ def build_plan(
             variant="",
             dockerfile="images/operator/Dockerfile",
             tag=f"{registry}/operator:{operator_tag}",
+        ))
+    if "gateway" in components:
+        plan.append(Build(
+            component="gateway",
+            variant="",
+            dockerfile="images/gateway/Dockerfile",
+            tag=f"{registry}/gateway:{operator_tag}",
         ))
     return plan
 

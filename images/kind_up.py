@@ -1,6 +1,6 @@
 """A local kind cluster running the toolkit end to end (the `make kind-up` target).
 
-Builds the CPU images of `make images` that no public registry serves (reranker, operator),
+Builds the CPU images of `make images` that no public registry serves (reranker, operator, gateway),
 creates a kind cluster, loads the images into it, installs the chart with the operator, applies
 the CPU examples of examples/, waits until every one is Ready and sends each one request through
 `kubectl port-forward` (an embed for TEI, a rerank for the reranker).
@@ -128,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     # The images the cluster cannot pull: the reranker's CPU variant (its tag is the one the
-    # operator and the chart take from the variant table) and the operator.
+    # operator and the chart take from the variant table), the operator and the gateway.
     plan = build_plan(table, registry=default_registry(table), embedding_model=DEFAULT_EMBEDDING_MODEL,
                       operator_tag=str(load_yaml(CHART)["appVersion"]),
-                      components=("reranker", "operator"), variants=("cpu",))
+                      components=("reranker", "operator", "gateway"), variants=("cpu",))
     operator_image = next(b.tag for b in plan if b.component == "operator")
+    gateway_image = next(b.tag for b in plan if b.component == "gateway")
     examples = cpu_examples()
     context = f"kind-{args.cluster}"
     kubectl = ["kubectl", "--context", context, "--namespace", args.namespace]
@@ -148,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     run(["kind", "load", "docker-image", "--name", args.cluster, *[b.tag for b in plan]],
         dry_run=args.dry_run)
     repository, tag = operator_image.rsplit(":", 1)
+    gateway_repository, gateway_tag = gateway_image.rsplit(":", 1)
     run(["helm", "upgrade", "--install", args.release, str(CHART_DIR.relative_to(REPO)),
          "--kube-context", context, "--namespace", args.namespace, "--create-namespace",
          "--set", "embedding.enabled=false", "--set", "reranker.enabled=false",
          "--set", f"operator.image.repository={repository}", "--set", f"operator.image.tag={tag}",
+         "--set", f"gateway.image.repository={gateway_repository}", "--set", f"gateway.image.tag={gateway_tag}",
          "--wait", "--timeout", "5m"], dry_run=args.dry_run)
     apply = kubectl + ["apply"]
     for path, _ in examples:

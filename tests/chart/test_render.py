@@ -31,14 +31,14 @@ def container(deployment: dict) -> dict:
 
 def test_defaults_install_the_operator_and_two_modelservices(render):
     out = render(sets=NO_CRD)
-    assert out.names("Deployment") == ["rel-embedding-images-operator"]
+    assert out.names("Deployment") == ["rel-embedding-images-gateway", "rel-embedding-images-operator"]
     assert out.names("ModelService") == ["rel-embedding-images-embedding", "rel-embedding-images-reranker"]
     emb = out.get("ModelService", "rel-embedding-images-embedding")["spec"]
     assert emb["task"] == "embed" and emb["model"] == "BAAI/bge-small-en-v1.5"
     assert emb["accelerator"] == "cpu" and emb["replicas"] == 1 and emb["port"] == 8080
     rr = out.get("ModelService", "rel-embedding-images-reranker")["spec"]
     assert rr["task"] == "rerank" and rr["model"] == "Qwen/Qwen3-Reranker-0.6B"
-    assert out.kinds("Service") == [], "with the operator, Services are the operator's to create"
+    assert out.names("Service") == ["rel-embedding-images-gateway"], "with the operator, the models' Services are the operator's to create"
 
 
 def test_operator_runs_modelservice_standalone_with_restricted_pod_security(render):
@@ -100,11 +100,11 @@ def test_cluster_wide_rbac_is_one_clusterrole(render):
 
 def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
     out = render(values={"operator": {"watchNamespaces": ["team-a", "team-b"]}}, sets=NO_CRD)
-    roles = out.kinds("Role")
+    roles = [r for r in out.kinds("Role") if r["metadata"]["name"] == "rel-embedding-images-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert "modelservices" in rules_of(role) and "deployments" in rules_of(role)
-    bindings = out.kinds("RoleBinding")
+    bindings = [b for b in out.kinds("RoleBinding") if b["metadata"]["name"] == "rel-embedding-images-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["subjects"][0]["namespace"] == "models"
@@ -210,9 +210,11 @@ def test_rbac_never_grants_secrets_pod_writes_or_wildcards(render, values_file):
 
 def test_rbac_can_be_left_to_the_user(render):
     out = render(sets=NO_CRD + ["operator.rbac.create=false", "operator.serviceAccount.create=false",
-                                "operator.serviceAccount.name=my-sa"])
-    assert out.kinds("ClusterRole") == [] and out.kinds("ServiceAccount") == []
+                                "operator.serviceAccount.name=my-sa", "gateway.rbac.create=false",
+                                "gateway.serviceAccount.create=false", "gateway.serviceAccount.name=my-gw"])
+    assert out.kinds("ClusterRole") == [] and out.kinds("Role") == [] and out.kinds("ServiceAccount") == []
     assert pod_spec(out.get("Deployment", "rel-embedding-images-operator"))["serviceAccountName"] == "my-sa"
+    assert pod_spec(out.get("Deployment", "rel-embedding-images-gateway"))["serviceAccountName"] == "my-gw"
 
 
 # --- plain workloads: GPU variant -> image and node pinning --------------------------------------
@@ -301,9 +303,11 @@ def test_every_pod_is_restricted(render, values_file):
 # --- PDB, HPA, NetworkPolicy, pull secrets, extra metadata ----------------------------------------
 
 def test_optional_objects_are_off_by_default(render):
+    """Off for the models; the gateway's two replicas have their PodDisruptionBudget."""
     out = render(sets=NO_CRD)
-    for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
+    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy"):
         assert out.kinds(kind) == []
+    assert out.names("PodDisruptionBudget") == ["rel-embedding-images-gateway"]
 
 
 def test_hpa_scales_the_modelservice_with_the_operator(render):
@@ -437,7 +441,7 @@ def test_names_are_truncated_to_63_characters(render):
 def test_name_overrides(render):
     out = render(sets=NO_CRD + ["fullnameOverride=emb", "embedding.name=search-embed"])
     assert out.names("ModelService") == ["emb-reranker", "search-embed"]
-    assert out.names("Deployment") == ["emb-operator"]
+    assert out.names("Deployment") == ["emb-gateway", "emb-operator"]
 
 
 # --- helm test pod -----------------------------------------------------------------------------------
@@ -518,3 +522,125 @@ def test_first_install_creates_modelservices_after_the_crd_with_ownership_for_ad
 def test_modelservices_are_release_resources_once_the_api_is_served(render):
     for ms in render(sets=NO_CRD, extra=["--api-versions", MS_API]).kinds("ModelService"):
         assert "helm.sh/hook" not in ms["metadata"].get("annotations", {})
+
+
+# --- the gateway -----------------------------------------------------------------------------------
+
+GW = "rel-embedding-images-gateway"
+GW_SA = ("models", GW)
+# What the gateway needs: (verb, group, resource), and what it must never be able to do.
+GW_NEEDS = [("get", "serving.embedding-images.io", "modelservices"),
+            ("list", "serving.embedding-images.io", "modelservices"),
+            ("watch", "serving.embedding-images.io", "modelservices"),
+            ("get", "serving.embedding-images.io", "modelservices/scale"),
+            ("patch", "serving.embedding-images.io", "modelservices/scale"),
+            ("list", "discovery.k8s.io", "endpointslices"),
+            ("watch", "discovery.k8s.io", "endpointslices")]
+GW_NEVER = [("patch", "serving.embedding-images.io", "modelservices"),
+            ("delete", "serving.embedding-images.io", "modelservices"),
+            ("update", "serving.embedding-images.io", "modelservices/scale"),
+            ("patch", "serving.embedding-images.io", "modelservices/status"),
+            ("get", "", "secrets"), ("list", "", "secrets"), ("list", "", "pods"), ("create", "", "pods"),
+            ("patch", "apps", "deployments"), ("patch", "apps", "deployments/scale"),
+            ("patch", "discovery.k8s.io", "endpointslices"), ("list", "", "services")]
+
+
+def env_of(c: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def test_gateway_is_on_with_the_operator_two_replicas_behind_a_service_and_a_pdb(render):
+    out = render(sets=NO_CRD)
+    dep = out.get("Deployment", GW)
+    assert dep["spec"]["replicas"] == 2
+    c = container(dep)
+    assert c["image"] == "ghcr.io/embedding-images/gateway:0.1.0" and c["command"] == ["python", "-m", "gateway"]
+    env = env_of(c)
+    assert env["GATEWAY_NAMESPACES"] == "models" and env["GATEWAY_PORT"] == "8080"
+    assert env["GATEWAY_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "GATEWAY_ADDRESS_OVERRIDES" not in env, "the address override is for tests and the demo only"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert (c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]) == ("/health", "/ready")
+    assert pod_spec(dep)["serviceAccountName"] == GW
+    service = out.get("Service", GW)
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = out.get("PodDisruptionBudget", GW)
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["selector"] == dep["spec"]["selector"]
+
+
+def test_gateway_follows_the_operator_unless_told_and_cannot_run_without_it(render, render_error):
+    assert render(sets=PLAIN).kinds("Deployment") and not [
+        d for d in render(sets=PLAIN).kinds("Deployment") if d["metadata"]["name"] == GW]
+    out = render(sets=NO_CRD + ["gateway.enabled=false"])
+    assert out.names("Deployment") == ["rel-embedding-images-operator"]
+    assert not [d for d in out.docs if d["metadata"]["name"] == GW]
+    assert "gateway.enabled=true needs operator.enabled=true" in render_error(sets=PLAIN + ["gateway.enabled=true"])
+
+
+@pytest.mark.parametrize("verb, group, resource", GW_NEEDS)
+def test_gateway_may_read_models_and_endpoints_and_scale_only_where_the_operator_serves(render, verb, group, resource):
+    out = render(sets=NO_CRD)
+    assert may(out, verb, group, resource, "models", sa=GW_SA)
+    for namespace in ("kube-system", "default", "team-a"):
+        assert not may(out, verb, group, resource, namespace, sa=GW_SA), f"{verb} {resource} in {namespace}"
+    out = render(values={"operator": {"watchNamespaces": ["team-a", "team-b"]}}, sets=NO_CRD)
+    assert may(out, verb, group, resource, "team-a", sa=GW_SA) and may(out, verb, group, resource, "team-b", sa=GW_SA)
+    assert not may(out, verb, group, resource, "models", sa=GW_SA)
+    assert env_of(container(out.get("Deployment", GW)))["GATEWAY_NAMESPACES"] == "team-a,team-b"
+    out = render(sets=NO_CRD + ["operator.clusterWide=true"])
+    assert may(out, verb, group, resource, "team-z", sa=GW_SA)
+    assert out.names("ClusterRole") == [GW, "rel-embedding-images-operator"]
+    assert env_of(container(out.get("Deployment", GW)))["GATEWAY_NAMESPACES"] == "*"
+
+
+@pytest.mark.parametrize("sets", [[], ["operator.clusterWide=true"]], ids=["namespaced", "cluster-wide"])
+@pytest.mark.parametrize("verb, group, resource", GW_NEVER)
+def test_gateway_may_not_write_models_or_read_secrets_pods_or_workloads(render, sets, verb, group, resource):
+    out = render(sets=NO_CRD + sets)
+    assert not may(out, verb, group, resource, "models", sa=GW_SA)
+
+
+def test_gateway_rbac_is_exactly_the_three_rules(render):
+    for sets in ([], ["operator.clusterWide=true"]):
+        out = render(sets=NO_CRD + sets)
+        [role] = [r for r in out.kinds("Role") + out.kinds("ClusterRole") if r["metadata"]["name"] == GW]
+        assert rules_of(role) == {"modelservices": {"get", "list", "watch"}, "modelservices/scale": {"get", "patch"},
+                                  "endpointslices": {"get", "list", "watch"}}
+
+
+def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gateway(render):
+    out = render(sets=NO_CRD + ["networkPolicy.enabled=true"])
+    policy = out.get("NetworkPolicy", GW)
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"podSelector": {}}]}]
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
+    out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False, "extraIngressFrom": [peer]}},
+                 sets=NO_CRD)
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [peer]
+    gateway_pods = {"podSelector": {"matchLabels": out.get("Deployment", GW)["spec"]["selector"]["matchLabels"]}}
+    for model in ("rel-embedding-images-embedding", "rel-embedding-images-reranker"):
+        assert gateway_pods in out.get("NetworkPolicy", model)["spec"]["ingress"][0]["from"], model
+    # No peer at all: an empty `from` would admit everyone, so there is no ingress rule.
+    out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}}, sets=NO_CRD)
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"] == []
+
+
+def test_gateway_api_keys_come_from_a_mounted_secret(render):
+    out = render(sets=NO_CRD + ["gateway.apiKeys.existingSecret=gw-keys"])
+    dep = out.get("Deployment", GW)
+    c = container(dep)
+    assert env_of(c)["GATEWAY_API_KEYS_FILE"] == "/etc/gateway/api-keys/keys"
+    assert {"name": "api-keys", "mountPath": "/etc/gateway/api-keys", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "api-keys", "secret": {"secretName": "gw-keys", "items": [{"key": "keys", "path": "keys"}]}} \
+        in pod_spec(dep)["volumes"]
+    assert "GATEWAY_API_KEYS_FILE" not in env_of(container(render(sets=NO_CRD).get("Deployment", GW)))
+
+
+def test_gateway_rolls_when_its_settings_or_scope_change(render):
+    def checksum(*sets):
+        return render(sets=NO_CRD + list(sets)).get("Deployment", GW)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    base = checksum()
+    assert checksum("gateway.scaleFromZeroTimeout=60") != base
+    assert checksum("operator.watchNamespaces={team-a}") != base
+    assert checksum("reranker.replicas=3") == base

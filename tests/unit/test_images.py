@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 CHART = ROOT / "charts" / "embedding-images"
 TABLE = yaml.safe_load((CHART / "files" / "variants.yaml").read_text())
-NAMES = ("embedding", "reranker", "operator")
+NAMES = ("embedding", "reranker", "operator", "gateway")
 PY = ROOT / ".venv" / "bin" / "python"
 PYTHON = str(PY) if PY.exists() else sys.executable
 
@@ -199,6 +199,22 @@ def test_reranker_entrypoint_is_the_packages_console_script():
     assert defines_main(ROOT / "reranker" / "__main__.py")
 
 
+def test_gateway_entrypoint_is_python_m_gateway_configured_by_environment():
+    """The chart runs `python -m gateway` with GATEWAY_* variables and no arguments."""
+    final = load("gateway").final
+    assert list(final.last("ENTRYPOINT").value) == ["python", "-m", "gateway"]
+    assert not final.all("CMD")
+    assert console_scripts()["gateway"] == "gateway.__main__:main"
+
+
+@pytest.mark.helm
+def test_gateway_image_runs_the_charts_command(chart_containers):
+    image = load("gateway")
+    container = chart_container(chart_containers, "gateway")
+    assert container["command"] == list(image.final.last("ENTRYPOINT").value)
+    assert "args" not in container
+
+
 def test_operator_entrypoint_is_python_m_modelservice():
     entrypoint = load("operator").final.last("ENTRYPOINT")
     assert list(entrypoint.value) == ["python", "-m", "modelservice"]
@@ -272,6 +288,8 @@ def test_healthcheck_asks_the_health_endpoint_on_the_exposed_port(image):
         assert "/health " in probe and int(env["PORT"]) == port
     elif image_name(image) == "reranker":
         assert "/health'" in probe and int(env["RERANKER_PORT"]) == port
+    elif image_name(image) == "gateway":
+        assert f"127.0.0.1:{port}/health'" in probe
     else:
         assert f"127.0.0.1:{port}/healthz" in probe
         liveness = [a for a in image.final.last("CMD").value if a.startswith("--liveness=")]
@@ -311,7 +329,8 @@ def chart_containers() -> dict[str, dict]:
 
 def chart_container(chart_containers: dict[str, dict], name: str) -> dict:
     starts = {"embedding": TABLE["tei"]["repository"] + ":", "reranker": TABLE["reranker"]["repository"] + ":",
-              "operator": "ghcr.io/embedding-images/operator:"}[name]
+              "operator": "ghcr.io/embedding-images/operator:",
+              "gateway": "ghcr.io/embedding-images/gateway:"}[name]
     [container] = [c for img, c in chart_containers.items() if img.startswith(starts)]
     return container
 
@@ -324,9 +343,9 @@ def test_exposed_port_is_the_charts_container_port(image, chart_containers):
 
 @pytest.mark.helm
 def test_image_user_is_the_user_the_chart_runs_it_as(image):
-    docs = (render(*OPERATOR_ONLY) if image_name(image) == "operator"
+    docs = (render(*OPERATOR_ONLY) if image_name(image) in ("operator", "gateway")
             else render("-f", str(ROOT / "examples" / "values-chart-only.yaml")))
-    wanted = {"embedding": "embedding", "reranker": "reranker", "operator": "operator"}[image_name(image)]
+    wanted = image_name(image)
     [deployment] = [d for d in docs if d["kind"] == "Deployment"
                     and d["metadata"]["labels"].get("app.kubernetes.io/component") == wanted]
     pod = deployment["spec"]["template"]["spec"]["securityContext"]
@@ -397,7 +416,8 @@ def test_make_images_dry_run_builds_every_variant_of_the_table():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert [b["tag"] for b in by_file("operator")] == [f"{values['operator']['image']['repository']}:{app_version}"]
-    assert len(builds) == len(embedding) + len(reranker) + 1
+    assert [b["tag"] for b in by_file("gateway")] == [f"{values['gateway']['image']['repository']}:{app_version}"]
+    assert len(builds) == len(embedding) + len(reranker) + 2
 
 
 def test_make_images_passes_the_hf_token_only_as_a_secret():
@@ -431,6 +451,9 @@ def test_kind_up_dry_run_loads_the_images_the_cluster_needs_and_applies_the_cpu_
     assert "charts/embedding-images" in helm
     operator_tag = [c for c in built if "/operator:" in c][0]
     assert f"operator.image.tag={operator_tag.rsplit(':', 1)[1]}" in helm
+    gateway_image = [c for c in built if "/gateway:" in c][0]
+    assert f"gateway.image.repository={gateway_image.rsplit(':', 1)[0]}" in helm
+    assert f"gateway.image.tag={gateway_image.rsplit(':', 1)[1]}" in helm
     [apply] = [c for c in lines if c[0] == "kubectl" and "apply" in c]
     applied = [Path(apply[i + 1]) for i, a in enumerate(apply) if a == "-f"]
     cpu_examples = sorted(p.relative_to(ROOT) for p in (ROOT / "examples").glob("*.yaml")
@@ -515,7 +538,7 @@ def test_dockerignore_keeps_the_context_small():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["reranker", "operator"])
+@pytest.mark.parametrize("name", ["reranker", "operator", "gateway"])
 def test_package_installs_from_the_image_build_context(name, tmp_path):
     """The wheel `pip install /src[...]` builds in the image, from exactly what the Dockerfile
     copies; the operator's must carry the variant table as a regular file."""
@@ -532,6 +555,8 @@ def test_package_installs_from_the_image_build_context(name, tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "reranker/__init__.py" in names and "modelservice/__init__.py" in names
+        if name == "gateway":
+            assert "gateway/kube.py" in names
         if name == "operator":
             table = zf.read("modelservice/variants.yaml")
             assert table == (CHART / "files" / "variants.yaml").read_bytes()

@@ -364,3 +364,50 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- end -}}
 {{- toYaml $spec -}}
 {{- end -}}
+
+{{/*
+"true" when the gateway is rendered: gateway.enabled, which defaults (null) to operator.enabled. A
+release upgraded with --reuse-values from a chart without the gateway section has none.
+*/}}
+{{- define "embedding-images.gateway.enabled" -}}
+{{- $gw := .Values.gateway | default dict -}}
+{{- $on := ternary .Values.operator.enabled $gw.enabled (kindIs "invalid" $gw.enabled) -}}
+{{- if and $on (hasKey .Values "gateway") -}}
+{{- if not .Values.operator.enabled -}}
+{{- fail "gateway.enabled=true needs operator.enabled=true: the gateway routes to ModelServices, which only the operator serves (without it the chart renders plain Deployments and Services)" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "embedding-images.gateway.fullname" -}}
+{{- include "embedding-images.componentFullname" (dict "root" . "component" "gateway") -}}
+{{- end -}}
+
+{{/* The gateway's service account name. */}}
+{{- define "embedding-images.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "embedding-images.gateway.fullname" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's image reference (tag defaults to the chart's appVersion). */}}
+{{- define "embedding-images.gateway.image" -}}
+{{- $img := .Values.gateway.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+GATEWAY_NAMESPACES: the namespaces whose ModelServices the gateway routes, the operator's own
+(operator.watchNamespaces, or the release namespace), or `*` when the operator is cluster-wide.
+*/}}
+{{- define "embedding-images.gateway.namespaces" -}}
+{{- $watched := include "embedding-images.operator.watchNamespaces" . | fromJsonArray -}}
+{{- if $watched -}}{{ join "," $watched }}{{- else -}}*{{- end -}}
+{{- end -}}

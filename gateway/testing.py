@@ -1,0 +1,436 @@
+"""Stand-ins and process helpers for the gateway's tests, benchmark and demo (kopf ships
+kopf/testing.py in the same spirit).
+
+`tei_app(kind=...)` is a TEI stand-in: an aiohttp server that implements exactly the request
+and response schema of TEI's published OpenAPI document, text-embeddings-inference tag v1.9.3,
+`docs/openapi.json` (the release the chart pins), for the routes the gateway uses:
+`POST /embed` (EmbedRequest -> EmbedResponse), `POST /v1/embeddings` (OpenAICompatRequest ->
+OpenAICompatResponse, `encoding_format` float or base64), `POST /rerank` (RerankRequest ->
+RerankResponse, ranks sorted by descending score as TEI's router sorts them), `GET /health`,
+`GET /info` (Info); errors as ErrorResponse `{error, error_type}` (OpenAICompatErrorResponse
+`{message, code, type}` on /v1/embeddings) with TEI's statuses: 400 empty batch, 413 batch
+over `max_client_batch_size`, 422 invalid body, 424 wrong model type. Its outputs are
+deterministic: an embedding is a sum of per-word vectors seeded by the word's hash; a rerank
+score is the number of query words in the text minus one, through a sigmoid unless
+`raw_scores`. TEI itself cannot run on these machines (no model weights, no download); this
+is what the gateway's TEI paths are tested against.
+
+`ServerThread` runs an aiohttp app on a loopback port in a thread of its own;
+`start_reranker` starts the real reranker service (`python -m reranker`) on a tiny model from
+reranker/testing.py on a loopback port; `start_process` does the same for any module
+(`python -m gateway` with a models file, `python -m gateway.testing` for a TEI stand-in in a
+process of its own).
+
+`python -m gateway.testing --port N [--kind embedding|reranker] [--delay S]` serves the TEI
+stand-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+TEI_VERSION = "1.9.3"
+TEI_OPENAPI = "text-embeddings-inference v1.9.3, docs/openapi.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the TEI stand-in ----------------------------------------------------------------------------
+
+
+@dataclass
+class TeiBehaviour:
+    """What the stand-in serves and how: its model type, a delay before each answer, a status
+    to answer every scoring request with instead (e.g. 503), and the requests it received."""
+
+    kind: str = "embedding"  # "embedding" | "reranker"
+    model_id: str = "tei-stand-in"
+    dimensions: int = 16
+    max_client_batch_size: int = 32
+    delay: float = 0.0
+    fail_status: int | None = None
+    received: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class _TeiError(Exception):
+    def __init__(self, status: int, message: str, error_type: str):
+        self.status, self.message, self.error_type = status, message, error_type
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def _tokens(text: str) -> int:
+    return len(_words(text)) + 2  # [CLS] ... [SEP]
+
+
+def _embedding(text: str | list[int], dimensions: int, normalize: bool) -> list[float]:
+    pieces = [str(t) for t in text] if isinstance(text, list) else _words(text)
+    vector = [0.0] * dimensions
+    for piece in pieces or [""]:
+        digest = hashlib.blake2b(piece.encode(), digest_size=dimensions).digest()
+        for i, byte in enumerate(digest):
+            vector[i] += byte / 127.5 - 1.0
+    if normalize:
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        vector = [v / norm for v in vector]
+    # TEI answers f32: round-trip through it so floats match a real f32 answer.
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *vector)))
+
+
+def tei_rerank_score(query: str, text: str, raw_scores: bool = False) -> float:
+    """The stand-in's score of one (query, text) pair, as TEI's f32."""
+    raw = float(len(set(_words(query)) & set(_words(text)))) - 1.0
+    value = raw if raw_scores else 1.0 / (1.0 + math.exp(-raw))
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def _inputs(value: Any) -> list[str | list[int]]:
+    """TEI's `Input`: an InputType (string, or array of token ids) or an array of them."""
+    def is_ids(v):
+        return isinstance(v, list) and all(isinstance(t, int) and t >= 0 for t in v)
+
+    if isinstance(value, str) or (is_ids(value) and value):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) or is_ids(v) for v in value):
+        return list(value)
+    raise _TeiError(422, "inputs: expected a string, token ids, or an array of them",
+                    "Validation")
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _TeiError(422, f"{name}: expected a boolean", "Validation")
+    return value
+
+
+def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
+    """The TEI stand-in, serving `behaviour` (or a TeiBehaviour(**kwargs))."""
+    b = behaviour or TeiBehaviour(**kwargs)
+    app = web.Application()
+
+    async def body_of(request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _TeiError(422, "body: not valid JSON", "Validation") from None
+        if not isinstance(body, dict):
+            raise _TeiError(422, "body: expected a JSON object", "Validation")
+        b.received.append((request.path, body))
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.fail_status is not None:
+            raise _TeiError(b.fail_status, "Model is overloaded" if b.fail_status == 429
+                            else "unhealthy", "Unhealthy")
+        return body
+
+    def check_batch(items: list) -> None:
+        if not items:
+            raise _TeiError(400, "Batch is empty", "Empty")
+        if len(items) > b.max_client_batch_size:
+            raise _TeiError(413, f"batch size {len(items)} > maximum allowed batch size "
+                            f"{b.max_client_batch_size}", "Validation")
+
+    def check_kind(kind: str) -> None:
+        if b.kind != kind:
+            what = "a re-ranker" if kind == "reranker" else "an embedding"
+            raise _TeiError(424, f"model is not {what} model", "Backend")
+
+    def answer(payload: Any, tokens: int) -> web.Response:
+        return web.json_response(payload, headers={"x-compute-tokens": str(tokens)})
+
+    def tei_errors(openai: bool):
+        def wrap(handler):
+            async def wrapped(request):
+                try:
+                    return await handler(request)
+                except _TeiError as e:
+                    if openai:
+                        body = {"message": e.message, "code": e.status, "type": e.error_type}
+                    else:
+                        body = {"error": e.message, "error_type": e.error_type}
+                    return web.json_response(body, status=e.status)
+            return wrapped
+        return wrap
+
+    @tei_errors(openai=False)
+    async def embed(request):
+        body = await body_of(request)
+        check_kind("embedding")
+        if "inputs" not in body:
+            raise _TeiError(422, "inputs: missing field", "Validation")
+        inputs = _inputs(body["inputs"])
+        check_batch(inputs)
+        normalize = _boolean(body, "normalize", True)
+        vectors = [_embedding(text, b.dimensions, normalize) for text in inputs]
+        return answer(vectors, sum(_tokens(t) if isinstance(t, str) else len(t) for t in inputs))
+
+    @tei_errors(openai=True)
+    async def openai_embed(request):
+        body = await body_of(request)
+        check_kind("embedding")
+        if "input" not in body:
+            raise _TeiError(422, "input: missing field", "Validation")
+        inputs = _inputs(body["input"])
+        check_batch(inputs)
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise _TeiError(422, "encoding_format: expected float or base64", "Validation")
+        data = []
+        for index, text in enumerate(inputs):
+            vector = _embedding(text, b.dimensions, True)
+            embedding: Any = vector
+            if encoding == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "embedding": embedding, "index": index})
+        tokens = sum(_tokens(t) if isinstance(t, str) else len(t) for t in inputs)
+        return answer({"object": "list", "data": data, "model": b.model_id,
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, tokens)
+
+    @tei_errors(openai=False)
+    async def rerank(request):
+        body = await body_of(request)
+        check_kind("reranker")
+        query, texts = body.get("query"), body.get("texts")
+        if not isinstance(query, str):
+            raise _TeiError(422, "query: expected a string", "Validation")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise _TeiError(422, "texts: expected an array of strings", "Validation")
+        check_batch(texts)
+        raw_scores = _boolean(body, "raw_scores", False)
+        return_text = _boolean(body, "return_text", False)
+        _boolean(body, "truncate", False)
+        if body.get("truncation_direction", "Right") not in ("Left", "Right"):
+            raise _TeiError(422, "truncation_direction: expected Left or Right", "Validation")
+        ranks = []
+        for index, text in enumerate(texts):
+            rank: dict[str, Any] = {"index": index}
+            if return_text:
+                rank["text"] = text
+            rank["score"] = tei_rerank_score(query, text, raw_scores)
+            ranks.append(rank)
+        # TEI's router: sort ascending by score, then reverse (ties end in reverse position).
+        ranks.sort(key=lambda r: r["score"])
+        ranks.reverse()
+        return answer(ranks, sum(_tokens(query) + _tokens(t) for t in texts))
+
+    async def health(request):
+        return web.Response(status=200)
+
+    async def info(request):
+        model_type = (
+            {"embedding": {"pooling": "mean"}} if b.kind == "embedding"
+            else {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
+        )
+        return web.json_response({
+            "model_id": b.model_id, "model_sha": None, "model_dtype": "float32",
+            "model_type": model_type, "served_model_name": b.model_id,
+            "max_concurrent_requests": 512, "max_input_length": 512,
+            "max_batch_tokens": 16384, "max_batch_requests": None,
+            "max_client_batch_size": b.max_client_batch_size, "auto_truncate": False,
+            "tokenization_workers": 1, "version": TEI_VERSION, "sha": None,
+            "docker_label": None,
+        })
+
+    app.router.add_post("/embed", embed)
+    app.router.add_post("/v1/embeddings", openai_embed)
+    app.router.add_post("/rerank", rerank)
+    app.router.add_get("/health", health)
+    app.router.add_get("/info", info)
+    return app
+
+
+# --- running servers and processes ---------------------------------------------------------------
+
+
+class ServerThread:
+    """An aiohttp app served on 127.0.0.1 by an event loop in a thread of its own."""
+
+    def __init__(self, app: web.Application, port: int | None = None):
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+
+        async def up():
+            self._runner = web.AppRunner(self.app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        self.run(up())
+        return self
+
+    def run(self, coroutine, timeout: float = 60):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def call(self, function, *args):
+        """Call `function(*args)` on the server's loop (registry updates) and return its result."""
+        async def call():
+            return function(*args)
+        return self.run(call())
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.run(self._runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@dataclass
+class BackendProcess:
+    """A server started as a process of its own on a loopback port."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            detail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{process.args} exited with {process.returncode}: {detail}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not healthy after {timeout} s")
+
+
+def start_process(
+    module: str,
+    env: dict[str, str],
+    port: int,
+    *,
+    args: tuple[str, ...] = (),
+    log: Path | None = None,
+    timeout: float = 180,
+    health_url: str | None = None,
+) -> BackendProcess:
+    """`python -m <module> <args>` with `env` added to this one's, waited for until
+    `<url>/health` (or `health_url`) answers 200."""
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], env={**os.environ, **env},
+        stdout=out, stderr=subprocess.STDOUT,
+    )
+    backend = BackendProcess(process, port, log)
+    try:
+        wait_healthy(health_url or backend.url, process, timeout, log)
+    except BaseException:
+        backend.stop()
+        raise
+    return backend
+
+
+def start_reranker(
+    model_dir: str | os.PathLike,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 180,
+) -> BackendProcess:
+    """The real reranker service (`python -m reranker`) on `model_dir` (a tiny model from
+    reranker.testing), on 127.0.0.1, offline, one torch thread; `env` adds or overrides
+    RERANKER_* settings."""
+    port = port or free_port()
+    settings = {
+        "RERANKER_MODEL": str(model_dir),
+        "RERANKER_HOST": "127.0.0.1",
+        "RERANKER_PORT": str(port),
+        "RERANKER_DEVICE": "cpu",
+        "RERANKER_THREADS": "1",
+        "RERANKER_LOG_LEVEL": "warning",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    return start_process("reranker", settings, port, log=log, timeout=timeout)
+
+
+def start_tei_process(kind: str = "embedding", *, port: int | None = None,
+                      log: Path | None = None) -> BackendProcess:
+    """The TEI stand-in in a process of its own (the benchmark's fast backend)."""
+    port = port or free_port()
+    return start_process("gateway.testing", {}, port, args=("--port", str(port), "--kind", kind),
+                         log=log, timeout=60)
+
+
+def write_models_file(path: Path, models: list[dict[str, Any]]) -> Path:
+    """A GATEWAY_MODELS_FILE (registry.load_models_file's format)."""
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the TEI stand-in on 127.0.0.1.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--kind", choices=("embedding", "reranker"), default="embedding")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
+    web.run_app(tei_app(kind=args.kind, delay=args.delay), host="127.0.0.1", port=args.port,
+                access_log=None, print=None, loop=loop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The gateway's Kubernetes half without a cluster: which endpoints of an EndpointSlice are routed,
+what it keeps of a ModelService, how watch lists and events become registry state, and the
+address override. The same code against the real control plane: tests/cluster/test_gateway.py.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway import kube
+from gateway.kube import AddressOverrides, PodAddress, Sources, model_info, ready_addresses
+from gateway.registry import Endpoint, ModelKey, Registry
+from modelservice import models as operator_models
+from modelservice.plan import PlanError, resolve_engine
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+NS = "apps"
+
+
+def endpoint(pod: str, ip: str, ready: bool | None = True, terminating: bool = False) -> dict:
+    conditions = {} if ready is None else {"ready": ready, "serving": ready, "terminating": terminating}
+    return {"addresses": [ip], "conditions": conditions, "targetRef": {"kind": "Pod", "name": pod}}
+
+
+def eps(name: str, service: str, *endpoints: dict, port: int = 8080, namespace: str = NS) -> dict:
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1",
+                         "labels": {kube.SERVICE_NAME_LABEL: service}},
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": list(endpoints)}
+
+
+def ms(name: str, namespace: str = NS, **spec) -> dict:
+    spec = {"task": "rerank", "model": "Qwen/Qwen3-Reranker-0.6B", **spec}
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"}, "spec": spec}
+
+
+# --- API objects -> registry values --------------------------------------------------------------
+
+def test_only_ready_endpoints_on_the_http_port_are_routed():
+    slice_ = eps("m-abc", "m",
+                 endpoint("m-1", "10.0.0.1"),
+                 endpoint("m-2", "10.0.0.2", ready=False),                     # readiness probe failing
+                 endpoint("m-3", "10.0.0.3", ready=False, terminating=True),   # going away
+                 endpoint("m-4", "10.0.0.4", ready=None),                      # unknown: not routed
+                 endpoint("m-5", "fd00::5"))
+    slice_["ports"] = [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}]
+    assert ready_addresses(slice_) == (PodAddress("m-1", "10.0.0.1:8080"), PodAddress("m-5", "[fd00::5]:8080"))
+    slice_["ports"] = [{"name": "metrics", "port": 9090}]
+    assert ready_addresses(slice_) == ()
+
+
+def test_model_info_takes_the_operators_engine_and_the_desired_replicas():
+    info = model_info({**ms("q", replicas=0, engine="auto"), "status": {"engine": "tei"}})
+    assert (info.key, info.task, info.engine, info.model_id, info.replicas) == (
+        ModelKey(NS, "q"), "rerank", "tei", "Qwen/Qwen3-Reranker-0.6B", 0)
+    assert model_info(ms("q")).replicas == 1   # the CRD's default
+
+
+@pytest.mark.parametrize("task, model, engine", list(itertools.product(
+    ["embed", "rerank"], ["BAAI/bge-reranker-base", "Qwen/Qwen3-Reranker-0.6B", "/models/qwen3-RERANKER-4b"],
+    ["auto", "tei", "reranker"])))
+def test_engine_before_the_operator_reports_it_is_the_operators_choice(task, model, engine):
+    try:
+        expected = resolve_engine(task, model, engine)
+    except PlanError:
+        return   # the operator refuses the pair: it never gets pods, so nothing routes to it
+    assert kube.resolve_engine(task, model, engine) == expected
+
+
+def test_the_watched_api_is_the_operators_and_the_crd_has_the_scale_subresource():
+    assert (kube.GROUP, kube.VERSION, kube.PLURAL) == (
+        operator_models.GROUP, operator_models.VERSION, operator_models.PLURAL)
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == kube.VERSION]
+    assert crd["spec"]["group"] == kube.GROUP and crd["spec"]["names"]["plural"] == kube.PLURAL
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+
+
+# --- lists and events -> registry ----------------------------------------------------------------
+
+def sources(watches: int = 2, overrides: AddressOverrides | None = None) -> tuple[Sources, Registry]:
+    registry = Registry(home_namespace=NS)
+    return Sources(registry, overrides or AddressOverrides(None), watches=watches), registry
+
+
+def test_a_slice_seen_before_its_modelservice_counts_and_pods_in_two_slices_count_once():
+    s, registry = sources()
+    s.list_slices("eps", NS, [eps("m-a", "m", endpoint("m-1", "10.0.0.1")),
+                              eps("other-a", "other", endpoint("o-1", "10.0.0.9"))])
+    assert registry.models() == []
+    s.list_models("ms", NS, [ms("m")])
+    assert registry.endpoints(ModelKey(NS, "m")) == (Endpoint("m-1", "10.0.0.1:8080"),)
+    # The endpoint controller moves m-1 to a second slice and adds m-2 there.
+    s.slice_event("ADDED", eps("m-b", "m", endpoint("m-1", "10.0.0.1"), endpoint("m-2", "10.0.0.2")))
+    assert [e.pod for e in registry.endpoints(ModelKey(NS, "m"))] == ["m-1", "m-2"]
+    s.slice_event("MODIFIED", eps("m-b", "m", endpoint("m-1", "10.0.0.1"), endpoint("m-2", "10.0.0.2", ready=False)))
+    s.slice_event("DELETED", eps("m-a", "m"))
+    assert registry.endpoints(ModelKey(NS, "m")) == (Endpoint("m-1", "10.0.0.1:8080"),)
+    s.slice_event("DELETED", eps("m-b", "m"))
+    assert registry.endpoints(ModelKey(NS, "m")) == ()
+
+
+def test_a_relist_drops_what_went_away_while_the_watch_was_down_in_its_namespace_only():
+    s, registry = sources(watches=4)
+    s.list_models("ms/a", "a", [ms("one", "a"), ms("two", "a")])
+    s.list_models("ms/b", "b", [ms("three", "b")])
+    s.list_slices("eps/a", "a", [eps("two-x", "two", endpoint("two-1", "10.0.0.2"), namespace="a")])
+    s.model_event("MODIFIED", ms("one", "a", replicas=0))
+    assert {str(i.key): i.replicas for i in registry.models()} == {"a/one": 0, "a/two": 1, "b/three": 1}
+    s.list_models("ms/a", "a", [ms("one", "a", replicas=0)])     # after a 410: "two" is gone
+    s.list_slices("eps/a", "a", [])
+    assert [str(i.key) for i in registry.models()] == ["a/one", "b/three"]
+    s.model_event("DELETED", ms("one", "a"))
+    assert [str(i.key) for i in registry.models()] == ["b/three"]
+
+
+def test_synced_once_every_watch_has_listed():
+    s, registry = sources(watches=4)
+    s.list_models("ms/a", "a", [])
+    s.list_slices("eps/a", "a", [])
+    s.list_models("ms/a", "a", [])        # a relist of the same watch is not another watch
+    assert not registry.synced
+    s.list_models("ms/b", "b", [])
+    assert not registry.synced
+    s.list_slices("eps/b", "b", [])
+    assert registry.synced
+
+
+# --- address override ----------------------------------------------------------------------------
+
+def test_with_the_override_on_only_the_pods_it_names_are_routed_and_it_is_reread(tmp_path):
+    path = tmp_path / "overrides.json"
+    overrides = AddressOverrides(path)
+    s, registry = sources(overrides=overrides)
+    overrides.reload_if_changed()          # no file yet: nothing is routed
+    s.list_models("ms", NS, [ms("m")])
+    s.list_slices("eps", NS, [eps("m-a", "m", endpoint("m-1", "10.0.0.1"), endpoint("m-2", "10.0.0.2"))])
+    key = ModelKey(NS, "m")
+    assert registry.endpoints(key) == ()
+    path.write_text(json.dumps({f"{NS}/m-1": "127.0.0.1:40001", "elsewhere/m-2": "127.0.0.1:40002"}))
+    assert overrides.reload_if_changed()
+    s.push_all()
+    assert registry.endpoints(key) == (Endpoint("m-1", "127.0.0.1:40001"),)
+    path.write_text("{ half written")
+    assert not overrides.reload_if_changed()
+    assert overrides.addresses == {f"{NS}/m-1": "127.0.0.1:40001", "elsewhere/m-2": "127.0.0.1:40002"}
+    path.write_text(json.dumps({f"{NS}/m-1": "127.0.0.1:40001", f"{NS}/m-2": "127.0.0.1:40002"}))
+    assert overrides.reload_if_changed() and not overrides.reload_if_changed()
+    s.push_all()
+    assert [e.address for e in registry.endpoints(key)] == ["127.0.0.1:40001", "127.0.0.1:40002"]
+
+
+def test_without_the_override_pods_keep_their_own_addresses():
+    overrides = AddressOverrides(None)
+    assert not overrides.reload_if_changed()
+    assert overrides.endpoints(NS, [PodAddress("m-1", "10.0.0.1:8080")]) == [Endpoint("m-1", "10.0.0.1:8080")]
