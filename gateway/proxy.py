@@ -61,6 +61,7 @@ class Forwarder:
                 total=self.settings.request_timeout, connect=self.settings.connect_timeout
             ),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
