@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     )
     namespaces: str | None = Field(
         None,
-        description="Comma-separated namespaces whose ModelServices are routed; default: the "
-        "gateway's own namespace.",
+        description="Comma-separated namespaces whose ModelServices are routed, or * for every "
+        "namespace; default: the gateway's own namespace.",
     )
     models_file: Path | None = Field(
         None,
@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     address_overrides: Path | None = Field(
         None,
         description="Tests and `make demo` only: a JSON file {\"<namespace>/<pod>\": "
-        "\"127.0.0.1:<port>\"} giving the address of those pods; off by default.",
+        "\"127.0.0.1:<port>\"} giving the address of those pods, re-read when it changes; when set, "
+        "pods it does not name are not routed; off by default.",
     )
     api_keys_file: Path | None = Field(
         None,
