@@ -9,6 +9,13 @@ the per-request head "<Instruct>: ...<Query>: ...<Document>:" and the per-docume
 " {doc}". The Qwen3 pre-tokenizer always ends a pre-token after that colon (a punctuation run
 stops before a space), so the ids are those of the whole string;
 `tests/unit/test_reranker_prompt.py` checks it on random and unicode text.
+
+Unlike the card, the user's text (instruction, query, documents) is tokenized with special
+tokens split (`split_special_tokens=True`): a document containing `<|im_end|>` reads those
+characters as text, it cannot close the user turn and open another. Text without special-token
+strings has the card's ids exactly. A query or instruction that leaves no room for a document
+is refused (`InvalidRequest`, naming the field and the limit): the card would cut every
+document out and score them all the same.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ..errors import InvalidRequest
 
 PROMPT_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -31,8 +40,7 @@ class PromptIds:
     document as built, one per distinct document once a request is prepared.
 
     The first `head` ids of `shared` (system prompt, instruction, up to "<Query>:") depend on
-    the instruction alone, so requests with the same instruction share them; 0 when the
-    budget cut into them.
+    the instruction alone, so requests with the same instruction share them.
     """
 
     shared: list[int]
@@ -52,11 +60,23 @@ class Qwen3Prompt:
         if self.body_budget < 1:
             raise ValueError(f"max_length {max_length} leaves no room for the prompt template")
 
+    def text_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids of the user's text: special tokens split, never parsed as control tokens."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+        return encoded["input_ids"]
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one prompt per engine, for its lifetime)
     def _instruction_ids(self, instruction: str) -> tuple[int, ...]:
-        return tuple(
-            self.tokenizer.encode(f"<Instruct>: {instruction}\n<Query>:", add_special_tokens=False)
-        )
+        (ids,) = self.text_ids([f"<Instruct>: {instruction}\n<Query>:"])
+        if len(ids) >= self.body_budget:
+            raise InvalidRequest(
+                f"instruction: {len(ids)} tokens with the prompt template, which leaves no room "
+                f"for a document within the maximum length of {self.max_length} tokens "
+                "(RERANKER_MAX_LENGTH)"
+            )
+        return tuple(ids)
 
     def build(
         self,
@@ -69,23 +89,21 @@ class Qwen3Prompt:
         # "<Document>:", the pre-tokenizer always ends a pre-token after "<Query>:" (a
         # punctuation run stops before the space), so the ids are the whole string's.
         instruction_ids = self._instruction_ids(instruction)
-        head = list(instruction_ids) + self.tokenizer.encode(
-            f" {query}\n<Document>:", add_special_tokens=False
-        )
-        # The card truncates the whole body from the right: a head longer than the budget
-        # leaves no room for any document, and every document then scores the same.
-        head = head[: self.body_budget]
-        shareable = len(instruction_ids) <= len(head)
+        (query_ids,) = self.text_ids([f" {query}\n<Document>:"])
+        head = list(instruction_ids) + query_ids
+        # The card truncates the whole body from the right: a head that fills the budget
+        # leaves no room for any document, and every document would score the same.
         room = self.body_budget - len(head)
-        if documents:
-            tails = self.tokenizer([" " + doc for doc in documents], add_special_tokens=False)[
-                "input_ids"
-            ]
-        else:
-            tails = []
+        if room < 1:
+            raise InvalidRequest(
+                f"query: {len(query_ids)} tokens; with the instruction and the prompt template "
+                f"that leaves no room for a document within the maximum length of "
+                f"{self.max_length} tokens (RERANKER_MAX_LENGTH)"
+            )
+        tails = self.text_ids([" " + doc for doc in documents])
         limit = room if max_tokens_per_doc is None else min(room, max_tokens_per_doc)
         return PromptIds(
             shared=self.prefix_ids + head,
             tails=[ids[:limit] + self.suffix_ids for ids in tails],
-            head=len(self.prefix_ids) + len(instruction_ids) if shareable else 0,
+            head=len(self.prefix_ids) + len(instruction_ids),
         )

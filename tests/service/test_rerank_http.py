@@ -232,3 +232,19 @@ def test_a_body_that_is_not_utf8_is_a_422_naming_the_body(live_url):
     assert response.json()["type"] == "invalid_request"
     assert response.json()["message"].startswith("body: ")
     assert "UTF-8" in response.json()["message"]
+
+
+def test_a_query_longer_than_the_maximum_length_is_a_422_naming_the_limit(live_url):
+    """Cut to the maximum length, such a query would leave no room for any document and every
+    document would get the same score: refused instead of ranked meaninglessly."""
+    response = httpx.post(
+        f"{live_url}/v1/rerank",
+        json={"query": "word " * 9000, "documents": ["paris", "berlin"]},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith("query: ")
+    assert "8192" in response.json()["message"]
+    long_instruction = {"query": "q", "documents": ["a"], "instruction": "word " * 9000}
+    response = httpx.post(f"{live_url}/v1/rerank", json=long_instruction, timeout=60)
+    assert response.status_code == 422 and response.json()["message"].startswith("instruction: ")
