@@ -9,6 +9,7 @@ import torch
 from ..errors import InvalidRequest
 from ..planning import Prepared, plan_padded
 from ..settings import Settings
+from .textcut import cut
 
 
 class Pair(NamedTuple):
@@ -76,6 +77,10 @@ class CrossEncoder:
                 "instruction: this model is a cross-encoder and takes no instruction; "
                 "leave the field out"
             )
+        # Longest-first truncation keeps at most max_length tokens of either text, and its
+        # outcome depends on no more than that of each: the rest is never tokenized.
+        query = cut(self.tokenizer, query, self.max_length)
+        documents = [cut(self.tokenizer, doc, self.max_length) for doc in documents]
         if max_tokens_per_doc is not None:
             documents = self._cut(documents, max_tokens_per_doc)
         # Special tokens in the user's text are text ("[SEP]" in a document cannot end it).

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from .textcut import cut
 
 PROMPT_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -67,12 +68,18 @@ class Qwen3Prompt:
         encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
         return encoded["input_ids"]
 
+    def _too_long(self, text: str) -> bool:
+        """Whether `text` alone has more tokens than the body's budget (found without
+        tokenizing all of a huge text)."""
+        return len(cut(self.tokenizer, text, self.body_budget)) < len(text)
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 (one prompt per engine, for its lifetime)
     def _instruction_ids(self, instruction: str) -> tuple[int, ...]:
-        (ids,) = self.text_ids([f"<Instruct>: {instruction}\n<Query>:"])
-        if len(ids) >= self.body_budget:
+        text = f"<Instruct>: {instruction}\n<Query>:"
+        ids = [] if self._too_long(text) else self.text_ids([text])[0]
+        if not ids or len(ids) >= self.body_budget:
             raise InvalidRequest(
-                f"instruction: {len(ids)} tokens with the prompt template, which leaves no room "
+                "instruction: with the prompt template, more tokens than leave room "
                 f"for a document within the maximum length of {self.max_length} tokens "
                 "(RERANKER_MAX_LENGTH)"
             )
@@ -89,19 +96,21 @@ class Qwen3Prompt:
         # "<Document>:", the pre-tokenizer always ends a pre-token after "<Query>:" (a
         # punctuation run stops before the space), so the ids are the whole string's.
         instruction_ids = self._instruction_ids(instruction)
-        (query_ids,) = self.text_ids([f" {query}\n<Document>:"])
+        query_text = f" {query}\n<Document>:"
+        query_ids = [] if self._too_long(query_text) else self.text_ids([query_text])[0]
         head = list(instruction_ids) + query_ids
         # The card truncates the whole body from the right: a head that fills the budget
         # leaves no room for any document, and every document would score the same.
         room = self.body_budget - len(head)
-        if room < 1:
+        if not query_ids or room < 1:
             raise InvalidRequest(
-                f"query: {len(query_ids)} tokens; with the instruction and the prompt template "
-                f"that leaves no room for a document within the maximum length of "
+                "query: with the instruction and the prompt template, more tokens than leave "
+                f"room for a document within the maximum length of "
                 f"{self.max_length} tokens (RERANKER_MAX_LENGTH)"
             )
-        tails = self.text_ids([" " + doc for doc in documents])
         limit = room if max_tokens_per_doc is None else min(room, max_tokens_per_doc)
+        # Only the first `limit` tokens of a document are read: the rest is not tokenized.
+        tails = self.text_ids([cut(self.tokenizer, " " + doc, limit) for doc in documents])
         return PromptIds(
             shared=self.prefix_ids + head,
             tails=[ids[:limit] + self.suffix_ids for ids in tails],

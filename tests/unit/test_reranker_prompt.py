@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from reranker.errors import InvalidRequest
 from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt
+from reranker.model.textcut import cut
 from reranker.testing import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR
 
 
@@ -210,3 +211,51 @@ def test_the_cached_head_is_the_instruction_part_whatever_the_query(
 def test_an_instruction_that_leaves_no_room_is_refused_naming_the_limit(tokenizer):
     with pytest.raises(InvalidRequest, match=r"^instruction: .*maximum length of 64 tokens"):
         Qwen3Prompt(tokenizer, 64).build("q", ["doc"], "long instruction " * 40)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    pieces=st.lists(st.sampled_from(PIECES) | st.text(min_size=1, max_size=6), max_size=60),
+    repeat=st.integers(min_value=1, max_value=30),
+    tokens=st.integers(min_value=1, max_value=12),
+)
+def test_a_cut_text_begins_with_the_whole_texts_tokens(tokenizer, pieces, repeat, tokens):
+    """`cut` keeps a prefix whose first tokens are the whole text's, at every boundary the
+    pre-tokenizer has (whitespace runs, combining marks, punctuation, special-token strings)."""
+    text = "".join(pieces) * repeat
+
+    def ids(t):
+        return tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    kept = cut(tokenizer, text, tokens)
+    assert text.startswith(kept)
+    assert ids(kept)[:tokens] == ids(text)[:tokens]
+
+
+def test_a_huge_document_is_not_tokenized_in_full(tokenizer):
+    """A 2-million-character document is read for its first tokens only: the tokenizer never
+    sees more than a small multiple of what the budget keeps (it held ~1.2 KB a token of all
+    of it, gigabytes, before)."""
+    seen: list[int] = []
+    original = tokenizer.__call__
+
+    class Spy(type(tokenizer)):
+        def __call__(self, text, *args, **kwargs):
+            texts = [text] if isinstance(text, str) else text
+            seen.append(max((len(t) for t in texts), default=0))
+            return original(text, *args, **kwargs)
+
+    prompt = Qwen3Prompt(tokenizer, 1024)
+    huge = "paris tower river city history " * 70_000  # 2.1 M characters
+    try:
+        tokenizer.__class__ = Spy
+        built = prompt.build("where is paris", [huge, "short"], CARD_INSTRUCTION)
+        with pytest.raises(InvalidRequest, match="^query: "):
+            prompt.build(huge, ["short"], CARD_INSTRUCTION)
+    finally:
+        tokenizer.__class__ = Spy.__mro__[1]
+    assert max(seen) <= 16 * 1024
+    expected = card_ids(tokenizer, "where is paris", huge[:40_000], CARD_INSTRUCTION, 1024)
+    assert built.shared + list(built.tails[0]) == expected
