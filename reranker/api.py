@@ -19,6 +19,7 @@ Rerank answers carry timing and size headers (times in milliseconds):
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -115,14 +116,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        undecodable = exc.__cause__
+        if isinstance(undecodable, UnicodeDecodeError):
+            # FastAPI answers a body json.loads cannot decode with a bare 400: JSON is UTF-8,
+            # so this is malformed JSON like any other, the client's to fix.
+            byte = undecodable.object[undecodable.start]
+            return error_response(
+                InvalidRequest(
+                    f"body: not valid JSON (not UTF-8: byte 0x{byte:02x} at position "
+                    f"{undecodable.start})"
+                )
+            )
         # Starlette's own answers (404 no such route, 405 wrong method), in the same shape.
         body = {"message": str(exc.detail), "type": "http_error"}
         return JSONResponse(body, status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(BackendError("the model backend failed; see the server log"))
 
 
 def _settings(request: Request) -> Settings:
@@ -135,8 +142,44 @@ def require_api_key(request: Request) -> None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), key):
+    # Compared as bytes: the header is whatever bytes the client sent (Starlette decodes them
+    # as latin-1), and compare_digest refuses str with characters outside ASCII.
+    sent = token.strip().encode("latin-1")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(sent, key.encode()):
         raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>`")
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any, where: str) -> str | None:
+    """Where in `value` (strings, lists, objects, walked) a lone surrogate is, or None.
+
+    JSON can escape half of a UTF-16 surrogate pair (`"\\ud800"`); Python then holds a string
+    that is not Unicode text, which no tokenizer reads and no UTF-8 answer can echo."""
+    if isinstance(value, str):
+        found = LONE_SURROGATE.search(value)
+        if found is None:
+            return None
+        return f"{where}: a lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
+    if isinstance(value, dict):
+        items = ((f"{where}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        if (found := lone_surrogate(item, path)) is not None:
+            return found
+    return None
+
+
+def refuse_lone_surrogates(fields: dict[str, Any]) -> None:
+    for where, value in fields.items():
+        if (found := lone_surrogate(value, where)) is not None:
+            raise InvalidRequest(
+                f"{found}, not Unicode text (escape characters outside the BMP as a pair)"
+            )
 
 
 def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
@@ -164,6 +207,9 @@ async def rerank(
         raise PayloadTooLarge(
             f"documents: {len(items)} documents, more than the maximum of {settings.max_documents}"
         )
+    refuse_lone_surrogates(
+        {"query": body.query, "instruction": body.instruction, "documents": items}
+    )
     rank_fields = getattr(body, "rank_fields", None)
     texts = [document_text(item, i, rank_fields) for i, item in enumerate(items)]
 
@@ -322,6 +368,35 @@ def build_router() -> APIRouter:
         return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+class UnexpectedErrors:
+    """ASGI middleware: whatever escapes the app is logged and answered as a `BackendError`
+    without internals. It runs inside `RequestMetrics`, so /metrics counts the status the
+    client got (Starlette's own catch-all sits outside every middleware, where it would be
+    counted as a 500 nobody was sent)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def noting_start(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_start)
+        except Exception:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            answer = error_response(BackendError("the model backend failed; see the server log"))
+            await answer(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -20,7 +20,7 @@ import logging
 from fastapi import FastAPI
 
 from . import __version__
-from .api import BodySizeLimit, build_router, install_error_handlers
+from .api import BodySizeLimit, UnexpectedErrors, build_router, install_error_handlers
 from .engine import Engine
 from .metrics import Metrics, RequestMetrics
 from .model.loader import TransformersEngine
@@ -84,6 +84,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     router = build_router()
     app.include_router(router)
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     paths = frozenset(route.path for route in router.routes)
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)

@@ -7,7 +7,9 @@ raise a `ServiceError` subclass; `api.py` answers it as `{"message": ..., "type"
 503 not ready; here also 401 for a missing key and 504 for a request that ran out of time.
 
 Anything else that escapes a handler is logged and answered as a `BackendError` without
-internals, so no client input can crash the process or leak a traceback.
+internals (`api.UnexpectedErrors`), so no client input can crash the process or leak a
+traceback; input a client got wrong (a lone surrogate, a body that is not UTF-8) is refused as
+`InvalidRequest` before it can reach the model.
 """
 
 from __future__ import annotations

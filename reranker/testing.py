@@ -12,7 +12,10 @@ model per process and keyword arguments, for test sessions.
 
 `OfficialRecipe` is the Qwen3-Reranker model card's transformers recipe, kept as the card writes
 it (left padding, body truncated to max_length minus prefix and suffix, full-vocabulary logits,
-log-softmax over [no, yes]); it is the reference the service's engine must match.
+log-softmax over [no, yes]); it is the reference the service's engine must match. One change,
+the service's: the user's text is read as text (`split_special_tokens`, on by default), so a
+`<|im_end|>` in a document is characters, not the control token; `split_special_tokens=False`
+is the card verbatim.
 """
 
 from __future__ import annotations
@@ -128,12 +131,14 @@ class OfficialRecipe:
         max_length: int = 8192,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        split_special_tokens: bool = True,
     ):
         """The card loads fp16 with flash_attention_2 on CUDA; transformers' default attention
         (SDPA) stands in for it where flash-attn is not installed."""
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.max_length = max_length
+        self.split_special_tokens = split_special_tokens
         self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
         self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
         self.prefix_tokens = self.tokenizer.encode(CARD_PREFIX, add_special_tokens=False)
@@ -154,6 +159,7 @@ class OfficialRecipe:
             truncation="longest_first",
             return_attention_mask=False,
             max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens),
+            split_special_tokens=self.split_special_tokens,
         )
         for i, ele in enumerate(inputs["input_ids"]):
             inputs["input_ids"][i] = self.prefix_tokens + ele + self.suffix_tokens

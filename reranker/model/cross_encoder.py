@@ -9,6 +9,7 @@ import torch
 from ..errors import InvalidRequest
 from ..planning import Prepared, plan_padded
 from ..settings import Settings
+from .textcut import cut
 
 
 class Pair(NamedTuple):
@@ -59,7 +60,12 @@ class CrossEncoder:
 
     def _cut(self, documents: list[str], limit: int) -> list[str]:
         """Each document cut after its first `limit` tokens, at that token's last character."""
-        enc = self.tokenizer(documents, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(
+            documents,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            split_special_tokens=True,
+        )
         return [
             doc if len(ids) <= limit else doc[: offsets[limit - 1][1]]
             for doc, ids, offsets in zip(documents, enc["input_ids"], enc["offset_mapping"])
@@ -71,10 +77,19 @@ class CrossEncoder:
                 "instruction: this model is a cross-encoder and takes no instruction; "
                 "leave the field out"
             )
+        # Longest-first truncation keeps at most max_length tokens of either text, and its
+        # outcome depends on no more than that of each: the rest is never tokenized.
+        query = cut(self.tokenizer, query, self.max_length)
+        documents = [cut(self.tokenizer, doc, self.max_length) for doc in documents]
         if max_tokens_per_doc is not None:
             documents = self._cut(documents, max_tokens_per_doc)
+        # Special tokens in the user's text are text ("[SEP]" in a document cannot end it).
         enc = self.tokenizer(
-            [query] * len(documents), documents, truncation=True, max_length=self.max_length
+            [query] * len(documents),
+            documents,
+            truncation=True,
+            max_length=self.max_length,
+            split_special_tokens=True,
         )
         types = enc.get("token_type_ids") if self.token_types else None
         types = types or [None] * len(documents)

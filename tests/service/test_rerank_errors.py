@@ -83,6 +83,45 @@ def test_api_key_required_except_for_health_and_metrics(serve):
         assert ok.status_code == 200
 
 
+def test_a_non_ascii_bearer_token_is_401_and_counted_as_401(serve):
+    """Header bytes outside ASCII (httpx sends them as latin-1) are a wrong key like any other:
+    401 to the client and in /metrics, never a server failure."""
+    url = serve(Settings(api_key="s3cret"), FakeEngine())
+    with httpx.Client(base_url=url) as client:
+        wait_ready(client)
+        for token in ("s3cr\u00e9t", "\u00ff" * 6):
+            headers = {"Authorization": f"Bearer {token}".encode("latin-1")}
+            response = client.post("/v1/rerank", json=REQUEST, headers=headers)
+            assert response.status_code == 401, response.text
+            assert response.json()["type"] == "unauthorized"
+        metrics = client.get("/metrics").text
+    assert 'reranker_requests_total{endpoint="/v1/rerank",status="401"} 2.0' in metrics
+    assert 'status="500"' not in metrics and 'status="424"' not in metrics
+
+
+def test_an_unexpected_failure_is_counted_with_the_status_the_client_got(serve):
+    """Whatever escapes a handler is answered 424 without internals; /metrics must count the
+    424 the client saw, not a 500 nobody was sent."""
+
+    class BrokenInfo:
+        model, device = "fake-reranker", "cpu"
+
+        @property
+        def max_length(self):
+            raise KeyError("secret detail")
+
+    engine = FakeEngine()
+    engine.info = BrokenInfo()
+    url = serve(Settings(), engine)
+    with httpx.Client(base_url=url) as client:
+        wait_ready(client)
+        response = client.get("/info")
+        assert response.status_code == 424 and "secret detail" not in response.text
+        metrics = client.get("/metrics").text
+    assert 'reranker_requests_total{endpoint="/info",status="424"} 1.0' in metrics
+    assert 'status="500"' not in metrics
+
+
 def test_body_over_the_limit_is_413_with_or_without_content_length(serve):
     url = serve(Settings(max_body_bytes=2048), FakeEngine())
     big = {"query": "q", "documents": ["x" * 3000]}

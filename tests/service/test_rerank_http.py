@@ -194,3 +194,57 @@ def test_too_many_documents_is_413(live_url):
     response = httpx.post(f"{live_url}/v1/rerank", json={"query": "q", "documents": ["d"] * 51})
     assert response.status_code == 413
     assert "50" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        ({"query": "paris \ud800 france"}, "query"),
+        ({"documents": ["fine", "bad \udfff text"]}, "documents[1]"),
+        ({"documents": [{"text": "bad \ud83d"}]}, "documents[0].text"),
+        ({"instruction": "find \ud800 it"}, "instruction"),
+    ],
+)
+def test_a_lone_surrogate_is_the_clients_422_naming_the_field(live_url, caplog, fields, field):
+    """JSON can escape half of a surrogate pair (`\\ud800`): not text any tokenizer reads, and
+    the client's mistake, not the model's failure (no 424, no traceback in the log)."""
+    body = {"query": "q", "documents": ["a"], **fields}
+    response = httpx.post(
+        f"{live_url}/v1/rerank",
+        content=json.dumps(body),  # json.dumps escapes the surrogate as \\udXXX
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(f"{field}: ")
+    assert "surrogate" in response.json()["message"]
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]
+    metrics = httpx.get(f"{live_url}/metrics").text
+    assert 'reranker_requests_total{endpoint="/v1/rerank",status="422"}' in metrics
+
+
+def test_a_body_that_is_not_utf8_is_a_422_naming_the_body(live_url):
+    response = httpx.post(
+        f"{live_url}/v1/rerank",
+        content='{"query": "caf\u00e9", "documents": ["a"]}'.encode("latin-1"),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["type"] == "invalid_request"
+    assert response.json()["message"].startswith("body: ")
+    assert "UTF-8" in response.json()["message"]
+
+
+def test_a_query_longer_than_the_maximum_length_is_a_422_naming_the_limit(live_url):
+    """Cut to the maximum length, such a query would leave no room for any document and every
+    document would get the same score: refused instead of ranked meaninglessly."""
+    response = httpx.post(
+        f"{live_url}/v1/rerank",
+        json={"query": "word " * 9000, "documents": ["paris", "berlin"]},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith("query: ")
+    assert "8192" in response.json()["message"]
+    long_instruction = {"query": "q", "documents": ["a"], "instruction": "word " * 9000}
+    response = httpx.post(f"{live_url}/v1/rerank", json=long_instruction, timeout=60)
+    assert response.status_code == 422 and response.json()["message"].startswith("instruction: ")
