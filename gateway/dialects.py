@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from reranker.schemas import RerankRequestV1, RerankRequestV2
+from reranker.schemas import RerankRequestV1, RerankRequestV2, document_text
 
 from .errors import GatewayError, InvalidRequest
 
@@ -116,7 +116,10 @@ class TeiRerank:
         self.version = version
         self.items = self.request.items()
         rank_fields = getattr(self.request, "rank_fields", None)
-        self.texts = [document_text(item, i, rank_fields) for i, item in enumerate(self.items)]
+        try:
+            self.texts = [document_text(item, i, rank_fields) for i, item in enumerate(self.items)]
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
 
     def tei_body(self) -> dict[str, Any]:
         """TEI's RerankRequest. `truncate`: documents too long for the model are cut, as the
@@ -154,22 +157,6 @@ class TeiRerank:
             },
         }
 
-
-def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
-    """The text scored for one document, as the reranker service makes it: a string as is; an
-    object's `text`, or its `rank_fields` as `field: value` lines."""
-    if isinstance(item, str):
-        return item
-    fields = rank_fields or ["text"]
-    missing = [f for f in fields if f not in item]
-    if missing:
-        raise InvalidRequest(f"documents[{index}]: object has no `{missing[0]}` field")
-    values = [item[f] for f in fields]
-    if not all(isinstance(v, str) for v in values):
-        raise InvalidRequest(f"documents[{index}]: `{fields[0]}` must be a string")
-    if rank_fields:
-        return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
-    return values[0]
 
 
 def describe_validation_error(exc: ValidationError) -> str:

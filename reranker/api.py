@@ -50,6 +50,7 @@ from .schemas import (
     RerankRequestV1,
     RerankRequestV2,
     RerankResponse,
+    document_text,
 )
 from .metrics import CONTENT_TYPE_LATEST
 from .settings import Settings
@@ -182,20 +183,6 @@ def refuse_lone_surrogates(fields: dict[str, Any]) -> None:
             )
 
 
-def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
-    if isinstance(item, str):
-        return item
-    fields = rank_fields or ["text"]
-    missing = [f for f in fields if f not in item]
-    if missing:
-        raise InvalidRequest(f"documents[{index}]: object has no `{missing[0]}` field")
-    values = [item[f] for f in fields]
-    if not all(isinstance(v, str) for v in values):
-        raise InvalidRequest(f"documents[{index}]: `{fields[0]}` must be a string")
-    if rank_fields:
-        return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
-    return values[0]
-
 
 async def rerank(
     request: Request, response: Response, body: RerankRequestV1 | RerankRequestV2, version: str
@@ -211,7 +198,10 @@ async def rerank(
         {"query": body.query, "instruction": body.instruction, "documents": items}
     )
     rank_fields = getattr(body, "rank_fields", None)
-    texts = [document_text(item, i, rank_fields) for i, item in enumerate(items)]
+    try:
+        texts = [document_text(item, i, rank_fields) for i, item in enumerate(items)]
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
     state = request.app.state
     if state.status != "ok":

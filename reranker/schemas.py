@@ -170,3 +170,21 @@ class Info(BaseModel):
 class ErrorBody(BaseModel):
     message: str = Field(..., description="What was wrong, naming the field.")
     type: str = Field(..., description="Error kind: invalid_request, payload_too_large, ...")
+
+
+def document_text(item: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
+    """The text scored for one document: a string as is; an object's `text`, or its `rank_fields`
+    as `field: value` lines in that order. The reranker service and the gateway (which translates
+    Cohere requests for TEI) both score documents by it. Raises ValueError naming the document."""
+    if isinstance(item, str):
+        return item
+    fields = rank_fields or ["text"]
+    missing = [f for f in fields if f not in item]
+    if missing:
+        raise ValueError(f"documents[{index}]: object has no `{missing[0]}` field")
+    values = [item[f] for f in fields]
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError(f"documents[{index}]: `{fields[0]}` must be a string")
+    if rank_fields:
+        return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
+    return values[0]
