@@ -91,6 +91,16 @@ def retarget(command: str, port: int) -> str:
     return command.replace(f"localhost:{README_PORT}/", f"localhost:{port}/")
 
 
+def curl_path(command: str) -> str:
+    """The URL path of a README curl command (`curl -s localhost:8080/v1/rerank ...`)."""
+    url = next(a for a in shlex.split(command) if a.startswith("localhost:"))
+    return "/" + url.split("/", 1)[1]
+
+
+def is_rerank(command: str) -> bool:
+    return curl_path(command).endswith("rerank")
+
+
 def local_rerankers(docs: list[dict[str, Any]]) -> list[str]:
     """The examples whose pods the demo runs for real: rerank models on CPU served by the
     reranker service (its tiny Qwen3 stands in for their model; TEI cannot run here)."""
@@ -510,8 +520,11 @@ class Demo:
         for name, pod in dict(self.runner.running).items():
             if name not in self.pod_processes:
                 self.pod_processes[name] = pod.backend
+                own = " ".join(f"{k}={v}" for k, v in sorted(pod.env.items()) if k.startswith("RERANKER_")
+                               and k not in ("RERANKER_MODEL", "RERANKER_HOST", "RERANKER_PORT"))
                 self.progress.say(f"reranker for pod {name}: pid {pod.backend.process.pid}, "
-                                  f"{pod.backend.address}, log {pod.backend.log.relative_to(ROOT)}")
+                                  f"{pod.backend.address}, log {pod.backend.log.relative_to(ROOT)}\n"
+                                  f"  with the pod's {own}")
 
     def overrides(self) -> dict[str, str]:
         try:
@@ -541,13 +554,13 @@ class Demo:
                   for name in self.local_models}
 
         def all_running() -> bool:
-            self.note_pod_processes()
             pods = self.get("pods", "-n", self.namespace, "-l",
                             f"serving.embedding-images.io/modelservice in ({','.join(self.local_models)})")["items"]
             ready = {p["metadata"]["name"] for p in pods if pod_ready(p) and not p["metadata"].get("deletionTimestamp")}
             return len(ready) >= sum(wanted.values()) and ready == set(self.runner.running)
 
         self.wait("a reranker process for every ready pod", all_running, 180)
+        self.note_pod_processes()
         self.progress.done(f"{len(self.runner.running)} reranker process(es): {json.dumps(self.overrides())}")
 
     def http(self, path: str, timeout: float = 5) -> tuple[int, Any]:
@@ -650,7 +663,7 @@ class Demo:
 
         self.wait(f"{name}'s pod and its process to go, and the gateway to see 0 replicas", at_zero, 90)
         self.progress.say(f"{name}: 0 replicas, no pod, no process")
-        command = next(c for c in readme_curl_commands(README.read_text()) if "rerank" in c)
+        command = next(c for c in readme_curl_commands(README.read_text()) if is_rerank(c))
         started = time.monotonic()
         code, _ = self.curl(retarget(command, self.port))
         held = time.monotonic() - started

@@ -62,14 +62,13 @@ def test_the_readme_gateway_examples_are_found_and_aimed_at_the_demo_gateway_por
     assert commands and all(c.startswith("curl ") and "localhost:8080/" in c for c in commands)
     moved = [demo.retarget(c, 18080) for c in commands]
     assert all("localhost:18080/" in c and "localhost:8080" not in c for c in moved)
-    assert any(c.split()[2].endswith("/v1/models") for c in commands)
+    assert any(demo.curl_path(c) == "/v1/models" for c in commands)
 
 
 def request(command: str) -> tuple[str, dict | None]:
     """A README curl line's path and JSON body (None for a GET)."""
     argv = shlex.split(command)
-    path = "/" + next(a for a in argv if a.startswith("localhost:")).split("/", 1)[1]
-    return path, json.loads(argv[argv.index("-d") + 1]) if "-d" in argv else None
+    return demo.curl_path(command), json.loads(argv[argv.index("-d") + 1]) if "-d" in argv else None
 
 
 def test_the_gateway_examples_are_the_reranker_api_examples_naming_a_model_the_demo_runs():
@@ -80,7 +79,7 @@ def test_the_gateway_examples_are_the_reranker_api_examples_naming_a_model_the_d
     runs = demo.local_rerankers([doc for _, doc in demo.example_modelservices()])
     assert runs == ["qwen3-reranker-0-6b-cpu"]
     through_gateway = [request(c) for c in demo.readme_curl_commands(text)
-                       if not c.split()[2].endswith("/v1/models")]
+                       if demo.curl_path(c) != "/v1/models"]
     expected = []
     for path, body in map(request, demo.readme_curl_commands(text, "Reranker API")):
         if body is None:
