@@ -28,8 +28,9 @@ cluster-up:
 cluster-down:
 	tests/cluster/cluster.sh down
 
-## demo: the simulated cluster, the chart, the examples, the operator and the reranker with the
-## README's curl examples, no Docker needed (KEEP=1 leaves the cluster up; DEMO_ARGS=--help)
+## demo: the simulated cluster, the chart, the examples, the operator, rerankers for the CPU
+## reranker's pods and the gateway with the README's Gateway curl examples, no Docker needed
+## (KEEP=1 leaves the cluster up; DEMO_ARGS=--help)
 demo: setup
 	$(PY) demo/demo.py $(DEMO_ARGS)
 

@@ -10,13 +10,20 @@
    arguments), authenticated as the chart's ServiceAccount, until every ModelService is Ready or
    its unready pods are explained (the scheduler's reason);
 6. `kubectl get modelservices -o wide` and where each model's pods run;
-7. the reranker (`python -m reranker`) on a tiny random-weight Qwen3 reranker with the real
-   Qwen3 tokenizer, built into .cache/demo (no download; the answers are real computations of a
-   model that knows nothing, so the scores are not meaningful);
-8. the curl examples of README.md's "Reranker API" section against it.
+7. the reranker pods of the CPU reranker examples brought to life: the local pod runner
+   (gateway/podrunner.py) starts the reranker (`python -m reranker`) for each of their ready pods,
+   with the pod's own environment, on a loopback port, and writes the gateway's address override
+   (pod -> 127.0.0.1:port). The model is a tiny random-weight Qwen3 reranker with the real Qwen3
+   tokenizer, built into .cache/demo (no download; the answers are real computations of a model
+   that knows nothing, so the scores are not meaningful). kwok's pod IPs are never sent anything;
+8. the gateway (`python -m gateway`) with the chart Deployment's settings, authenticated as the
+   chart's gateway ServiceAccount, routing through that override only;
+9. the curl examples of README.md's "Gateway" section against it, by model name;
+10. scale from zero: the CPU reranker scaled to 0 replicas, and one request through the gateway
+   that brings it back (the gateway patches its scale subresource and holds the request).
 
-Then it stops the operator and the reranker, and stops the cluster when it started it (or removes
-the release and the namespace from a cluster it found running), unless KEEP=1.
+Then it stops the gateway, the rerankers and the operator, and stops the cluster when it started
+it (or removes the release and the namespace from a cluster it found running), unless KEEP=1.
 """
 from __future__ import annotations
 
@@ -46,8 +53,9 @@ CHART = ROOT / "charts" / "embedding-images"
 EXAMPLES = ROOT / "examples"
 README = ROOT / "README.md"
 CRD = "modelservices.serving.embedding-images.io"
-README_PORT = 8000
-STEPS = 8
+README_SECTION = "Gateway"   # the README section whose curl examples the demo runs
+README_PORT = 8080           # the gateway's port in those examples (and its default)
+STEPS = 10
 
 
 class DemoError(Exception):
@@ -66,24 +74,54 @@ def example_modelservices(directory: Path = EXAMPLES) -> list[tuple[Path, dict[s
     return found
 
 
-def readme_curl_commands(text: str) -> list[str]:
-    """The `curl ...` lines of README.md's "## Reranker API" section, in order."""
-    if "## Reranker API" not in text:
-        raise DemoError("README.md has no '## Reranker API' section with curl examples")
-    section = text.split("## Reranker API", 1)[1].split("\n## ", 1)[0]
-    commands = [line.strip() for line in section.splitlines() if line.strip().startswith("curl ")]
+def readme_curl_commands(text: str, section: str = README_SECTION) -> list[str]:
+    """The `curl ...` lines of README.md's "## <section>" section, in order."""
+    heading = f"\n## {section}\n"
+    if heading not in text:
+        raise DemoError(f"README.md has no '## {section}' section with curl examples")
+    body = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    commands = [line.strip() for line in body.splitlines() if line.strip().startswith("curl ")]
     if not commands:
-        raise DemoError("README.md's 'Reranker API' section has no curl examples")
+        raise DemoError(f"README.md's '{section}' section has no curl examples")
     return commands
 
 
 def retarget(command: str, port: int) -> str:
-    """A README curl command aimed at the reranker's port instead of 8000."""
+    """A README curl command aimed at the demo gateway's port instead of the README's."""
     return command.replace(f"localhost:{README_PORT}/", f"localhost:{port}/")
 
 
+def curl_path(command: str) -> str:
+    """The URL path of a README curl command (`curl -s localhost:8080/v1/rerank ...`)."""
+    url = next(a for a in shlex.split(command) if a.startswith("localhost:"))
+    return "/" + url.split("/", 1)[1]
+
+
+def is_rerank(command: str) -> bool:
+    return curl_path(command).endswith("rerank")
+
+
+def local_rerankers(docs: list[dict[str, Any]]) -> list[str]:
+    """The examples whose pods the demo runs for real: rerank models on CPU served by the
+    reranker service (its tiny Qwen3 stands in for their model; TEI cannot run here)."""
+    return [d["metadata"]["name"] for d in docs
+            if d["spec"].get("task") == "rerank" and d["spec"].get("accelerator") == "cpu"
+            and d["spec"].get("engine", "auto") in ("auto", "reranker")]
+
+
+def literal_env(container: dict[str, Any], prefix: str) -> dict[str, str]:
+    """A container's `prefix*` variables with literal values (those from fields or Secrets are
+    the pod's own)."""
+    return {e["name"]: str(e["value"]) for e in container.get("env") or []
+            if e["name"].startswith(prefix) and "value" in e}
+
+
 def summarize(answer: Any) -> list[str]:
-    """Readable lines for a rerank answer: rank, document index, relevance score, text."""
+    """Readable lines for a rerank answer (rank, document index, relevance score, text) or a
+    model list (name, task, engine, ready replicas)."""
+    if isinstance(answer, dict) and answer.get("object") == "list" and isinstance(answer.get("data"), list):
+        return [f"{m.get('id')}: {m.get('task')} on {m.get('engine')}, "
+                f"{m.get('ready_replicas')}/{m.get('replicas')} replicas routable" for m in answer["data"]]
     if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
         return []
     lines = []
@@ -191,6 +229,9 @@ class Demo:
     installed_release: bool = False
     created_crd: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    runner: Any = None              # gateway.podrunner.LocalPodRunner, once started
+    pod_processes: dict[str, Any] = field(default_factory=dict)  # pod -> its BackendProcess, every one seen
+    local_models: list[str] = field(default_factory=list)
 
     # -- subprocess helpers --
 
@@ -330,39 +371,44 @@ class Demo:
         self.progress.done()
         return [doc for _, doc in found]
 
-    def operator_kubeconfig(self, service_account: str) -> Path:
-        """A kubeconfig holding a short-lived token of the chart's operator ServiceAccount."""
+    def service_account_kubeconfig(self, service_account: str, user: str) -> Path:
+        """A kubeconfig (.cache/demo/<user>-kubeconfig) holding a short-lived token of one of the
+        chart's ServiceAccounts, so that a local process has exactly that account's rights."""
         token = self.kubectl("create", "token", service_account, "-n", self.namespace, "--duration=1h",
-                             what="a token for the operator's ServiceAccount").stdout.strip()
+                             what=f"a token for the {user}'s ServiceAccount").stdout.strip()
         admin = yaml.safe_load(Path(self.env["KUBECONFIG"]).read_text())
         context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
         cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+            "apiVersion": "v1", "kind": "Config", "current-context": user,
             "clusters": [{"name": "demo", "cluster": cluster["cluster"]}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "demo", "user": "operator",
-                                                          "namespace": self.namespace}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "demo", "user": user,
+                                                    "namespace": self.namespace}}],
         }
         STATE.mkdir(parents=True, exist_ok=True)
-        path = STATE / "operator-kubeconfig"
+        path = STATE / f"{user}-kubeconfig"
         path.touch(mode=0o600)
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def operator(self, docs: list[dict[str, Any]]) -> None:
-        self.progress.step("the operator: python -m modelservice, as the chart's ServiceAccount")
+    def chart_pod_spec(self, component: str) -> dict[str, Any]:
+        """The pod template of the chart's Deployment of `component` (operator, gateway)."""
         deployments = self.get("deployments", "-n", self.namespace,
-                               "-l", "app.kubernetes.io/component=operator,"
+                               "-l", f"app.kubernetes.io/component={component},"
                                f"app.kubernetes.io/instance={self.release}")["items"]
         if len(deployments) != 1:
-            raise DemoError(f"expected the chart's operator Deployment in {self.namespace}, found "
+            raise DemoError(f"expected the chart's {component} Deployment in {self.namespace}, found "
                             f"{len(deployments)}")
-        pod = deployments[0]["spec"]["template"]["spec"]
+        return deployments[0]["spec"]["template"]["spec"]
+
+    def operator(self, docs: list[dict[str, Any]]) -> None:
+        self.progress.step("the operator: python -m modelservice, as the chart's ServiceAccount")
+        pod = self.chart_pod_spec("operator")
         (container,) = pod["containers"]
         # The chart's own arguments; the liveness port is the pod's, not this machine's.
         args = [a for a in container.get("args", []) if not a.startswith("--liveness")]
-        kubeconfig = self.operator_kubeconfig(pod["serviceAccountName"])
+        kubeconfig = self.service_account_kubeconfig(pod["serviceAccountName"], "operator")
         self.progress.say(f"python -m modelservice {shlex.join(args)}")
         self.progress.say("(the chart's operator pod is a simulated one: kwok runs no containers)")
         log = STATE / "operator.log"
@@ -452,69 +498,195 @@ class Demo:
                 print(f"  {line}", flush=True)
         self.progress.done("(the endpoints resolve inside the cluster)")
 
-    def reranker(self) -> None:
-        self.progress.step(f"the reranker: python -m reranker on a tiny local Qwen3 model, port {self.port}")
+    def tiny_model(self) -> Path:
+        """The tiny Qwen3 reranker of .cache/demo, built on first use with the tests' builder."""
         model = STATE / "tiny-qwen3-reranker"
         if not (model / "config.json").is_file():
             self.progress.say(f"building a random-weight Qwen3 reranker with the real Qwen3 tokenizer "
                               f"into {model.relative_to(ROOT)} (once)")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            sys.path.insert(0, str(ROOT))
             from reranker.testing import build_qwen3_reranker  # the builder the tests use
 
             build_qwen3_reranker(model, "tiny")
-        env = {**self.env, "RERANKER_MODEL": str(model), "RERANKER_PORT": str(self.port),
-               "RERANKER_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        log = STATE / "reranker.log"
-        self.start_process("reranker", [sys.executable, "-m", "reranker"], env, log)
-        url = f"http://127.0.0.1:{self.port}/health"
+        return model
 
-        def healthy() -> dict[str, Any] | None:
-            import urllib.error
-            import urllib.request
+    def admin_client(self) -> Any:
+        import kubernetes
 
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return json.load(response)
-            except (urllib.error.URLError, OSError, ValueError):
-                return None
+        return kubernetes.config.new_client_from_config(config_file=self.env["KUBECONFIG"])
 
-        health = self.wait(f"{url} to answer 200", healthy, 180, alive=("reranker", log))
-        self.progress.done(f"ready: {json.dumps(health)}")
+    def note_pod_processes(self) -> None:
+        """Records the runner's processes (each is reported when it starts and when it stops)."""
+        for name, pod in dict(self.runner.running).items():
+            if name not in self.pod_processes:
+                self.pod_processes[name] = pod.backend
+                own = " ".join(f"{k}={v}" for k, v in sorted(pod.env.items()) if k.startswith("RERANKER_")
+                               and k not in ("RERANKER_MODEL", "RERANKER_HOST", "RERANKER_PORT"))
+                self.progress.say(f"reranker for pod {name}: pid {pod.backend.process.pid}, "
+                                  f"{pod.backend.address}, log {pod.backend.log.relative_to(ROOT)}\n"
+                                  f"  with the pod's {own}")
+
+    def overrides(self) -> dict[str, str]:
+        try:
+            return json.loads((STATE / "address-overrides.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def reranker_pods(self, docs: list[dict[str, Any]]) -> None:
+        self.local_models = local_rerankers(docs)
+        if not self.local_models:
+            raise DemoError("examples/ has no reranker ModelService on CPU for the gateway to route to")
+        self.progress.step(f"the reranker pods of {', '.join(self.local_models)}: python -m reranker "
+                           f"for each ready pod (gateway/podrunner.py)")
+        model = self.tiny_model()
+        from gateway.podrunner import LocalPodRunner
+
+        logs = STATE / "pods"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.progress.say("kwok's pods run no process: each ready pod gets the real reranker with "
+                          "the pod's own RERANKER_* environment\n"
+                          "on 127.0.0.1, and the gateway's "
+                          f"address override ({(STATE / 'address-overrides.json').relative_to(ROOT)}) "
+                          "maps the pod to it")
+        self.runner = LocalPodRunner(self.admin_client(), self.namespace, self.local_models, model,
+                                     STATE / "address-overrides.json", logs).start()
+        wanted = {name: int(self.get("modelservice", name, "-n", self.namespace)["spec"].get("replicas", 1))
+                  for name in self.local_models}
+
+        def all_running() -> bool:
+            pods = self.get("pods", "-n", self.namespace, "-l",
+                            f"serving.embedding-images.io/modelservice in ({','.join(self.local_models)})")["items"]
+            ready = {p["metadata"]["name"] for p in pods if pod_ready(p) and not p["metadata"].get("deletionTimestamp")}
+            return len(ready) >= sum(wanted.values()) and ready == set(self.runner.running)
+
+        self.wait("a reranker process for every ready pod", all_running, 180)
+        self.note_pod_processes()
+        self.progress.done(f"{len(self.runner.running)} reranker process(es): {json.dumps(self.overrides())}")
+
+    def http(self, path: str, timeout: float = 5) -> tuple[int, Any]:
+        """GET on the demo's gateway: (status, parsed JSON body or None); (0, None) when it does
+        not answer."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, None
+
+    def routable(self, name: str) -> dict[str, Any] | None:
+        """The gateway's /v1/models entry of `name`, if it has a ready replica to route to."""
+        status, listing = self.http("/v1/models")
+        for model in (listing or {}).get("data", []) if status == 200 else []:
+            if model.get("id") == name and model.get("ready_replicas", 0) > 0:
+                return model
+        return None
+
+    def gateway(self) -> None:
+        self.progress.step(f"the gateway: python -m gateway, as the chart's ServiceAccount, port {self.port}")
+        pod = self.chart_pod_spec("gateway")
+        (container,) = pod["containers"]
+        # The chart's own settings; where it listens is this machine's, not the pod's.
+        settings = {k: v for k, v in literal_env(container, "GATEWAY_").items()
+                    if k not in ("GATEWAY_HOST", "GATEWAY_PORT")}
+        kubeconfig = self.service_account_kubeconfig(pod["serviceAccountName"], "gateway")
+        env = {**settings, "GATEWAY_NAMESPACE": self.namespace, "GATEWAY_HOST": "127.0.0.1",
+               "GATEWAY_PORT": str(self.port),
+               "GATEWAY_ADDRESS_OVERRIDES": str(STATE / "address-overrides.json")}
+        self.progress.say(" ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "GATEWAY_ADDRESS_OVERRIDES")
+                          + " python -m gateway")
+        self.progress.say(f"(GATEWAY_ADDRESS_OVERRIDES={(STATE / 'address-overrides.json').relative_to(ROOT)}: "
+                          "only the pods it names are routed, to 127.0.0.1)")
+        log = STATE / "gateway.log"
+        self.start_process("gateway", [sys.executable, "-m", "gateway"],
+                           {**self.env, **env, "KUBECONFIG": str(kubeconfig)}, log)
+        self.wait("the gateway's watches to sync (/ready)", lambda: self.http("/ready")[0] == 200, 60,
+                  alive=("gateway", log))
+        for name in self.local_models:
+            model = self.wait(f"the gateway to route {name}", lambda: self.routable(name), 60,
+                              alive=("gateway", log))
+            self.progress.say(f"{name}: {model['ready_replicas']} replica(s) routable")
+        services = self.get("services", "-n", self.namespace, "-l", "app.kubernetes.io/component=gateway,"
+                            f"app.kubernetes.io/instance={self.release}")["items"]
+        for service in services:
+            self.progress.say(f"in the cluster: http://{service['metadata']['name']}.{self.namespace}"
+                              f".svc.cluster.local:{service['spec']['ports'][0]['port']} (the chart's Service)")
+        self.progress.done(f"ready on http://127.0.0.1:{self.port}")
+
+    def curl(self, command: str) -> tuple[int, Any]:
+        """Runs a curl command line, prints it, its answer and a summary; (status, parsed body)."""
+        print(f"\n$ {command}", flush=True)
+        if shutil.which("curl") is None:
+            raise DemoError("curl is not installed: install it to run the README's examples")
+        proc = self.run(*shlex.split(command), "-w", "\n%{http_code}", what="a README curl example",
+                        timeout=360)
+        body, _, code = proc.stdout.rpartition("\n")
+        try:
+            parsed: Any = json.loads(body)
+        except ValueError:
+            parsed = body
+        print(body, flush=True)
+        print(f"HTTP {code}" + "".join(f"\n  {line}" for line in summarize(parsed)), flush=True)
+        return int(code or 0), parsed
 
     def curl_examples(self) -> list[tuple[str, int, Any]]:
-        self.progress.step("the curl examples of README.md (Reranker API)")
+        self.progress.step(f"the curl examples of README.md ({README_SECTION}), through the gateway by model name")
         commands = readme_curl_commands(README.read_text())
         if self.port != README_PORT:
             self.progress.say(f"(localhost:{README_PORT} in the README is localhost:{self.port} here)")
         answers = []
         for command in commands:
             command = retarget(command, self.port)
-            print(f"\n$ {command}", flush=True)
-            argv = shlex.split(command)
-            if shutil.which("curl") is None:
-                raise DemoError("curl is not installed: install it to run the README's examples")
-            proc = self.run(*argv, "-w", "\n%{http_code}", what="a README curl example", timeout=60)
-            body, _, code = proc.stdout.rpartition("\n")
-            try:
-                parsed: Any = json.loads(body)
-            except ValueError:
-                parsed = body
-            print(body, flush=True)
-            print(f"HTTP {code}" + "".join(f"\n  {line}" for line in summarize(parsed)), flush=True)
-            if code != "200":
-                raise DemoError(f"the README example answered HTTP {code}: {body[:300]}")
-            answers.append((command, int(code), parsed))
+            code, parsed = self.curl(command)
+            if code != 200:
+                raise DemoError(f"the README example answered HTTP {code}: {str(parsed)[:300]}")
+            answers.append((command, code, parsed))
         print()
         self.progress.done(f"{len(answers)} examples answered")
         return answers
+
+    def scale_from_zero(self) -> None:
+        name = self.local_models[0]
+        self.progress.step(f"scale from zero: kubectl scale modelservice {name} --replicas=0, then one request")
+        self.kubectl("scale", "modelservice", name, "-n", self.namespace, "--replicas=0",
+                     what="scaling to zero")
+        self.progress.say(f"$ kubectl scale modelservice {name} -n {self.namespace} --replicas=0")
+
+        def at_zero() -> bool:
+            self.note_pod_processes()
+            status, listing = self.http("/v1/models")
+            model = next((m for m in (listing or {}).get("data", []) if m.get("id") == name), {})
+            return not self.runner.running and model.get("replicas") == 0 and model.get("ready_replicas") == 0
+
+        self.wait(f"{name}'s pod and its process to go, and the gateway to see 0 replicas", at_zero, 90)
+        self.progress.say(f"{name}: 0 replicas, no pod, no process")
+        command = next(c for c in readme_curl_commands(README.read_text()) if is_rerank(c))
+        started = time.monotonic()
+        code, _ = self.curl(retarget(command, self.port))
+        held = time.monotonic() - started
+        if code != 200:
+            raise DemoError(f"the request to {name} at zero replicas answered HTTP {code}")
+        replicas = self.get("modelservice", name, "-n", self.namespace)["spec"].get("replicas")
+        self.note_pod_processes()
+        print(flush=True)
+        self.progress.done(f"held {held:.1f} s while the gateway scaled {name} to {replicas} replica(s) "
+                           f"and its new pod started")
 
     # -- cleanup --
 
     def cleanup(self) -> None:
         print("\n==> cleaning up", flush=True)
-        for name in ("reranker", "operator"):
-            self.stop_process(name)
+        self.stop_process("gateway")
+        if self.runner is not None:
+            self.note_pod_processes()
+            self.runner.stop()
+            for pod, backend in self.pod_processes.items():
+                backend.stop()   # already stopped by the runner; waits for it all the same
+                print(f"    stopped the reranker for pod {pod} (pid {backend.process.pid})", flush=True)
+        self.stop_process("operator")
         if self.keep:
             where = "the simulated control plane" if self.kubeconfig is None else str(self.kubeconfig)
             print(f"    KEEP=1: {where} and release {self.release} stay; look around with\n"
@@ -544,7 +716,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="embedding-demo", help="namespace of the release and examples")
     parser.add_argument("--release", default="demo", help="Helm release name")
     parser.add_argument("--port", type=int, default=None,
-                        help=f"reranker port (default {README_PORT}, the README's; a free one when it is taken)")
+                        help=f"gateway port (default {README_PORT}, the README's; a free one when it is taken)")
     parser.add_argument("--timeout", type=float, default=120,
                         help="seconds the ModelServices may take to be Ready")
     parser.add_argument("--kubeconfig", type=Path, default=None,
@@ -556,6 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))   # gateway.podrunner and reranker.testing, from this checkout
     if args.port is None:
         port = README_PORT if not port_in_use(README_PORT) else free_port()
     elif port_in_use(args.port):
@@ -569,9 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = Demo(namespace=args.namespace, release=args.release, port=port, keep=args.keep,
                 timeout=args.timeout, kubeconfig=args.kubeconfig and args.kubeconfig.resolve())
     print("embedding-images demo: the chart, the operator and the examples on a simulated cluster, "
-          "and the reranker on this machine", flush=True)
+          "and the gateway and rerankers on this machine", flush=True)
     if port != README_PORT and args.port is None:
-        print(f"(port {README_PORT} is taken: the reranker listens on {port})", flush=True)
+        print(f"(port {README_PORT} is taken: the gateway listens on {port})", flush=True)
     code = 0
     try:
         demo.tools()
@@ -580,8 +753,10 @@ def main(argv: list[str] | None = None) -> int:
         docs = demo.examples()
         demo.operator(docs)
         demo.show(docs)
-        demo.reranker()
+        demo.reranker_pods(docs)
+        demo.gateway()
         demo.curl_examples()
+        demo.scale_from_zero()
     except DemoError as exc:
         print(f"\ndemo: ERROR: {exc}", file=sys.stderr, flush=True)
         code = 1

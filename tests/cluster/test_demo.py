@@ -1,7 +1,9 @@
 """`make demo` on the session's cluster: every example is listed with its variant, the nodes its
-pods run on and its endpoint; pods that cannot run are explained; the README's curl examples
-answer with ranked relevance scores; and afterwards nothing the demo started is left running,
-while the cluster it found running is left as it was.
+pods run on and its endpoint; pods that cannot run are explained; the README's Gateway curl
+examples answer through the gateway, by model name, from the reranker processes standing in for
+the CPU reranker's pods, with ranked relevance scores; a model scaled to zero is brought back by
+one request; and afterwards nothing the demo started is left running, while the cluster it found
+running is left as it was.
 
 The demo uses the cluster of the `cluster` fixture (the running local control plane, or the
 user's through --kubeconfig), so it starts and stops no cluster here.
@@ -30,6 +32,7 @@ _spec.loader.exec_module(demo_script)
 example_modelservices = demo_script.example_modelservices
 free_port = demo_script.free_port
 readme_curl_commands = demo_script.readme_curl_commands
+retarget = demo_script.retarget
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 
@@ -76,8 +79,8 @@ def test_make_demo_succeeds(demo_run):
     proc = demo_run["proc"]
     assert proc.returncode == 0, demo_run["out"][-5000:]
     assert re.search(r"demo finished in \d+ s", demo_run["out"])
-    for step in range(1, 9):
-        assert f"==> [{step}/8]" in demo_run["out"]
+    for step in range(1, 11):
+        assert f"==> [{step}/10]" in demo_run["out"]
 
 
 def test_every_example_is_listed_with_its_variant_and_endpoint(demo_run):
@@ -123,42 +126,93 @@ def test_every_example_shows_the_nodes_its_pods_run_on_or_why_not(demo_run, clus
                 f"{name} is {row['READY']} ready and the demo does not say why:\n{pending}"
 
 
-def test_the_readme_curl_examples_answer_with_ranked_relevance_scores(demo_run):
+def answer_to(out: str, command: str) -> tuple[str, str]:
+    """The body and status line the demo printed under `$ command` (its first run)."""
+    assert "$ " + command in out, f"the demo did not run {command}"
+    body, status = out.split("$ " + command + "\n", 1)[1].split("\n")[:2]
+    return body, status
+
+
+def check_ranked(command: str, answer: dict, out: str) -> None:
+    """A rerank answer to the README command: top_n results, best first, scores in [0, 1],
+    documents echoed as asked, and the demo's readable summary under it."""
+    request = json.loads(shlex.split(command)[-1])
+    documents = request.get("documents") or request.get("texts")
+    results = answer["results"]
+    assert len(results) == min(request.get("top_n", len(documents)), len(documents))
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert len({r["index"] for r in results}) == len(results)
+    for r in results:
+        if request.get("return_documents", True):
+            assert r["document"]["text"] == documents[r["index"]]
+        else:
+            assert "document" not in r
+    for rank, r in enumerate(results, 1):
+        assert f"#{rank}: document {r['index']}, relevance_score {r['relevance_score']:.4f}" in out
+
+
+def test_the_readme_gateway_examples_answer_by_model_name_from_the_local_reranker(demo_run):
     out, port = demo_run["out"], demo_run["port"]
     commands = readme_curl_commands((ROOT / "README.md").read_text())
     answers = []
     for command in commands:
-        shown = "$ " + command.replace("localhost:8000/", f"localhost:{port}/")
-        assert shown in out, f"the demo did not run {command}"
-        body, status = out.split(shown + "\n", 1)[1].split("\n")[:2]
+        body, status = answer_to(out, retarget(command, port))
         assert status.startswith("HTTP 200"), (command, body, status)
         answers.append((command, json.loads(body)))
-    reranks = [(c, a) for c, a in answers if "rerank" in c]
-    assert reranks, "README has no rerank curl example"
+    local = demo_script.local_rerankers([doc for _, doc in example_modelservices()])
+    reranks = [(c, a) for c, a in answers if demo_script.is_rerank(c)]
+    assert reranks, "README's Gateway section has no rerank curl example"
     for command, answer in reranks:
-        request = json.loads(shlex.split(command)[-1])
-        documents = request.get("documents") or request.get("texts")
-        results = answer["results"]
-        assert len(results) == min(request.get("top_n", len(documents)), len(documents))
-        scores = [r["relevance_score"] for r in results]
-        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-        assert len({r["index"] for r in results}) == len(results)
-        for r in results:
-            if request.get("return_documents", True):
-                assert r["document"]["text"] == documents[r["index"]]
-            else:
-                assert "document" not in r
-        for rank, r in enumerate(results, 1):  # the readable summary under each answer
-            assert f"#{rank}: document {r['index']}, relevance_score {r['relevance_score']:.4f}" in out
-    health = [a for c, a in answers if c.rstrip().endswith("/health")]
+        assert json.loads(shlex.split(command)[-1])["model"] in local, command
+        check_ranked(command, answer, out)
+    # The gateway lists every example; only the pods with a local process are routable.
+    (listing,) = [a for c, a in answers if demo_script.curl_path(c) == "/v1/models"]
+    models = {m["id"]: m for m in listing["data"]}
+    assert set(models) == {doc["metadata"]["name"] for _, doc in example_modelservices()}
+    for name, model in models.items():
+        assert model["ready_replicas"] == (model["replicas"] if name in local else 0), model
+        assert f"{name}: {model['task']} on {model['engine']}, {model['ready_replicas']}/{model['replicas']}" in out
+    # The pass-through reached the reranker process of the pod, on the demo's tiny model.
+    health = [a for c, a in answers if demo_script.curl_path(c).endswith("/health")]
     assert health and health[0]["status"] == "ok"
+    assert health[0]["model"].endswith(".cache/demo/tiny-qwen3-reranker")
+
+
+def test_the_gateway_runs_with_the_charts_settings_and_names_its_in_cluster_address(demo_run):
+    out, namespace = demo_run["out"], demo_run["namespace"]
+    readme = (ROOT / "README.md").read_text().split("\n## Gateway\n", 1)[1].split("\n## ", 1)[0]
+    pattern = re.search(r"`(http://<release>-\S+)`", readme).group(1)
+    address = pattern.replace("<release>", namespace).replace("<namespace>", namespace)
+    assert f"in the cluster: {address} (the chart's Service)" in out
+    assert f"GATEWAY_NAMESPACES={namespace} " in out and "GATEWAY_SCALE_FROM_ZERO_TIMEOUT=300 " in out
+
+
+def test_a_request_brings_a_model_at_zero_back(demo_run):
+    out, port = demo_run["out"], demo_run["port"]
+    step = block(out, "==> [10/10] scale from zero", "==> cleaning up")
+    name = demo_script.local_rerankers([doc for _, doc in example_modelservices()])[0]
+    assert f"{name}: 0 replicas, no pod, no process" in step
+    command = retarget(next(c for c in readme_curl_commands((ROOT / "README.md").read_text())
+                            if demo_script.is_rerank(c)), port)
+    body, status = answer_to(step, command)
+    assert status == "HTTP 200"
+    check_ranked(command, json.loads(body), step)
+    assert re.search(rf"held [\d.]+ s while the gateway scaled {name} to 1 replica\(s\)", step)
+    # A new pod, and a new process for it.
+    before = re.findall(r"reranker for pod (\S+): pid", out.split("==> [10/10]", 1)[0])
+    after = re.findall(r"reranker for pod (\S+): pid", step)
+    assert before and after and not set(after) & set(before)
 
 
 def test_the_demo_stops_what_it_started_and_leaves_the_cluster_as_found(demo_run, cluster):
     out, namespace = demo_run["out"], demo_run["namespace"]
-    pids = {name: int(pid) for name, pid in re.findall(r"^    (operator|reranker): pid (\d+)", out, re.M)}
-    assert set(pids) == {"operator", "reranker"}, out[-3000:]
-    for name, pid in pids.items():
+    pids = {name: int(pid) for name, pid in re.findall(r"^    (operator|gateway): pid (\d+)", out, re.M)}
+    assert set(pids) == {"operator", "gateway"}, out[-3000:]
+    pods = {f"reranker for pod {pod}": int(pid)
+            for pod, pid in re.findall(r"^    reranker for pod (\S+): pid (\d+)", out, re.M)}
+    assert len(pods) >= 2, out[-3000:]   # the first pod's, and the one after scale from zero
+    for name, pid in {**pids, **pods}.items():
         assert f"stopped the {name} (pid {pid})" in out
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the demo waited for it: gone, not even a zombie

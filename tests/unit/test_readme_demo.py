@@ -1,12 +1,15 @@
 """`make demo`'s own logic, without a cluster: when it stops waiting for the ModelServices, which
-README commands it runs, and that bad arguments stop it before it starts anything."""
+README commands it runs (through the gateway, by model name), and that bad arguments stop it before it starts anything."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("demo_script", ROOT / "demo" / "demo.py")
@@ -54,11 +57,49 @@ def test_a_refused_modelservice_ends_the_wait():
     assert demo.settled(modelservice("Pending", "NoMatchingGPUNodes"), [])
 
 
-def test_the_readme_curl_examples_are_found_and_aimed_at_the_demo_port():
+def test_the_readme_gateway_examples_are_found_and_aimed_at_the_demo_gateway_port():
     commands = demo.readme_curl_commands((ROOT / "README.md").read_text())
-    assert commands and all(c.startswith("curl ") and "localhost:8000/" in c for c in commands)
-    moved = [demo.retarget(c, 18000) for c in commands]
-    assert all("localhost:18000/" in c and "localhost:8000" not in c for c in moved)
+    assert commands and all(c.startswith("curl ") and "localhost:8080/" in c for c in commands)
+    moved = [demo.retarget(c, 18080) for c in commands]
+    assert all("localhost:18080/" in c and "localhost:8080" not in c for c in moved)
+    assert any(demo.curl_path(c) == "/v1/models" for c in commands)
+
+
+def request(command: str) -> tuple[str, dict | None]:
+    """A README curl line's path and JSON body (None for a GET)."""
+    argv = shlex.split(command)
+    return demo.curl_path(command), json.loads(argv[argv.index("-d") + 1]) if "-d" in argv else None
+
+
+def test_the_gateway_examples_are_the_reranker_api_examples_naming_a_model_the_demo_runs():
+    """One truth: what the demo sends through the gateway is the Reranker API section's requests,
+    each with `model` added (bodies) or under /models/<name>/ (the rest), for a ModelService whose
+    pods the demo runs."""
+    text = (ROOT / "README.md").read_text()
+    runs = demo.local_rerankers([doc for _, doc in demo.example_modelservices()])
+    assert runs == ["qwen3-reranker-0-6b-cpu"]
+    through_gateway = [request(c) for c in demo.readme_curl_commands(text)
+                       if demo.curl_path(c) != "/v1/models"]
+    expected = []
+    for path, body in map(request, demo.readme_curl_commands(text, "Reranker API")):
+        if body is None:
+            expected.append((f"/models/{runs[0]}{path}", None))
+        else:
+            expected.append((path, {"model": runs[0], **body}))
+    assert through_gateway == expected
+
+
+def test_the_demo_model_list_summary_says_what_is_routable():
+    listing = {"object": "list", "data": [{"id": "qwen", "task": "rerank", "engine": "reranker",
+                                           "replicas": 1, "ready_replicas": 1}]}
+    assert demo.summarize(listing) == ["qwen: rerank on reranker, 1/1 replicas routable"]
+
+
+def test_the_gateway_gets_the_charts_literal_settings_only():
+    container = {"env": [{"name": "GATEWAY_PORT", "value": 8080},
+                         {"name": "GATEWAY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                         {"name": "GATEWAY_NAMESPACES", "value": "apps"}, {"name": "OTHER", "value": "x"}]}
+    assert demo.literal_env(container, "GATEWAY_") == {"GATEWAY_PORT": "8080", "GATEWAY_NAMESPACES": "apps"}
 
 
 def test_a_busy_port_stops_the_demo_before_it_starts_anything():
@@ -70,4 +111,4 @@ def test_a_busy_port_stops_the_demo_before_it_starts_anything():
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"--port {port} is in use" in proc.stderr
-    assert "==> [1/8]" not in proc.stdout
+    assert "==> [1/10]" not in proc.stdout
