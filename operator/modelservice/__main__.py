@@ -4,10 +4,13 @@ Credentials: in-cluster (service account) when running in a pod, else the curren
 context. By default it serves every namespace; --namespace (repeatable) limits it. Whatever it
 watches, it refuses ModelServices in the namespaces of --refused-namespaces (the Kubernetes system
 namespaces by default; see scope.py), with a status condition and a Warning Event.
+--network-policy gives every ModelService that does not say otherwise an ingress NetworkPolicy
+admitting its namespace (--network-policy-same-namespace) and --network-policy-peers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,6 +18,20 @@ import sys
 import kopf
 
 from .scope import SYSTEM_NAMESPACES, parse_namespace_list
+
+
+def parse_peers(text: str) -> tuple[dict, ...]:
+    """--network-policy-peers: a JSON list of NetworkPolicyPeers, judged as spec.networkPolicy
+    .extraIngressFrom is (so a bad one stops the operator at start, not each apply)."""
+    from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415
+
+    from .models import NetworkPolicyPeer  # noqa: PLC0415
+
+    try:
+        peers = TypeAdapter(list[NetworkPolicyPeer]).validate_python(json.loads(text or "[]"))
+    except (ValueError, ValidationError) as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON list of NetworkPolicyPeers: {exc}") from None
+    return tuple(peer.model_dump(by_alias=True, exclude_none=True) for peer in peers)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compare every ModelService with its children this often, repairing what "
                              "events missed (jittered; env MODELSERVICE_RESYNC_SECONDS; 0: off; "
                              f"default {DEFAULT_RESYNC_S:g})")
+    policy = parser.add_argument_group("NetworkPolicy defaults (spec.networkPolicy of a ModelService overrides them)")
+    policy.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=False,
+                        help="give each ModelService an ingress NetworkPolicy unless its spec says "
+                             "networkPolicy.enabled: false (default: only those whose spec says true)")
+    policy.add_argument("--network-policy-same-namespace", action=argparse.BooleanOptionalAction, default=True,
+                        help="the policies admit every pod of the ModelService's namespace unless its "
+                             "spec says networkPolicy.allowSameNamespace: false (default: yes)")
+    policy.add_argument("--network-policy-peers", metavar="JSON", type=parse_peers, default=(),
+                        help="a JSON list of NetworkPolicyPeers every policy admits (e.g. the gateway's "
+                             "pods, the metrics scraper)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 
@@ -48,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import handlers  # noqa: F401  (registers the handlers)
+    from .resources import NetworkPolicyDefaults  # noqa: PLC0415
 
     logging.getLogger(__name__).info(
         "serving ModelServices of %s; refusing those of: %s",
@@ -60,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
         memo=kopf.Memo(refused_namespaces=tuple(args.refused_namespaces),
-                       resync_seconds=args.resync_seconds),
+                       resync_seconds=args.resync_seconds,
+                       network_policy=NetworkPolicyDefaults(
+                           enabled=args.network_policy,
+                           allow_same_namespace=args.network_policy_same_namespace,
+                           peers=args.network_policy_peers)),
     )
     return 0
 

@@ -5,13 +5,16 @@
   (resources.py), applies them (kube.py: server-side apply, owner references from kopf.adopt) and
   writes the status (status.py) only when it changed. Everything but the API calls and the clock
   is pure and takes the parsed ModelService and the Plan.
-* A child Deployment or Service changes or disappears: `on_child_event()` puts back a deleted or
+* A ModelService gets a NetworkPolicy as a third child when its spec.networkPolicy.enabled, or
+  else the operator's default (`NetworkPolicyDefaults`, from the command line), says so; when it
+  says no, the one the operator made for it is deleted.
+* A child Deployment, Service or NetworkPolicy changes or disappears: `on_child_event()` puts back a deleted or
   hand-edited child and refreshes the status from the Deployment's; it never re-plans, it reuses
   the plan the status records for the current generation (status.recorded_plan).
 * Events can be missed: a child deleted while the watch reconnects sends none that the operator
   sees (kopf lists again, and a missing object is just absent). `Resync` reads every ModelService
   the operator serves once per resync interval (jittered), with its Deployment and Service,
-  and runs `resync()`: compare, repair what is missing or drifted, write the status only when it
+  (and NetworkPolicy), and runs `resync()`: compare, repair what is missing or drifted, write the status only when it
   changed, so a ModelService in sync costs reads and no writes.
 * A pod the scheduler cannot place (PodScheduled=False, Unschedulable) triggers `resync()` of its
   ModelService, so the status names the scheduler's reason instead of a rollout in progress.
@@ -45,7 +48,8 @@ from pydantic import ValidationError
 from .kube import ApiFailure, Kube, api_failure, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
-from .resources import SELECTOR_LABEL, build_deployment, build_selector, build_service, drifted
+from .resources import (SELECTOR_LABEL, NetworkPolicyDefaults, build_deployment, build_network_policy,
+                        build_selector, build_service, drifted)
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
 from .status import (build_invalid_status, build_status, recorded_plan, status_changed,
                      unschedulable_message)
@@ -104,8 +108,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     load_config()
     memo.kube = Kube()
     interval = memo.get("resync_seconds")  # from the command line (__main__), else the default
-    memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval))
+    memo.network_policy = memo.get("network_policy") or NetworkPolicyDefaults()
+    memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval),
+                         network_policy=network_policy_defaults(memo))
     memo.resync.start()
+
+
+def network_policy_defaults(memo: kopf.Memo) -> NetworkPolicyDefaults:
+    """The operator's NetworkPolicy defaults (from the command line, __main__), else none."""
+    return memo.get("network_policy") or NetworkPolicyDefaults()
 
 
 @kopf.on.cleanup()
@@ -150,24 +161,53 @@ def repair(kube: Kube, body: Mapping[str, Any], desired: dict[str, Any], live: M
     return kube.apply(desired)
 
 
-def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan) -> dict[str, Any]:
-    """Applies the Deployment, then the Service, of a plan, owned by `body`; returns the live
-    Deployment. Raises ApplyFailed when the API refuses one (the Service is not tried then)."""
+def _owned_by(child: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    uid = body["metadata"].get("uid")
+    return any(ref.get("kind") == "ModelService" and ref.get("uid") == uid
+               for ref in (child.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def ensure_network_policy(kube: Kube, body: Mapping[str, Any], ms: ModelService, defaults: NetworkPolicyDefaults,
+                          live: Mapping[str, Any] | None, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Puts back the ModelService's NetworkPolicy when it is missing (`live` None) or drifted, or,
+    when the ModelService should have none, deletes the one it owns (a NetworkPolicy of the same
+    name that someone else made is left alone)."""
+    desired = build_network_policy(ms, defaults)
+    if desired is not None:
+        repair(kube, body, desired, live, logger)
+    elif live is not None and _owned_by(live, body):
+        logger.info("NetworkPolicy %s/%s: turned off, deleting it", ms.namespace, ms.name)
+        kube.delete_network_policy(ms.namespace, ms.name, live["metadata"]["uid"])
+
+
+def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan,
+                   network_policy: NetworkPolicyDefaults,
+                   logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
+    """Applies the Deployment, then the Service, then the NetworkPolicy (or deletes the one it
+    made when there should be none) of a plan, owned by `body`; returns the live Deployment.
+    Raises ApplyFailed when the API refuses one (the next ones are not tried then)."""
     deployment = build_deployment(ms, plan)
     service = build_service(ms)
-    kopf.adopt([deployment, service], owner=body)  # type: ignore[arg-type]
+    policy = build_network_policy(ms, network_policy)
+    children = [deployment, service] + ([policy] if policy is not None else [])
+    kopf.adopt(children, owner=body)  # type: ignore[arg-type]
     live: dict[str, Any] = {}
-    for child in (deployment, service):
+    for child in children:
         try:
             applied = kube.apply(child)
         except ApiException as exc:
             raise ApplyFailed(child["kind"], api_failure(exc)) from None
         live = live or applied
+    if policy is None:
+        ensure_network_policy(kube, body, ms, network_policy, kube.get_network_policy(ms.namespace, ms.name),
+                              logger)
     return live
 
 
-def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Makes the children and the status match the ModelService."""
+def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter,
+              network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
+    """Makes the children and the status match the ModelService (`network_policy`: the
+    operator's NetworkPolicy defaults)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -194,7 +234,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
     try:
-        live = apply_children(kube, body, ms, plan)
+        live = apply_children(kube, body, ms, plan, network_policy, logger)
     except ApplyFailed as failure:
         write_status(kube, ms, build_status(ms, now=now(), error=PlanError(APPLY_FAILED, failure.message),
                                             deployment=kube.get_deployment(namespace, name)))
@@ -226,7 +266,7 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         logger.warning("%s: %s", refusal.reason, refusal.message)
         return
     try:
-        reconcile(memo.kube, body, logger)
+        reconcile(memo.kube, body, logger, network_policy_defaults(memo))
     except ApplyFailed as failure:
         kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
         # kopf logs these errors as one line (no traceback); a TemporaryError is retried after `delay`.
@@ -243,8 +283,10 @@ def _owner_name(child: Mapping[str, Any]) -> str | None:
 
 
 def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
-                   logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Repairs a deleted or drifted child and refreshes the status from the Deployment."""
+                   logger: logging.Logger | logging.LoggerAdapter,
+                   network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
+    """Repairs a deleted or drifted child (a NetworkPolicy: also deletes one turned off) and
+    refreshes the status from the Deployment."""
     owner = _owner_name(child)
     namespace = child.get("metadata", {}).get("namespace")
     if owner is None or namespace is None:
@@ -260,15 +302,20 @@ def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
     if plan is None:
         return  # the ModelService handler has not finished this generation: it owns the next step
     kind = child.get("kind")
+    if kind == "NetworkPolicy":
+        ensure_network_policy(kube, body, ms, network_policy, None if event_type == "DELETED" else child, logger)
+        return
     desired = build_deployment(ms, plan) if kind == "Deployment" else build_service(ms)
     live = repair(kube, body, desired, None if event_type == "DELETED" else child, logger)
     if kind == "Deployment":
         write_status(kube, ms, observed_status(kube, ms, plan, live))
 
 
-def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter) -> bool:
-    """Compares one ModelService's Deployment and Service with its recorded plan, puts back what
-    is missing or drifted, and writes the status from the children that exist (only if it
+def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter,
+           network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> bool:
+    """Compares one ModelService's Deployment, Service and NetworkPolicy with its recorded plan
+    (and `network_policy`, the operator's defaults), puts back what is missing or drifted
+    (deletes a NetworkPolicy turned off), and writes the status from the children that exist (only if it
     changed): in sync, it reads and writes nothing. Returns False when the ModelService is gone.
 
     A ModelService without a plan for its current generation is left to its own handler (kopf
@@ -290,6 +337,7 @@ def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | loggi
     try:
         deployment = repair(kube, body, build_deployment(ms, plan), deployment, logger)
         service = repair(kube, body, build_service(ms), service, logger)
+        ensure_network_policy(kube, body, ms, network_policy, kube.get_network_policy(namespace, name), logger)
     finally:
         # Also when a repair failed: the status then says which child is missing. Only over the
         # version read above: a reconcile of a newer generation may have written since.
@@ -305,8 +353,10 @@ class Resync:
     reports them all again); one that has disappeared unseen is forgotten at its next resync.
     A failed resync logs one line and is tried again at the next interval."""
 
-    def __init__(self, kube: Kube, interval_s: float, rng: random.Random | None = None):
+    def __init__(self, kube: Kube, interval_s: float, rng: random.Random | None = None,
+                 network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()):
         self.kube = kube
+        self.network_policy = network_policy
         self.interval_s = interval_s
         self._rng = rng or random.Random()
         self._due: dict[tuple[str, str], float] = {}
@@ -337,7 +387,7 @@ class Resync:
                 self._due[key] = self._next(now)
         for namespace, name in due:
             try:
-                if not resync(self.kube, namespace, name, log):
+                if not resync(self.kube, namespace, name, log, self.network_policy):
                     self.forget(namespace, name)
             except Exception as exc:  # noqa: BLE001  (API down or refusing: the next turn retries)
                 reason = getattr(exc, "reason", None) or str(exc)
@@ -380,7 +430,7 @@ def unschedulable_pod(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, 
     """A model pod the scheduler cannot place: the ModelService's status says why."""
     meta = body["metadata"]
     try:
-        resync(memo.kube, meta["namespace"], meta["labels"][SELECTOR_LABEL], logger)
+        resync(memo.kube, meta["namespace"], meta["labels"][SELECTOR_LABEL], logger, network_policy_defaults(memo))
     except ApiException as exc:
         logger.warning("could not report an unschedulable pod: %s", exc.reason)
 
@@ -389,7 +439,7 @@ def unschedulable_pod(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, 
 def deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                      **_: Any) -> None:
     try:
-        on_child_event(memo.kube, event.get("type"), body, logger)
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
     except ApiException as exc:  # events are not retried by kopf: the next event (or resume) heals
         logger.warning("could not handle a Deployment event: %s", exc.reason)
 
@@ -398,6 +448,15 @@ def deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo,
 def service_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                   **_: Any) -> None:
     try:
-        on_child_event(memo.kube, event.get("type"), body, logger)
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
     except ApiException as exc:
         logger.warning("could not handle a Service event: %s", exc.reason)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
+def network_policy_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                         **_: Any) -> None:
+    try:
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
+    except ApiException as exc:
+        logger.warning("could not handle a NetworkPolicy event: %s", exc.reason)

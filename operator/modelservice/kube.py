@@ -70,9 +70,10 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.networking = kubernetes.client.NetworkingV1Api(self.client)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of a Deployment or Service; returns the live object."""
+        """Server-side apply of a Deployment, Service or NetworkPolicy; returns the live object."""
         meta = obj["metadata"]
         kwargs = dict(name=meta["name"], namespace=meta["namespace"], body=dict(obj),
                       field_manager=MANAGER, force=True, _content_type=APPLY,
@@ -81,6 +82,8 @@ class Kube:
             return _json(self.apps.patch_namespaced_deployment(**kwargs))
         if obj["kind"] == "Service":
             return _json(self.core.patch_namespaced_service(**kwargs))
+        if obj["kind"] == "NetworkPolicy":
+            return _json(self.networking.patch_namespaced_network_policy(**kwargs))
         raise ValueError(f"the operator does not apply {obj['kind']}")
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -98,6 +101,25 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.networking.read_namespaced_network_policy(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_network_policy(self, namespace: str, name: str, uid: str) -> None:
+        """Deletes a NetworkPolicy only while it is the object `uid` names (a precondition), so
+        one created again meanwhile under the same name is left alone; gone already is fine."""
+        try:
+            self.networking.delete_namespaced_network_policy(
+                name, namespace, body=kubernetes.client.V1DeleteOptions(
+                    preconditions=kubernetes.client.V1Preconditions(uid=uid)))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The pods of one ModelService (`selector`: its pod selector), read only to report

@@ -313,6 +313,84 @@ class Cache(_Model):
         return self
 
 
+# The API server bounds the cost of the peer rules by the longest list the schema admits.
+PEERS_MAX = 32
+# What the API's ValidateNetworkPolicyPeer refuses, as CEL rules on one peer; NetworkPolicyPeer's
+# validator enforces the same in Python.
+PEER_RULES = [
+    {"rule": "has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock)",
+     "reason": "FieldValueRequired",
+     "message": "a peer needs podSelector, namespaceSelector or ipBlock"},
+    {"rule": "!has(self.ipBlock) || !(has(self.podSelector) || has(self.namespaceSelector))",
+     "fieldPath": ".ipBlock",
+     "reason": "FieldValueForbidden",
+     "message": "a peer with ipBlock takes no podSelector or namespaceSelector"},
+]
+
+
+class IPBlock(_Model):
+    """A CIDR range admitted, less the `except` ranges (networking/v1 IPBlock)."""
+
+    cidr: str = Field(..., min_length=1, max_length=64, description="e.g. 10.0.0.0/8.")
+    except_: Optional[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]]] = Field(
+        None, alias="except", max_length=PEERS_MAX, description="Ranges inside cidr left out.")
+
+
+class LabelSelectorRequirement(_Model):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Optional[list[LabelValue]] = Field(None, max_length=PEERS_MAX)
+
+
+class LabelSelector(_Model):
+    """A label selector (meta/v1 LabelSelector); {} selects everything."""
+
+    match_labels: Optional[dict[Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)],
+                                LabelValue]] = Field(None, max_length=PEERS_MAX)
+    match_expressions: Optional[list[LabelSelectorRequirement]] = Field(None, max_length=PEERS_MAX)
+
+
+class NetworkPolicyPeer(_Model):
+    """A source admitted to the model's port (networking/v1 NetworkPolicyPeer), kept as written:
+    podSelector alone means pods of the ModelService's namespace;
+    with namespaceSelector, pods of the namespaces it selects."""
+
+    pod_selector: Optional[LabelSelector] = Field(
+        None, description="A label selector of pods ({} selects all); alone: in the ModelService's namespace.")
+    namespace_selector: Optional[LabelSelector] = Field(
+        None, description="A label selector of namespaces, e.g. matchLabels kubernetes.io/metadata.name: monitoring.")
+    ip_block: Optional[IPBlock] = Field(None, description="A CIDR range (alone in its peer).")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": PEER_RULES})
+
+    @model_validator(mode="after")
+    def _as_the_api_validates(self) -> "NetworkPolicyPeer":
+        selectors = self.pod_selector is not None or self.namespace_selector is not None
+        if not selectors and self.ip_block is None:
+            raise ValueError(PEER_RULES[0]["message"])
+        if selectors and self.ip_block is not None:
+            raise ValueError(PEER_RULES[1]["message"])
+        return self
+
+
+class NetworkPolicy(_Model):
+    """The model's NetworkPolicy: default-deny ingress to its pods, but for the sources named here
+    and the operator's own (--network-policy-peers: the chart's gateway and metrics scraper).
+    Unset fields take the operator's defaults (--network-policy, --network-policy-same-namespace)."""
+
+    enabled: Optional[bool] = Field(
+        None, description="Create the NetworkPolicy (true) or not (false: none, and the operator "
+                          "deletes the one it made); unset: the operator's default (chart "
+                          "networkPolicy.enabled).")
+    allow_same_namespace: Optional[bool] = Field(
+        None, description="Admit every pod of the ModelService's namespace; unset: the operator's "
+                          "default (chart networkPolicy.allowSameNamespace, true).")
+    extra_ingress_from: Optional[list[NetworkPolicyPeer]] = Field(
+        None, max_length=PEERS_MAX,
+        description="More sources admitted to the model's port (NetworkPolicyPeers, kept as "
+                    "written), after the operator's own.")
+
+
 # CEL rules on spec, with the pydantic validator below enforcing the same in Python.
 SPEC_RULES = [
     {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || self.gpu.count == 0",
@@ -375,6 +453,9 @@ class ModelServiceSpec(_Model):
         description="Secret with a Hugging Face token for gated models (HF_TOKEN).")
     cache: Optional[Cache] = Field(None, description="Model cache volume (default: an emptyDir).")
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port of the Service.")
+    network_policy: Optional[NetworkPolicy] = Field(
+        None, description="An ingress NetworkPolicy for the pods: only the model's port, only from "
+                          "the sources it names and the operator's defaults; egress is untouched.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 

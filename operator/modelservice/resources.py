@@ -1,4 +1,5 @@
-"""The children of a ModelService, built purely: a Deployment and a ClusterIP Service.
+"""The children of a ModelService, built purely: a Deployment, a ClusterIP Service and, when
+turned on, an ingress NetworkPolicy.
 
 The builders take a `models.ModelService` (the spec already validated, once per reconcile) and,
 where it matters, the `plan.Plan` chosen for it; none does I/O, reads a clock or parses. `kube.py`
@@ -8,11 +9,13 @@ still holds what was applied. The chart renders the same objects without the ope
 two.
 
 Entry point for callers that hold a ModelService body (tests, the chart's parity check):
-`build_children(body, nodes)` -> Children(deployment, service).
+`build_children(body, nodes)` -> Children(deployment, service); `build_network_policy(ms,
+defaults)` -> the NetworkPolicy, or None when the ModelService has none.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelService, ModelServiceSpec, parse_modelservice
@@ -239,6 +242,42 @@ def build_service(ms: ModelService) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class NetworkPolicyDefaults:
+    """The operator's NetworkPolicy settings for every ModelService it serves (its command line,
+    from the chart's `networkPolicy` values): whether a ModelService that does not say gets a
+    policy, whether it admits its own namespace, and the sources every policy admits (the
+    gateway's pods, the metrics scraper, the platform's extra peers), as NetworkPolicyPeers."""
+
+    enabled: bool = False
+    allow_same_namespace: bool = True
+    peers: tuple[Mapping[str, Any], ...] = ()
+
+
+def build_network_policy(ms: ModelService, defaults: NetworkPolicyDefaults) -> dict[str, Any] | None:
+    """The NetworkPolicy of a ModelService's pods, or None when it has none (spec.networkPolicy
+    .enabled, else `defaults.enabled`). Ingress only (egress is untouched), to the container port
+    named http only, from: every pod of its namespace (allowSameNamespace), then the operator's
+    peers, then the ModelService's extraIngressFrom. No source at all admits nothing: the policy
+    then has no ingress rule (an empty `from` would admit everyone)."""
+    spec = ms.spec.network_policy
+    enabled = spec.enabled if spec is not None and spec.enabled is not None else defaults.enabled
+    if not enabled:
+        return None
+    same_namespace = (spec.allow_same_namespace if spec is not None and spec.allow_same_namespace is not None
+                      else defaults.allow_same_namespace)
+    peers: list[dict[str, Any]] = [{"podSelector": {}}] if same_namespace else []
+    peers += [copy.deepcopy(dict(peer)) for peer in defaults.peers]
+    peers += [peer.model_dump(by_alias=True, exclude_none=True)
+              for peer in (spec.extra_ingress_from if spec is not None else None) or []]
+    policy: dict[str, Any] = {"podSelector": {"matchLabels": build_selector_labels(ms.name)},
+                              "policyTypes": ["Ingress"]}
+    if peers:
+        policy["ingress"] = [{"ports": [{"port": "http", "protocol": "TCP"}], "from": peers}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _metadata(ms),
+            "spec": policy}
+
+
 def build_children(body: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]] | None = None) -> Children:
     """A ModelService body (or a plain {metadata, spec} dict) -> its Deployment and Service.
 
@@ -264,6 +303,10 @@ def contains(live: Any, desired: Any) -> bool:
 
 def drifted(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether a live child lost part of its desired spec or labels (edited by hand, or by another
-    writer); fields the API or other controllers add are not drift."""
-    return not (contains(live.get("spec"), desired["spec"])
+    writer); fields the API or other controllers add are not drift. A NetworkPolicy that admits
+    nothing has no ingress rule, so one added by hand (which would admit its sources) is drift."""
+    live_spec = live.get("spec") or {}
+    if desired["kind"] == "NetworkPolicy" and "ingress" not in desired["spec"] and live_spec.get("ingress"):
+        return True
+    return not (contains(live_spec, desired["spec"])
                 and contains((live.get("metadata") or {}).get("labels") or {}, desired["metadata"]["labels"]))

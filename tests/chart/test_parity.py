@@ -1,5 +1,6 @@
-"""Parity: for the same values, the chart without the operator renders the Deployment and Service
-the operator builds from the ModelService the chart renders with it.
+"""Parity: for the same values, the chart without the operator renders the Deployment, Service and
+NetworkPolicy the operator builds from the ModelService the chart renders with it (and, for the
+NetworkPolicy, from the defaults the chart gives the operator on its command line).
 
 Both renders come from one values dict: operator.enabled=true gives the ModelService (the
 operator's input), operator.enabled=false gives the chart's own Deployment and Service; the
@@ -70,6 +71,16 @@ INPUTS = {
             "cache": {"sizeLimit": "20Gi"},
         },
     },
+    "network-policy-namespace": {"networkPolicy": {"enabled": True}, "embedding": {"accelerator": "cpu"},
+                                 "reranker": {"accelerator": "cpu"}},
+    "network-policy-peers": {
+        "commonLabels": {"team": "search"}, "commonAnnotations": {COMMON_ANNOTATION: "on"},
+        "networkPolicy": {"enabled": True, "allowSameNamespace": False,
+                          "metricsScraper": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+                          "extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                                               {"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
+        "embedding": {"accelerator": "cpu"}, "reranker": {"accelerator": "cpu"}},
     "chart-only-values": {
         "commonAnnotations": {COMMON_ANNOTATION: "on"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -114,16 +125,19 @@ def _autoscaled(values: dict) -> bool:
 INTENDED = (
     # Who applies the object: Helm in one mode, the operator (its field manager) in the other.
     *(Intended(kind, path + (MANAGED_BY,), Side.BOTH, "managed-by names the applier")
-      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS))),
+      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS),
+                         ("NetworkPolicy", LABELS))),
     # The operator labels its children with the ModelService that owns them and selects pods by
     # that label; without the operator there is no ModelService to name.
     *(Intended(kind, path + (OPERATOR_SELECTOR,), Side.OPERATOR, "the owning ModelService's label")
-      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS))),
+      for kind, path in (("Deployment", LABELS), ("Deployment", POD_LABELS), ("Service", LABELS),
+                         ("NetworkPolicy", LABELS))),
     # Each mode selects its pods by its own labels (above); a Deployment's selector is immutable,
     # so neither can move to the other's without breaking upgrades. test_each_mode_selects_its_own_pods
     # checks both selectors instead.
     Intended("Deployment", ("spec", "selector"), Side.BOTH, "each mode's own selector (immutable)"),
     Intended("Service", ("spec", "selector"), Side.BOTH, "each mode's own selector"),
+    Intended("NetworkPolicy", ("spec", "podSelector"), Side.BOTH, "each mode's own pod selector"),
     # The chart's pods carry a checksum of the model's values, so that any change of them rolls
     # the pods; the operator's pod template is built from the ModelService alone, so it changes
     # whenever the pods must roll, without a checksum.
@@ -136,6 +150,8 @@ INTENDED = (
     Intended("Deployment", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
              "commonAnnotations: the chart's objects"),
     Intended("Service", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
+             "commonAnnotations: the chart's objects"),
+    Intended("NetworkPolicy", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
              "commonAnnotations: the chart's objects"),
     Intended("Deployment", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART,
              "imagePullSecrets: the chart's pods"),
@@ -176,6 +192,32 @@ def operator_build(ms: dict) -> tuple[dict, dict]:
     return resources.build_children(ms)
 
 
+def operator_network_policy(ms: dict, with_operator) -> dict | None:
+    """The operator's NetworkPolicy for a ModelService, with the defaults that the operator's
+    command line in the same render gives it."""
+    from modelservice.__main__ import parse_args
+    from modelservice.models import parse_modelservice
+    from modelservice.resources import NetworkPolicyDefaults, build_network_policy
+
+    (operator,) = [d for d in with_operator.kinds("Deployment") if d["metadata"]["name"].endswith("-operator")]
+    args = parse_args(operator["spec"]["template"]["spec"]["containers"][0]["args"])
+    defaults = NetworkPolicyDefaults(args.network_policy, args.network_policy_same_namespace, args.network_policy_peers)
+    return build_network_policy(parse_modelservice(ms), defaults)
+
+
+def without_gateway_peer(policy: dict, with_operator) -> dict:
+    """The operator's policy less the gateway's peer, which it has first: the gateway runs only
+    with the operator, so the chart-only policy has no gateway to admit (an intended difference
+    of a list item, which INTENDED's key paths cannot name)."""
+    (gateway,) = [d for d in with_operator.kinds("Deployment") if d["metadata"]["name"].endswith("-gateway")]
+    policy = copy.deepcopy(policy)
+    peers = policy["spec"]["ingress"][0]["from"]
+    index = 1 if peers[0] == {"podSelector": {}} else 0
+    assert peers[index]["podSelector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"], peers
+    del peers[index]
+    return policy
+
+
 class Pair(NamedTuple):
     """One model's objects in both modes, and its section of the values."""
 
@@ -208,9 +250,14 @@ def pairs(render) -> dict[str, list[Pair]]:
             name = ms["metadata"]["name"]
             section = "embedding" if ms["spec"]["task"] == "embed" else "reranker"
             deployment, service = operator_build(ms)
-            out[input_name].append(Pair(
-                name, values.get(section, {}), ms, {"Deployment": deployment, "Service": service},
-                {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}))
+            operator = {"Deployment": deployment, "Service": service}
+            chart = {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}
+            policy = operator_network_policy(ms, with_operator)
+            assert (policy is None) == (name not in without.names("NetworkPolicy")), (input_name, name)
+            if policy is not None:
+                operator["NetworkPolicy"] = without_gateway_peer(policy, with_operator)
+                chart["NetworkPolicy"] = without.get("NetworkPolicy", name)
+            out[input_name].append(Pair(name, values.get(section, {}), ms, operator, chart))
         assert len(without.kinds("Deployment")) == len(modelservices), input_name
     return out
 
@@ -227,7 +274,7 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
 @pytest.mark.parametrize("input_name", sorted(INPUTS))
 def test_chart_and_operator_render_the_same_objects(pairs, input_name):
     for pair in pairs[input_name]:
-        for kind in ("Deployment", "Service"):
+        for kind in pair.chart:
             op, _ = without_intended(kind, Side.OPERATOR, pair.operator[kind], pair.values)
             chart, _ = without_intended(kind, Side.CHART, pair.chart[kind], pair.values)
             differences = _differences(op, chart)
@@ -238,7 +285,7 @@ def test_every_intended_difference_is_still_one(pairs):
     """An entry of INTENDED that no input exercises would hide drift for nothing: drop it."""
     used: set[Intended] = set()
     for pair in (p for ps in pairs.values() for p in ps):
-        for kind in ("Deployment", "Service"):
+        for kind in pair.chart:
             used |= without_intended(kind, Side.OPERATOR, pair.operator[kind], pair.values)[1]
             used |= without_intended(kind, Side.CHART, pair.chart[kind], pair.values)[1]
     assert not set(INTENDED) - used, sorted(d.why for d in set(INTENDED) - used)
@@ -256,11 +303,15 @@ def test_each_mode_selects_its_own_pods(pairs):
             selector = deployment["spec"]["selector"]["matchLabels"]
             assert set(selector) == expected and selector == service["spec"]["selector"], pair.name
             assert selector.items() <= pod_labels.items(), pair.name
+            if "NetworkPolicy" in objects:
+                assert objects["NetworkPolicy"]["spec"]["podSelector"] == {"matchLabels": selector}, pair.name
 
 
-# Spec fields no chart-only input can set: fallbackToCPU needs accelerator auto, which needs the
+# Spec fields the chart's ModelServices never set: fallbackToCPU needs accelerator auto, which needs the
 # operator (the chart refuses it, naming the reason).
-OPERATOR_ONLY_FIELDS = {"fallbackToCPU"}
+# networkPolicy: the chart's ModelServices take the operator's default, which the chart's
+# networkPolicy values set (the NetworkPolicies themselves are compared above).
+OPERATOR_ONLY_FIELDS = {"fallbackToCPU", "networkPolicy"}
 
 
 def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):
@@ -291,9 +342,15 @@ def test_parity_inputs_cover_every_variant_family_and_affinity(pairs):
     assert AFFINITY in affinities and len(affinities) == 2
 
 
-def test_pdb_and_networkpolicy_select_the_operators_pods(render):
-    """With the operator, the chart's PDB and NetworkPolicy must select the pods it creates."""
-    values = {"operator": {"enabled": True}, "networkPolicy": {"enabled": True},
+def test_network_policy_inputs_make_policies_in_both_modes(pairs):
+    for input_name in ("network-policy-namespace", "network-policy-peers"):
+        assert all("NetworkPolicy" in pair.chart for pair in pairs[input_name]), input_name
+
+
+def test_pdb_selects_the_operators_pods(render):
+    """With the operator, the chart's PDB must select the pods it creates (the operator builds
+    the NetworkPolicy itself, selecting them as its Deployment does)."""
+    values = {"operator": {"enabled": True},
               "embedding": {"podDisruptionBudget": {"enabled": True}},
               "reranker": {"podDisruptionBudget": {"enabled": True}}}
     out = render(values=values, sets=["crds.enabled=false"])
@@ -301,6 +358,6 @@ def test_pdb_and_networkpolicy_select_the_operators_pods(render):
         name = ms["metadata"]["name"]
         op_deploy, _ = operator_build(ms)
         pod_labels = op_deploy["spec"]["template"]["metadata"]["labels"]
-        for kind, path in (("PodDisruptionBudget", ("selector",)), ("NetworkPolicy", ("podSelector",))):
+        for kind, path in (("PodDisruptionBudget", ("selector",)),):
             selector = out.get(kind, name)["spec"][path[0]]["matchLabels"]
             assert selector.items() <= pod_labels.items(), f"{kind}/{name} selects {selector}, pods carry {pod_labels}"

@@ -92,6 +92,7 @@ def test_cluster_wide_rbac_is_one_clusterrole(render):
     assert {"get", "list", "watch", "patch"} <= rules["modelservices"]
     assert "patch" in rules["modelservices/status"]
     assert {"create", "patch", "delete"} <= rules["deployments"] and {"create", "patch", "delete"} <= rules["services"]
+    assert rules["networkpolicies"] == {"get", "list", "watch", "create", "patch", "delete"}
     assert rules["nodes"] == {"get", "list", "watch"}
     assert rules["events"] == {"create"}
     binding = out.get("ClusterRoleBinding", "rel-embedding-images-operator")
@@ -104,6 +105,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert "modelservices" in rules_of(role) and "deployments" in rules_of(role)
+        assert rules_of(role)["networkpolicies"] == {"get", "list", "watch", "create", "patch", "delete"}
     bindings = [b for b in out.kinds("RoleBinding") if b["metadata"]["name"] == "rel-embedding-images-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
@@ -609,6 +611,36 @@ def test_gateway_rbac_is_exactly_the_three_rules(render):
                                   "endpointslices": {"get", "list", "watch"}}
 
 
+def operator_network_policy(out) -> "NetworkPolicyDefaults":
+    """The NetworkPolicy defaults the operator's command line gives it."""
+    from modelservice.__main__ import parse_args
+    from modelservice.resources import NetworkPolicyDefaults
+
+    (container,) = out.get("Deployment", "rel-embedding-images-operator")["spec"]["template"]["spec"]["containers"]
+    args = parse_args(container["args"])
+    return NetworkPolicyDefaults(args.network_policy, args.network_policy_same_namespace, args.network_policy_peers)
+
+
+def test_with_the_operator_every_modelservice_gets_the_policy_not_only_the_charts(render):
+    """networkPolicy.enabled turns on the operator's default, so ModelServices made with kubectl
+    get one too; the chart renders none of the models' policies itself (the operator owns them)."""
+    assert not operator_network_policy(render(sets=NO_CRD)).enabled
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    extra = {"ipBlock": {"cidr": "10.0.0.0/8"}}
+    out = render(values={"networkPolicy": {"enabled": True, "metricsScraper": scraper, "extraIngressFrom": [extra]}},
+                 sets=NO_CRD)
+    defaults = operator_network_policy(out)
+    assert defaults.enabled and defaults.allow_same_namespace
+    assert list(defaults.peers[1:]) == [scraper, extra]
+    assert out.names("NetworkPolicy") == [GW]
+    defaults = operator_network_policy(render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}},
+                                              sets=NO_CRD))
+    assert not defaults.allow_same_namespace
+    assert defaults.peers[1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test", \
+        "the helm test pod still reaches the models"
+
+
 def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gateway(render):
     out = render(sets=NO_CRD + ["networkPolicy.enabled=true"])
     policy = out.get("NetworkPolicy", GW)
@@ -618,9 +650,9 @@ def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gatew
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False, "extraIngressFrom": [peer]}},
                  sets=NO_CRD)
     assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [peer]
-    gateway_pods = {"podSelector": {"matchLabels": out.get("Deployment", GW)["spec"]["selector"]["matchLabels"]}}
-    for model in ("rel-embedding-images-embedding", "rel-embedding-images-reranker"):
-        assert gateway_pods in out.get("NetworkPolicy", model)["spec"]["ingress"][0]["from"], model
+    gateway_pods = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
+                    "podSelector": {"matchLabels": out.get("Deployment", GW)["spec"]["selector"]["matchLabels"]}}
+    assert gateway_pods in operator_network_policy(out).peers, "every model's policy admits the gateway"
     # No peer at all: an empty `from` would admit everyone, so there is no ingress rule.
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}}, sets=NO_CRD)
     assert out.get("NetworkPolicy", GW)["spec"]["ingress"] == []

@@ -411,6 +411,38 @@ def test_deleted_and_hand_edited_children_are_put_back(cluster, operator, ns):
     assert ms["status"]["variant"] == "ampere-80"
 
 
+def test_a_networkpolicy_is_made_put_back_and_removed_when_turned_off(cluster, operator, ns):
+    """The objects only: kwok enforces no NetworkPolicy, so no traffic is sent."""
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    cluster.apply(modelservice("emb", task="embed", model="BAAI/bge-small-en-v1.5", accelerator="cpu",
+                               networkPolicy={"enabled": True, "extraIngressFrom": [scraper]}), namespace=ns)
+    wait_ready(cluster, ns, "emb", operator)
+
+    def policy() -> dict[str, Any] | None:
+        found = cluster.kubectl("get", "networkpolicy", "emb", "-n", ns, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    made = wait_for("the NetworkPolicy", policy, timeout=30)
+    assert made["metadata"]["ownerReferences"][0]["name"] == "emb"
+    assert made["spec"]["podSelector"] == {"matchLabels": {"serving.embedding-images.io/modelservice": "emb"}}
+    assert made["spec"]["policyTypes"] == ["Ingress"] and "egress" not in made["spec"]
+    assert made["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}],
+                                        "from": [{"podSelector": {}}, scraper]}]
+
+    cluster.kubectl("delete", "networkpolicy", "emb", "-n", ns)
+    wait_for("the NetworkPolicy back", lambda: (policy() or {}).get("metadata", {}).get("uid")
+             not in (None, made["metadata"]["uid"]), timeout=30)
+    cluster.kubectl("patch", "networkpolicy", "emb", "-n", ns, "--type=json", "-p", json.dumps(
+        [{"op": "add", "path": "/spec/ingress/0/from/-", "value": {"namespaceSelector": {}}}]))
+    wait_for("the hand-widened sources put back",
+             lambda: (policy() or {}).get("spec", {}).get("ingress") == made["spec"]["ingress"], timeout=30)
+
+    cluster.kubectl("patch", "modelservice", "emb", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"networkPolicy": {"enabled": False}}}))
+    wait_for("the NetworkPolicy gone", lambda: policy() is None, timeout=30)
+    assert deployment(cluster, ns, "emb")["metadata"]["name"] == "emb"
+
+
 class ServiceWriteHold:
     """Holds the next write of a Service in one namespace inside the API server, through a
     validating admission webhook that this test serves on loopback: the writer (the operator)

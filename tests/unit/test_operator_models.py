@@ -281,6 +281,15 @@ RULE_CASES = {
     models.TOLERATION_RULES[3]["message"]: (
         [{"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}],
         {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]}),
+    models.PEER_RULES[0]["message"]: (
+        [{"networkPolicy": {"extraIngressFrom": [
+            {"podSelector": {}}, {"namespaceSelector": {"matchLabels": {"team": "a"}}},
+            {"namespaceSelector": {}, "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}},
+            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}}],
+        {"networkPolicy": {"extraIngressFrom": [{"podSelector": {}}, {}]}}),
+    models.PEER_RULES[1]["message"]: (
+        [{"networkPolicy": {"enabled": True, "extraIngressFrom": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}}],
+        {"networkPolicy": {"extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}}),
 }
 
 # The rule at the root of the schema (self is the whole object; CEL may read metadata.name).

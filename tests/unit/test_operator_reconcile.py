@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from modelservice import handlers
 from modelservice.kube import ApiFailure, api_failure
 from modelservice.models import parse_modelservice
+from modelservice.resources import NetworkPolicyDefaults
 from modelservice.status import recorded_plan
 
 
@@ -34,6 +35,8 @@ class FakeKube:
         self.applied: list[dict] = []
         self.nodes: list[dict] = []
         self.service: dict | None = None
+        self.policy: dict | None = None
+        self.deleted: list[str] = []
         self.pods: list[dict] = []
 
     def apply(self, obj):
@@ -44,9 +47,20 @@ class FakeKube:
             obj["status"] = deployment_status(ready=0)
             self.deployment = copy.deepcopy(obj)
             self.deployment["status"] = deployment_status(ready=1)  # ready a moment later
+        elif obj["kind"] == "NetworkPolicy":
+            obj["metadata"]["uid"] = f"np-{len(self.applied)}"
+            self.policy = copy.deepcopy(obj)
         else:
             self.service = copy.deepcopy(obj)
         return obj
+
+    def get_network_policy(self, namespace, name):
+        return copy.deepcopy(self.policy)
+
+    def delete_network_policy(self, namespace, name, uid):
+        if self.policy is not None and self.policy["metadata"]["uid"] == uid:
+            self.deleted.append(f"NetworkPolicy/{name}")
+            self.policy = None
 
     def get_service(self, namespace, name):
         return copy.deepcopy(self.service)
@@ -171,7 +185,7 @@ def test_resync_forgets_a_deleted_modelservice(fake):
 def test_the_resync_schedule_spreads_modelservices_within_the_interval(fake, monkeypatch):
     """Each ModelService is resynced within one interval of the last time, at a jittered moment."""
     seen = []
-    monkeypatch.setattr(handlers, "resync", lambda kube, ns, name, logger: seen.append(name) or True)
+    monkeypatch.setattr(handlers, "resync", lambda kube, ns, name, logger, *_: seen.append(name) or True)
     clock = [1000.0]
     monkeypatch.setattr(handlers.time, "monotonic", lambda: clock[0])
     resync = handlers.Resync(fake, 10.0, rng=random.Random(1))
@@ -285,3 +299,51 @@ def test_a_modelservice_named_before_the_crd_checked_names_gets_one_event_and_no
                                         logger=logging.getLogger("test"), retry=0)
     assert message in str(info.value) and fake.applied == []
     assert [e["reason"] for e in events] == ["ApplyFailed"] and message in events[0]["message"]
+
+
+# --- the NetworkPolicy child ------------------------------------------------------------------------
+
+ON = NetworkPolicyDefaults(enabled=True, peers=({"podSelector": {"matchLabels": {"app": "gateway"}}},))
+
+
+def test_the_operators_default_gives_a_modelservice_its_network_policy_and_repairs_it(fake):
+    log = logging.getLogger("test")
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), log, ON)
+    applied = fake.policy
+    assert applied is not None and applied["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert applied["spec"]["ingress"][0]["from"] == [{"podSelector": {}}, *ON.peers]
+    fake.policy = None  # deleted: its event puts it back
+    handlers.on_child_event(fake, "DELETED", applied, log, ON)
+    assert fake.policy["spec"] == applied["spec"]
+    fake.policy = None  # deleted unseen: the resync puts it back
+    assert handlers.resync(fake, "search", "emb", log, ON)
+    assert fake.policy["spec"] == applied["spec"]
+    before = writes(fake)
+    assert handlers.resync(fake, "search", "emb", log, ON)
+    assert writes(fake) == before, "in sync: no write"
+    fake.policy["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}})  # widened by hand
+    handlers.on_child_event(fake, "MODIFIED", fake.policy, log, ON)
+    assert fake.policy["spec"] == applied["spec"]
+
+
+def test_a_modelservice_without_a_policy_gets_none_and_loses_the_one_it_had(fake):
+    log = logging.getLogger("test")
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), log)
+    assert fake.policy is None and not any(o["kind"] == "NetworkPolicy" for o in fake.applied)
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), log, ON)
+    assert fake.policy is not None
+    fake.ms["spec"]["networkPolicy"] = {"enabled": False}  # the user opts out
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), log, ON)
+    assert fake.policy is None and fake.deleted == ["NetworkPolicy/emb"]
+
+
+def test_the_resync_deletes_a_policy_turned_off_but_never_one_it_does_not_own(fake):
+    log = logging.getLogger("test")
+    handlers.reconcile(fake, copy.deepcopy(fake.ms), log, ON)
+    assert handlers.resync(fake, "search", "emb", log)  # the operator's default is now off
+    assert fake.policy is None and fake.deleted == ["NetworkPolicy/emb"]
+    someone_elses = {"kind": "NetworkPolicy", "metadata": {"name": "emb", "namespace": "search", "uid": "x"},
+                     "spec": {"podSelector": {}}}
+    fake.policy = copy.deepcopy(someone_elses)
+    assert handlers.resync(fake, "search", "emb", log)
+    assert fake.policy == someone_elses

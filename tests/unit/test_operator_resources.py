@@ -1,4 +1,5 @@
-"""The operator's Deployment and Service, as a user would inspect them with kubectl get -o yaml.
+"""The operator's Deployment, Service and NetworkPolicy, as a user would inspect them with kubectl
+get -o yaml.
 
 Golden files (tests/unit/operator_golden/*.yaml: input, Deployment, Service) pin the full objects
 for a GPU TEI, a CPU reranker and a GPU-product TEI with scheduling constraints (node selector,
@@ -17,8 +18,8 @@ from hypothesis import strategies as st
 from modelservice.models import ACCELERATORS, parse_modelservice
 from modelservice.plan import build_plan
 from modelservice.models import parse_spec
-from modelservice.resources import (build_children, build_deployment, build_endpoint, build_selector,
-                                    build_service)
+from modelservice.resources import (NetworkPolicyDefaults, build_children, build_deployment, build_endpoint,
+                                    build_network_policy, build_selector, build_service, drifted)
 from modelservice.variants import load_table
 
 GOLDEN = Path(__file__).parent / "operator_golden"
@@ -192,3 +193,61 @@ def test_reranker_env_is_what_the_reranker_service_reads():
     assert (settings.max_length, settings.batch_tokens, settings.max_documents, settings.dtype,
             settings.instruction, settings.prompt_cache_tokens) == (
         4096, 16384, 200, "bfloat16", "Find the answer", 2048)
+
+
+# --- NetworkPolicy ---------------------------------------------------------------------------------
+
+GATEWAY = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
+           "podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}
+SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
+def policy(defaults=NetworkPolicyDefaults(), **spec):
+    return build_network_policy(parse_modelservice(body(task="rerank", model="m", accelerator="cpu", **spec)),
+                                defaults)
+
+
+def test_no_network_policy_unless_the_spec_or_the_operators_default_says_so():
+    assert policy() is None
+    assert policy(networkPolicy={}) is None
+    assert policy(NetworkPolicyDefaults(enabled=True), networkPolicy={"enabled": False}) is None
+    assert policy(networkPolicy={"enabled": True}) is not None
+    assert policy(NetworkPolicyDefaults(enabled=True)) is not None
+
+
+def test_network_policy_admits_only_the_named_sources_to_the_model_port():
+    """Ingress only, the port named http only, from: the namespace, the operator's peers, then the
+    ModelService's own, in that order; it selects the pods the Deployment runs."""
+    extra = {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}
+    built = policy(NetworkPolicyDefaults(enabled=True, peers=(GATEWAY, SCRAPER)),
+                   networkPolicy={"extraIngressFrom": [extra]})
+    deployment = build_deployment(parse_modelservice(body(task="rerank", model="m", accelerator="cpu")),
+                                  build_plan(parse_spec({"task": "rerank", "model": "m", "accelerator": "cpu"})))
+    assert built == {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "m", "namespace": "ns", "labels": deployment["metadata"]["labels"]},
+        "spec": {"podSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+                 "policyTypes": ["Ingress"],
+                 "ingress": [{"ports": [{"port": "http", "protocol": "TCP"}],
+                              "from": [{"podSelector": {}}, GATEWAY, SCRAPER, extra]}]}}
+    assert "egress" not in built["spec"]
+
+
+def test_same_namespace_is_the_operators_default_and_the_spec_wins():
+    defaults = NetworkPolicyDefaults(enabled=True, allow_same_namespace=False, peers=(GATEWAY,))
+    assert policy(defaults)["spec"]["ingress"][0]["from"] == [GATEWAY]
+    assert policy(defaults, networkPolicy={"allowSameNamespace": True})["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {}}, GATEWAY]
+    assert policy(NetworkPolicyDefaults(enabled=True), networkPolicy={"allowSameNamespace": False}) == policy(
+        NetworkPolicyDefaults(enabled=True, allow_same_namespace=False))
+
+
+def test_a_policy_without_sources_admits_nothing():
+    """An ingress rule with an empty `from` would admit every source: no source, no rule."""
+    built = policy(networkPolicy={"enabled": True, "allowSameNamespace": False})
+    assert built["spec"] == {"podSelector": {"matchLabels": {"serving.embedding-images.io/modelservice": "m"}},
+                             "policyTypes": ["Ingress"]}
+    live = {"metadata": built["metadata"], "spec": {**built["spec"], "ingress": [{"from": [{"podSelector": {}}]}]}}
+    assert drifted(live, built), "a rule added by hand must be taken back"
+    assert not drifted({"metadata": built["metadata"], "spec": dict(built["spec"])}, built)

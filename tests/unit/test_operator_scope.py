@@ -30,6 +30,10 @@ class RecordingKube:
         self.calls.append(f"get Deployment {namespace}")
         return None
 
+    def get_network_policy(self, namespace, name):
+        self.calls.append(f"get NetworkPolicy {namespace}")
+        return None
+
     def list_pods(self, namespace, selector):
         self.calls.append(f"list pods {namespace}")
         return []

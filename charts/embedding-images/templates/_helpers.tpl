@@ -411,3 +411,29 @@ GATEWAY_NAMESPACES: the namespaces whose ModelServices the gateway routes, the o
 {{- $watched := include "embedding-images.operator.watchNamespaces" . | fromJsonArray -}}
 {{- if $watched -}}{{ join "," $watched }}{{- else -}}*{{- end -}}
 {{- end -}}
+
+{{/*
+The sources every model's NetworkPolicy admits besides its own namespace (networkPolicy values),
+as a JSON list of NetworkPolicyPeers, in this order: the gateway's pods (with the operator; by
+their labels, in the release namespace, wherever the model runs), the `helm test` pod (only when
+the namespace is not admitted), the metrics scraper, networkPolicy.extraIngressFrom. The operator
+gets it as --network-policy-peers; without the operator, templates/models/policies.yaml renders
+it. Both then build the same object (tests/chart/test_parity.py).
+*/}}
+{{- define "embedding-images.networkPolicy.peers" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $peers := list -}}
+{{- if include "embedding-images.gateway.enabled" . -}}
+{{- $gateway := include "embedding-images.selectorLabels" (dict "root" . "component" "gateway") | fromYaml -}}
+{{- $peers = append $peers (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" $gateway)) -}}
+{{- end -}}
+{{- if not $np.allowSameNamespace -}}
+{{- $test := include "embedding-images.selectorLabels" (dict "root" . "component" "test") | fromYaml -}}
+{{- $peers = append $peers (dict "podSelector" (dict "matchLabels" $test)) -}}
+{{- end -}}
+{{- with $np.metricsScraper -}}
+{{- $peers = append $peers . -}}
+{{- end -}}
+{{- $peers = concat $peers ($np.extraIngressFrom | default list) -}}
+{{- toJson $peers -}}
+{{- end -}}
