@@ -267,8 +267,8 @@ def build_network_policy(ms: ModelService, defaults: NetworkPolicyDefaults) -> d
     same_namespace = (spec.allow_same_namespace if spec is not None and spec.allow_same_namespace is not None
                       else defaults.allow_same_namespace)
     peers: list[dict[str, Any]] = [{"podSelector": {}}] if same_namespace else []
-    peers += [copy.deepcopy(dict(peer)) for peer in defaults.peers]
-    peers += [peer.model_dump(by_alias=True, exclude_none=True)
+    peers += [_as_stored(peer) for peer in defaults.peers]
+    peers += [_as_stored(peer.model_dump(by_alias=True, exclude_none=True))
               for peer in (spec.extra_ingress_from if spec is not None else None) or []]
     policy: dict[str, Any] = {"podSelector": {"matchLabels": build_selector_labels(ms.name)},
                               "policyTypes": ["Ingress"]}
@@ -276,6 +276,18 @@ def build_network_policy(ms: ModelService, defaults: NetworkPolicyDefaults) -> d
         policy["ingress"] = [{"ports": [{"port": "http", "protocol": "TCP"}], "from": peers}]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _metadata(ms),
             "spec": policy}
+
+
+def _as_stored(peer: Mapping[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicyPeer as the API stores it: a selector's empty `matchLabels` or
+    `matchExpressions` is dropped (the selector itself stays: `namespaceSelector: {}` means every
+    namespace), so a peer written with them does not look drifted at every resync."""
+    stored = copy.deepcopy(dict(peer))
+    for key in ("podSelector", "namespaceSelector"):
+        if isinstance(stored.get(key), Mapping):
+            stored[key] = {k: v for k, v in stored[key].items()
+                           if k not in ("matchLabels", "matchExpressions") or v}
+    return stored
 
 
 def build_children(body: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]] | None = None) -> Children:

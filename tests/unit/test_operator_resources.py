@@ -251,3 +251,17 @@ def test_a_policy_without_sources_admits_nothing():
     live = {"metadata": built["metadata"], "spec": {**built["spec"], "ingress": [{"from": [{"podSelector": {}}]}]}}
     assert drifted(live, built), "a rule added by hand must be taken back"
     assert not drifted({"metadata": built["metadata"], "spec": dict(built["spec"])}, built)
+
+
+def test_a_peer_with_empty_selector_terms_is_in_sync_as_the_api_stores_it():
+    """The API drops a selector's empty matchLabels ({} stays, meaning every namespace or pod):
+    a policy built from such a peer must not look drifted next to what the API stored, or the
+    resync would re-apply it at every interval."""
+    peer = {"namespaceSelector": {"matchLabels": {}}, "podSelector": {"matchLabels": {"app": "client"},
+                                                                       "matchExpressions": []}}
+    built = policy(networkPolicy={"enabled": True, "allowSameNamespace": False, "extraIngressFrom": [peer]})
+    as_stored = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "client"}}}
+    assert built["spec"]["ingress"][0]["from"] == [as_stored]
+    live = {"metadata": built["metadata"], "spec": {**built["spec"], "ingress": [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": [as_stored]}]}}
+    assert not drifted(live, built)
