@@ -7,9 +7,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import GatewayMetrics
+from gateway.registry import ModelInfo, ModelKey, Registry
 from modelservice.models import MANAGER
 from modelservice.resources import SELECTOR_LABEL, build_children
+from reranker.metrics import Metrics
 
 pytestmark = pytest.mark.helm
 
@@ -126,7 +130,7 @@ def test_pod_monitor_uses_the_operators_labels_and_names_each_series_by_modelser
     spec = out.get("PodMonitor", "rel-embedding-images-modelservices")["spec"]
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == MANAGER
     assert {"key": SELECTOR_LABEL, "operator": "Exists"} in spec["selector"]["matchExpressions"]
-    [relabel] = spec["podMetricsEndpoints"][0]["relabelings"]
+    relabel = spec["podMetricsEndpoints"][0]["relabelings"][0]
     assert relabel == {"sourceLabels": [prometheus_label(SELECTOR_LABEL)], "targetLabel": "modelservice"}
 
 
@@ -139,7 +143,7 @@ def test_chart_only_pod_monitors_select_each_models_own_pods(render):
         assert matched == [name]
         [endpoint] = spec["podMetricsEndpoints"]
         assert endpoint["path"] == "/metrics" and endpoint["port"] in port_names(out.get("Deployment", name))
-        assert endpoint["relabelings"] == [{"targetLabel": "modelservice", "replacement": name}]
+        assert endpoint["relabelings"][0] == {"targetLabel": "modelservice", "replacement": name}
         assert in_namespaces(spec["namespaceSelector"], "models")
 
 
@@ -174,3 +178,62 @@ def test_default_interval_and_no_timeout(render):
 ], ids=["not-a-duration", "interval-in-the-wrong-place", "misspelt"])
 def test_schema_refuses_bad_metrics_values_naming_them(render_error, values, named):
     assert named in render_error(values=values, sets=NO_CRD, extra=CRDS)
+
+
+# --- the labels a series ends up with -----------------------------------------------------------
+
+# Target labels the Prometheus Operator gives every target of a monitor (its promcfg.go), before
+# the monitor's own relabelings. A scraped label of the same name is renamed exported_<name>
+# (honorLabels is off), so a query on it would silently match nothing.
+OPERATOR_TARGET_LABELS = {
+    "ServiceMonitor": {"job", "instance", "namespace", "service", "pod", "container", "endpoint"},
+    "PodMonitor": {"job", "instance", "namespace", "pod", "container", "endpoint"},
+}
+
+
+def exposed_labels(body: bytes) -> set[str]:
+    return {label for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples for label in sample.labels}
+
+
+def gateway_labels() -> set[str]:
+    registry = Registry("models")
+    registry.upsert_model(ModelInfo(ModelKey("models", "rr"), "rerank", "reranker", "Qwen/Qwen3-Reranker-0.6B", 1))
+    metrics = GatewayMetrics(registry)
+    metrics.observe("models/rr", "/v1/rerank", 200, 0.1)
+    return exposed_labels(metrics.render())
+
+
+def reranker_labels() -> set[str]:
+    metrics = Metrics()
+    metrics.observe_request("/v1/rerank", 200, 0.1)
+    return exposed_labels(metrics.render())
+
+
+def target_labels(monitor: dict, endpoint: dict) -> set[str]:
+    labels = set(OPERATOR_TARGET_LABELS[monitor["kind"]])
+    for relabel in endpoint.get("relabelings", []):
+        if relabel.get("action") == "labeldrop":
+            labels = {label for label in labels if not re.fullmatch(relabel["regex"], label)}
+        elif relabel.get("targetLabel"):
+            labels.add(relabel["targetLabel"])
+    return labels
+
+
+@pytest.mark.parametrize("mode", [NO_CRD, PLAIN], ids=["operator", "plain"])
+def test_model_series_keep_their_own_labels_and_gain_modelservice(render, mode):
+    out = render(sets=mode + ["metrics.podMonitor.enabled=true"], extra=CRDS)
+    assert "endpoint" in reranker_labels(), "the reranker labels its requests by route"
+    for pm in out.kinds("PodMonitor"):
+        [endpoint] = pm["spec"]["podMetricsEndpoints"]
+        added = target_labels(pm, endpoint)
+        assert "modelservice" in added
+        assert not added & reranker_labels(), f"{pm['metadata']['name']}: would be renamed exported_*"
+
+
+def test_gateway_series_keep_their_own_labels(render):
+    out = render(sets=NO_CRD + ["metrics.serviceMonitor.enabled=true"], extra=CRDS)
+    [sm] = out.kinds("ServiceMonitor")
+    [endpoint] = sm["spec"]["endpoints"]
+    assert "model" in gateway_labels()
+    assert not target_labels(sm, endpoint) & gateway_labels()
