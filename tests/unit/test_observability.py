@@ -224,3 +224,29 @@ def test_keda_example_query_reads_the_gateways_demand_for_that_model():
     assert models == {f"models/{scaled['spec']['scaleTargetRef']['name']}"}, (
         "the gateway's model label is <namespace>/<ModelService name>")
     assert float(trigger["metadata"]["threshold"]) > 0
+
+
+# --- the docs page -------------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "observability.md"
+CHART_README = ROOT / "charts" / "embedding-images" / "README.md"
+
+
+@pytest.mark.parametrize("page", [DOC, CHART_README], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_relative_links_lead_to_files(page):
+    for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+        if "://" not in target:
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which is missing"
+
+
+def test_chart_values_the_docs_name_exist():
+    values = yaml.safe_load((ROOT / "charts" / "embedding-images" / "values.yaml").read_text())
+    named = set(re.findall(r"`((?:metrics|networkPolicy)(?:\.[a-zA-Z]+)+)[`=]", DOC.read_text() + CHART_README.read_text()))
+    assert "metrics.podMonitor.enabled" in named
+    for key in named:
+        node = values
+        for part in key.split("."):
+            if node == {}:  # a free map such as metrics.labels: its keys are the user's
+                break
+            assert isinstance(node, dict) and part in node, f"the docs name {key}, which values.yaml does not have"
+            node = node[part]
