@@ -653,6 +653,11 @@ def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gatew
     gateway_pods = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
                     "podSelector": {"matchLabels": out.get("Deployment", GW)["spec"]["selector"]["matchLabels"]}}
     assert gateway_pods in operator_network_policy(out).peers, "every model's policy admits the gateway"
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False, "metricsScraper": scraper}},
+                 sets=NO_CRD)
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [scraper], "the scraper reads the gateway's /metrics"
     # No peer at all: an empty `from` would admit everyone, so there is no ingress rule.
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}}, sets=NO_CRD)
     assert out.get("NetworkPolicy", GW)["spec"]["ingress"] == []

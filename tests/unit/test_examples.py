@@ -1,5 +1,6 @@
 """examples/: every ModelService is one the API server and the operator accept, and the values
-file installs the chart without the operator.
+file installs the chart without the operator (the KEDA example is checked with the dashboard, in
+test_observability.py).
 
 The ModelServices are validated against the CRD's openAPIV3Schema (the schema `kubectl apply`
 enforces) and against the operator's own spec model (which also enforces the CRD's CEL rules);
@@ -25,7 +26,10 @@ TABLE = yaml.safe_load((CHART / "files" / "variants.yaml").read_text())
 
 MODEL_SERVICES = sorted(p for p in EXAMPLES.glob("*.yaml")
                         if yaml.safe_load(p.read_text()).get("kind") == "ModelService")
-VALUES_FILES = sorted(set(EXAMPLES.glob("*.yaml")) - set(MODEL_SERVICES))
+# Manifests of other APIs (KEDA's ScaledObject): tests/unit/test_observability.py checks them.
+OTHER_MANIFESTS = sorted(set(p for p in EXAMPLES.glob("*.yaml") if "kind" in yaml.safe_load(p.read_text()))
+                         - set(MODEL_SERVICES))
+VALUES_FILES = sorted(set(EXAMPLES.glob("*.yaml")) - set(MODEL_SERVICES) - set(OTHER_MANIFESTS))
 # A Service name: the ModelService's name becomes its Service's, so it must be a DNS-1035 label.
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -67,6 +71,7 @@ def test_the_examples_cover_the_documented_deployments():
     assert any(t == "rerank" and m == "Qwen/Qwen3-Reranker-0.6B" and a != "cpu" for t, m, a, _ in found)
     assert any(t == "rerank" and m == "Qwen/Qwen3-Reranker-4B" and p == "NVIDIA-L4" for t, m, _, p in found)
     assert [p.name for p in VALUES_FILES] == ["values-chart-only.yaml"]
+    assert [p.name for p in OTHER_MANIFESTS] == ["keda-scaledobject.yaml"]
 
 
 @pytest.mark.parametrize("path", MODEL_SERVICES, ids=lambda p: p.name)

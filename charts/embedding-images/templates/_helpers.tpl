@@ -437,3 +437,35 @@ it. Both then build the same object (tests/chart/test_parity.py).
 {{- $peers = concat $peers ($np.extraIngressFrom | default list) -}}
 {{- toJson $peers -}}
 {{- end -}}
+
+{{/*
+"true" when the monitor named by `monitor` (serviceMonitor or podMonitor) is to be rendered:
+metrics.<monitor>.enabled. Fails when it is asked for but the cluster does not serve the
+Prometheus Operator's monitoring.coreos.com/v1 (applying it would fail with "no matches for
+kind"), unless metrics.skipCRDCheck says the renderer cannot see the cluster. A release upgraded
+with --reuse-values from a chart without the metrics section renders none.
+Argument: dict "root" $ "monitor" name.
+*/}}
+{{- define "embedding-images.metrics.enabled" -}}
+{{- $m := .root.Values.metrics | default dict -}}
+{{- $kind := ternary "ServiceMonitor" "PodMonitor" (eq .monitor "serviceMonitor") -}}
+{{- if (get (get $m .monitor | default dict) "enabled") -}}
+{{- if not (or $m.skipCRDCheck (.root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) -}}
+{{- fail (printf "metrics.%s.enabled=true renders a %s (monitoring.coreos.com/v1), which this cluster does not serve: install the Prometheus Operator (or kube-prometheus-stack) first, or turn metrics.%s.enabled off. Rendering without a cluster (helm template, Argo CD, Flux)? Pass --api-versions monitoring.coreos.com/v1, or set metrics.skipCRDCheck=true" .monitor $kind .monitor) -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The endpoint settings shared by the ServiceMonitor and the PodMonitor: /metrics on the `http`
+port (every component serves it there, without an API key), metrics.interval and scrapeTimeout.
+*/}}
+{{- define "embedding-images.metrics.endpoint" -}}
+port: http
+path: /metrics
+interval: {{ .Values.metrics.interval }}
+{{- with .Values.metrics.scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+{{- end -}}
