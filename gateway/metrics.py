@@ -12,6 +12,8 @@ The gauges are read from the registry when scraped, so they cannot drift from wh
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -63,10 +65,20 @@ class GatewayMetrics:
             ["model", "route"], buckets=LATENCY_BUCKETS, registry=self.prometheus,
         )
         self.prometheus.register(_RegistryCollector(registry))
+        # The labelled children of each (model, route, status) seen: `labels()` validates and
+        # looks them up under a lock, which is most of what counting a request costs.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, model: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, route, str(status)).inc()
-        self.latency.labels(model, route).observe(seconds)
+        children = self._children.get((model, route, status))
+        if children is None:
+            children = self._children[model, route, status] = (
+                self.requests.labels(model, route, str(status)),
+                self.latency.labels(model, route),
+            )
+        requests, latency = children
+        requests.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.prometheus)

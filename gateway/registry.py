@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from .errors import AmbiguousModel, Unavailable, UnknownModel
 
@@ -30,9 +30,9 @@ TASKS = ("embed", "rerank")
 ENGINES = ("tei", "reranker")
 
 
-@dataclass(frozen=True, order=True)
-class ModelKey:
-    """One ModelService."""
+class ModelKey(NamedTuple):
+    """One ModelService. A tuple, so that hashing it (several dict look-ups a request) runs in
+    C."""
 
     namespace: str
     name: str
@@ -84,16 +84,20 @@ class Registry:
         self._endpoints: dict[ModelKey, tuple[Endpoint, ...]] = {}
         self._load: dict[ModelKey, _Load] = {}
         self._arrivals: dict[ModelKey, asyncio.Event] = {}
+        # What `resolve` answered for a `model` field, until the models change.
+        self._resolved: dict[str, ModelInfo] = {}
         self._synced = False
 
     # --- updates (the Kubernetes half, or a static file) ---------------------------------------
 
     def upsert_model(self, info: ModelInfo) -> None:
         self._models[info.key] = info
+        self._resolved.clear()
         self._load.setdefault(info.key, _Load())
 
     def remove_model(self, key: ModelKey) -> None:
         self._models.pop(key, None)
+        self._resolved.clear()
         self._endpoints.pop(key, None)
         self._wake(key)
 
@@ -127,6 +131,12 @@ class Registry:
 
         Raises UnknownModel (404) naming it, or AmbiguousModel (400) listing the candidates.
         """
+        info = self._resolved.get(model)
+        if info is None:
+            info = self._resolved[model] = self._resolve(model)
+        return info
+
+    def _resolve(self, model: str) -> ModelInfo:
         namespace, _, name = model.rpartition("/")
         key = ModelKey(namespace, name) if namespace else ModelKey(self.home_namespace, model)
         if key in self._models:
