@@ -106,7 +106,7 @@ def built_images(podman_tools) -> dict[str, BuiltImage]:
     out: dict[str, BuiltImage] = {}
     for name in NAMES:
         [plan] = build.build_plan(table, registry=TEST_REGISTRY, embedding_model=build.DEFAULT_EMBEDDING_MODEL,
-                                  operator_tag="smoke", components=(name,), variants=("cpu",))
+                                  operator_tag=str(build.load_yaml(build.CHART)["appVersion"]), components=(name,), variants=("cpu",))
         extra = {"base": base, **({"torch": index} if name == "reranker" else {})}
         ref = f"{TEST_REGISTRY}/{name}:{content_hash(plan.dockerfile, extra)}"
         pip_conf = build.build_pip_conf(settings, ca=ca is not None, wheelhouse=name == "reranker")
@@ -157,12 +157,40 @@ class Container:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
+    def entrypoint_pid(self) -> int | None:
+        """The entrypoint's process, a descendant of `buildah run` (chroot isolation shares the
+        host's process table)."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        wanted = os.path.basename(self.config.entrypoint[-1])
+        todo = list(children.get(self.proc.pid, []))
+        while todo:
+            pid = todo.pop(0)
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            # buildah's own chroot helpers carry the command in their argv too.
+            if (not os.path.basename(argv[0].decode(errors="replace")).startswith("buildah")
+                    and any(os.path.basename(a.decode(errors="replace")) == wanted for a in argv)):
+                return pid
+            todo += children.get(pid, [])
+        return None
+
     def terminate(self, timeout: float = 30) -> int | None:
-        """SIGTERM to `buildah run` (it forwards it to the entrypoint); the exit status, or None
-        when it had to be killed."""
+        """SIGTERM to the entrypoint's process, as a kubelet sends it to a container's first
+        process (`buildah run` itself answers SIGTERM with SIGKILL to its child); the exit status
+        of `buildah run`, or None when it had to be killed."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        pid = self.entrypoint_pid()
+        assert pid is not None, f"no process of {self.config.entrypoint} under buildah run"
+        os.kill(pid, signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

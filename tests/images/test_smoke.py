@@ -118,11 +118,12 @@ def test_no_build_settings_secret_or_mount_in_any_layer_or_the_history(name, bui
 
     layers = layer_dirs(image.ref)
     ca = build.host_ca_bundle(settings)
-    # Certificates of the machine's bundle that Debian's bundle lacks (a proxy's CA): only the
-    # mounted bundle could have brought them into the image.
-    image_bundle = next((d / "etc/ssl/certs/ca-certificates.crt" for d in layers
-                         if (d / "etc/ssl/certs/ca-certificates.crt").is_file()), None)
-    own = pem_blocks(image_bundle.read_text()) if image_bundle else set()
+    # Certificates of the machine's bundle that none of the image's own CA bundles (Debian's,
+    # certifi's) has, such as a proxy's CA: only the mounted bundle could bring them in.
+    own: set[str] = set()
+    for layer in layers:
+        for bundle in [*layer.glob("etc/ssl/certs/ca-certificates.crt"), *layer.rglob("certifi/cacert.pem")]:
+            own |= pem_blocks(bundle.read_text(errors="replace"))
     needles = [image.pip_conf.encode(), image.hf_token.encode()]
     needles += [b.encode() for b in (pem_blocks(ca.read_text()) - own if ca else set())]
     if "@" in settings.get("index-url", ""):
@@ -218,7 +219,8 @@ def test_operator_image_reconciles_a_modelservice_and_stops_on_sigterm(built_ima
     cluster.kubectl("create", "namespace", ns)
     kube = tmp_path / "kube"
     kube.mkdir(mode=0o755)
-    shutil.copy(cluster.kubeconfig, kube / "config")
+    # Flattened: the certificates the cluster's kubeconfig names by host path travel inside it.
+    (kube / "config").write_text(cluster.kubectl("config", "view", "--raw", "--flatten").stdout)
     (kube / "config").chmod(0o644)
     health = free_port()
     chart = chart_container("operator")
