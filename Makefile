@@ -42,14 +42,25 @@ clean:
 	rm -rf $(VENV) .cache .pytest_cache
 
 ## images: build every image variant of charts/embedding-images/files/variants.yaml with docker
-## buildx (needs a Docker engine). DRY_RUN=1 prints the commands. REGISTRY, PUSH=1, PLATFORM,
-## EMBEDDING_MODEL, ONLY=embedding,reranker,operator,gateway: see images/README.md
-.PHONY: images kind-up
+## buildx, or with podman when no Docker engine answers (ENGINE=docker|podman forces one).
+## DRY_RUN=1 prints the commands. REGISTRY, PUSH=1, PLATFORM, EMBEDDING_MODEL,
+## ONLY=embedding,reranker,operator,gateway, VARIANT=cpu, PYTHON_IMAGE, TORCH_INDEX_URL:
+## see images/README.md
+.PHONY: images images-base kind-up
 IMAGES_FLAGS = $(strip $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(if $(filter-out 0,$(PUSH)),--push) \
   $(if $(REGISTRY),--registry '$(REGISTRY)') $(if $(PLATFORM),--platform '$(PLATFORM)') \
-  $(if $(EMBEDDING_MODEL),--embedding-model '$(EMBEDDING_MODEL)') $(if $(ONLY),--only '$(ONLY)'))
+  $(if $(EMBEDDING_MODEL),--embedding-model '$(EMBEDDING_MODEL)') $(if $(ONLY),--only '$(ONLY)') \
+  $(if $(ENGINE),--engine '$(ENGINE)') $(foreach v,$(subst $(comma), ,$(VARIANT)),--variant '$(v)') \
+  $(if $(PYTHON_IMAGE),--python-image '$(PYTHON_IMAGE)') \
+  $(if $(TORCH_INDEX_URL),--torch-index-url '$(TORCH_INDEX_URL)'))
+comma := ,
 images: setup
 	$(PY) images/build.py $(IMAGES_FLAGS)
+
+## images-base: the Python base image made from Debian's archive with mmdebstrap (for podman
+## builds on machines that cannot pull python:*-slim), cached in .cache/images/base
+images-base: setup
+	$(PY) images/debian_base.py
 
 ## kind-up: a kind cluster with the chart, the operator and the CPU examples, then one request
 ## to each (needs Docker and kind). DRY_RUN=1 prints the steps.

@@ -4,8 +4,12 @@ config.json; `TransformersEngine` is the `Engine` the service runs."""
 from __future__ import annotations
 
 import logging
+import os
+import pwd
+import stat
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -65,6 +69,58 @@ def choose_backend(config) -> str:
     )
 
 
+class ModelNotReadable(PermissionError):
+    """A local model directory holds files or directories the service's user cannot read."""
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_readable(model: str) -> None:
+    """Refuse a local model directory the service's user cannot read, saying which files and
+    which user.
+
+    transformers reports an unreadable weights file as "No such file or directory" (it looks for
+    the file, then for other weight formats), which sends the reader after a missing file; the
+    common cause is weights saved by root with mode 600 and served by a non-root image. A Hub id
+    (no such directory) is left to transformers.
+    """
+    root = Path(model)
+    if not root.is_dir():
+        return
+    blocked: list[str] = []
+    for directory, dirnames, filenames in os.walk(root, onerror=lambda err: blocked.append(err.filename)):
+        for name in dirnames:
+            path = Path(directory, name)
+            if not os.access(path, os.R_OK | os.X_OK):
+                blocked.append(str(path))
+        for name in filenames:
+            path = Path(directory, name)
+            if not os.access(path, os.R_OK):
+                blocked.append(str(path))
+    if not blocked:
+        return
+    shown = []
+    for name in sorted(set(blocked))[:5]:
+        try:
+            st = os.stat(name)
+            shown.append(f"{Path(name).relative_to(root)} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                         f"owner uid {st.st_uid}, gid {st.st_gid})")
+        except OSError:
+            shown.append(str(Path(name).relative_to(root)))
+    more = f" and {len(set(blocked)) - 5} more" if len(set(blocked)) > 5 else ""
+    raise ModelNotReadable(
+        f"model directory {model}: the service runs as {_who(os.getuid())}, gid {os.getgid()}, "
+        f"and cannot read {', '.join(shown)}{more}. Make the files readable by that user "
+        f"(chmod -R a+rX {model}, or own them by its uid/gid; in Kubernetes, the pod's runAsUser, "
+        "runAsGroup or fsGroup)"
+    )
+
+
 class TransformersEngine:
     """Loads the model with transformers; the scorer is chosen from the model's config.json."""
 
@@ -86,6 +142,7 @@ class TransformersEngine:
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        check_readable(self.settings.model)
         config = AutoConfig.from_pretrained(self.settings.model)
         kind = choose_backend(config)
         log.info(
