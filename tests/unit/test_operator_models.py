@@ -281,6 +281,10 @@ RULE_CASES = {
     models.TOLERATION_RULES[3]["message"]: (
         [{"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}],
         {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]}),
+    models.AUTOSCALING_RULES[0]["message"]: (
+        [{"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
+         {"autoscaling": {"maxReplicas": 1}}],
+        {"autoscaling": {"minReplicas": 2, "maxReplicas": 1}}),
 }
 
 # The rule at the root of the schema (self is the whole object; CEL may read metadata.name).
@@ -394,6 +398,9 @@ values = {
         "maxBatchTokens": st.integers(0, 4), "pooling": st.sampled_from(["mean", "max"]),
         "defaultPrompt": st.just("q: "), "defaultPromptName": st.just("query")}),
     "hfTokenSecretRef": st.fixed_dictionaries({"name": st.sampled_from(["hf", "HF"])}),
+    "autoscaling": st.fixed_dictionaries({}, optional={
+        "minReplicas": st.integers(-1, 3), "maxReplicas": st.integers(0, 3),
+        "targetRequests": st.sampled_from([0, 0.05, 0.5, 4, "4"]), "scaleDownDelaySeconds": st.integers(-1, 2)}),
 }
 specs = st.fixed_dictionaries({}, optional=values)
 # Specs with a valid task and model, so that the CEL rules, not the schema, decide most of them.
