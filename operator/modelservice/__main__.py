@@ -35,6 +35,7 @@ def parse_peers(text: str) -> tuple[dict, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from .autoscaler import gateway_urls_of  # noqa: PLC0415
     from .handlers import DEFAULT_RESYNC_S  # noqa: PLC0415  (the one default; handlers imports kopf's registry)
 
     parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
@@ -66,6 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     policy.add_argument("--network-policy-peers", metavar="JSON", type=parse_peers, default=(),
                         help="a JSON list of NetworkPolicyPeers every policy admits (e.g. the gateway's "
                              "pods, the metrics scraper)")
+    parser.add_argument("--gateway-metrics-url", action="append", metavar="URL",
+                        default=list(gateway_urls_of(os.environ.get("MODELSERVICE_GATEWAY_METRICS_URLS"))),
+                        help="a gateway's /metrics, read for the requests it holds per model (autoscaling "
+                             "from zero; repeatable; env MODELSERVICE_GATEWAY_METRICS_URLS, comma-separated)")
+    parser.add_argument("--gateway-namespace", metavar="NS", default=os.environ.get("MODELSERVICE_GATEWAY_NAMESPACE"),
+                        help="with --gateway-selector: the namespace of the gateway's pods")
+    parser.add_argument("--gateway-selector", metavar="LABELS", default=os.environ.get("MODELSERVICE_GATEWAY_SELECTOR"),
+                        help="label selector of the gateway's pods, each read at its http port (env "
+                             "MODELSERVICE_GATEWAY_SELECTOR)")
+    parser.add_argument("--address-overrides", metavar="FILE", default=os.environ.get("MODELSERVICE_ADDRESS_OVERRIDES"),
+                        help="tests and demo only: the gateway's address override file; pods are read for "
+                             "autoscaling at its addresses, never at their IPs (env MODELSERVICE_ADDRESS_OVERRIDES)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 
@@ -92,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                        network_policy=NetworkPolicyDefaults(
                            enabled=args.network_policy,
                            allow_same_namespace=args.network_policy_same_namespace,
-                           peers=args.network_policy_peers)),
+                           peers=args.network_policy_peers),
+                       gateway_metrics_urls=tuple(args.gateway_metrics_url),
+                       gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
+                       address_overrides=args.address_overrides),
     )
     return 0
 

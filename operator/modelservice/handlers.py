@@ -45,12 +45,14 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from .autoscaler import Autoscaler, GatewaySource
 from .kube import ApiFailure, Kube, api_failure, load_config
 from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
 from .plan import Plan, PlanError, build_plan, invalid_spec
 from .resources import (SELECTOR_LABEL, NetworkPolicyDefaults, build_deployment, build_network_policy,
                         build_selector, build_service, drifted)
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
+from .scrape import AddressOverrides, Scraper
 from .status import (build_invalid_status, build_status, recorded_plan, status_changed,
                      unschedulable_message)
 from .variants import AUTO
@@ -112,6 +114,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval),
                          network_policy=network_policy_defaults(memo))
     memo.resync.start()
+    # The autoscaling loop (autoscaler.py); its sources from the command line (__main__).
+    memo.autoscaler = Autoscaler(
+        memo.kube, Scraper(AddressOverrides(memo.get("address_overrides"))),
+        GatewaySource(urls=tuple(memo.get("gateway_metrics_urls") or ()),
+                      namespace=memo.get("gateway_namespace"), selector=memo.get("gateway_selector")))
+    memo.autoscaler.start()
 
 
 def network_policy_defaults(memo: kopf.Memo) -> NetworkPolicyDefaults:
@@ -123,6 +131,8 @@ def network_policy_defaults(memo: kopf.Memo) -> NetworkPolicyDefaults:
 def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     if "resync" in memo:
         memo.resync.stop()
+    if "autoscaler" in memo:
+        memo.autoscaler.stop()
 
 
 def write_status(kube: Kube, ms: ModelService, status: Mapping[str, Any],
@@ -417,6 +427,10 @@ class Resync:
 def track_modelservice(event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     if event.get("type") == "DELETED":
         memo.resync.forget(namespace, name)
+        memo.autoscaler.forget(namespace, name)
+    elif namespace_refusal(namespace, memo.get("refused_namespaces", SYSTEM_NAMESPACES)) is None:
+        memo.resync.track(namespace, name)
+        memo.autoscaler.track(namespace, name, (event.get("object") or {}).get("spec") or {})
     else:
         memo.resync.track(namespace, name)
 

@@ -152,3 +152,40 @@ class Kube:
             GROUP, VERSION, namespace, PLURAL, name, patch,
             _content_type=JSON_PATCH, _preload_content=False)
 
+    def scale(self, namespace: str, name: str, replicas: int, expected: int) -> bool:
+        """Sets spec.replicas of a ModelService to `replicas` if it still is `expected` (a JSON
+        patch whose test fails otherwise: a count someone else wrote meanwhile is decided on
+        again, not overwritten blindly). Returns whether it wrote."""
+        patch = [{"op": "test", "path": "/spec/replicas", "value": expected},
+                 {"op": "replace", "path": "/spec/replicas", "value": replicas}]
+        try:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
+                                                       _content_type=JSON_PATCH, _preload_content=False)
+        except ApiException as exc:
+            if exc.status in (409, 422):
+                return False
+            raise
+        return True
+
+    def set_autoscaling_status(self, namespace: str, name: str, value: Mapping[str, Any]) -> None:
+        """Writes status.autoscaling alone (the rest of the status is the reconcile's)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name,
+            [{"op": "add", "path": "/status/autoscaling", "value": dict(value)}],
+            _content_type=JSON_PATCH, _preload_content=False)
+
+    def post_event(self, body: Mapping[str, Any], reason: str, message: str, now: str,
+                   type_: str = "Normal") -> None:
+        """A core/v1 Event about a ModelService (from threads kopf's own posting cannot serve)."""
+        meta = body["metadata"]
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message[:MESSAGE_MAX], "type": type_,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": MANAGER}, "reportingComponent": MANAGER,
+        }
+        self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)

@@ -391,6 +391,48 @@ class NetworkPolicy(_Model):
                     "written), after the operator's own.")
 
 
+# Requests in flight plus queued that one replica should carry when spec.autoscaling gives no
+# targetRequests (operator/modelservice/README.md, "Autoscaling", says why these numbers).
+DEFAULT_TARGET_REQUESTS = {"reranker": 4, "tei": 32}
+AUTOSCALING_RULES = [
+    {"rule": "self.minReplicas <= self.maxReplicas",
+     "fieldPath": ".minReplicas",
+     "reason": "FieldValueInvalid",
+     "message": "autoscaling.minReplicas must not be above maxReplicas"},
+]
+
+
+class Autoscaling(_Model):
+    """The replica count follows the demand (operator/modelservice/README.md, "Autoscaling"). While
+    enabled, the operator sets spec.replicas through the scale subresource: a `kubectl scale` or
+    another autoscaler's write is overwritten at its next decision."""
+
+    enabled: bool = Field(True, description="false: spec.replicas is the user's again (the other "
+                                            "fields are kept).")
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle model go to zero "
+                                                   "(the gateway holds the next request until a pod is ready).")
+    max_replicas: int = Field(..., ge=1, description="Most replicas (at least 1).")
+    target_requests: Optional[float] = Field(
+        None, ge=0.1, description="Requests in flight plus queued that one replica should carry; "
+                                f"unset: {DEFAULT_TARGET_REQUESTS['reranker']} on the reranker engine, "
+                                f"{DEFAULT_TARGET_REQUESTS['tei']} on TEI.")
+    scale_down_delay_seconds: int = Field(
+        300, ge=0, le=86400, description="Fewer replicas only after every sample of this long asked for "
+                                         "fewer, and at most half of them at a time.")
+    window_seconds: int = Field(15, ge=1, le=600, description="Demand is averaged over this long before "
+                                                              "it is divided by targetRequests.")
+    scrape_interval_seconds: int = Field(5, ge=1, le=300, description="How often the pods' and the "
+                                                                      "gateway's metrics are read.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": AUTOSCALING_RULES})
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(AUTOSCALING_RULES[0]["message"])
+        return self
+
+
 # CEL rules on spec, with the pydantic validator below enforcing the same in Python.
 SPEC_RULES = [
     {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || self.gpu.count == 0",
@@ -424,7 +466,8 @@ class ModelServiceSpec(_Model):
         "auto", description="auto: embed -> tei; rerank -> reranker for Qwen3-Reranker (causal LM) "
                             "models, tei for sequence-classification rerankers (which engine "
                             "reranker also serves).")
-    replicas: int = Field(1, ge=0, description="Pod replicas (the scale subresource sets it).")
+    replicas: int = Field(1, ge=0, description="Pod replicas (the scale subresource sets it). With "
+                                               "autoscaling enabled the operator sets it.")
     accelerator: Accelerator = Field(
         AUTO, description="auto (choose a GPU architecture from the cluster's nodes), cpu, or a "
                           "GPU architecture from the variant table.")
@@ -456,6 +499,7 @@ class ModelServiceSpec(_Model):
     network_policy: Optional[NetworkPolicy] = Field(
         None, description="An ingress NetworkPolicy for the pods: only the model's port, only from "
                           "the sources it names and the operator's defaults; egress is untouched.")
+    autoscaling: Optional[Autoscaling] = Field(None, description="Replicas from demand instead of spec.replicas.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 
@@ -493,6 +537,20 @@ class Condition(_Model):
     last_transition_time: Optional[str] = None
 
 
+class AutoscalingStatus(_Model):
+    """The autoscaler's last account: written when its decision or reason changes, and with a
+    changed demand at most every STATUS_EVERY_S seconds."""
+
+    demand: Optional[float] = Field(None, description="Requests in flight plus queued plus held by "
+                                                      "the gateway, averaged over the window.")
+    target_requests: Optional[float] = Field(None, description="The target per replica in effect.")
+    desired_replicas: Optional[int] = Field(None, description="The replica count the policy chose.")
+    reason: Optional[str] = Field(None, description="ScaledUp, ScaledDown, OutOfBounds, Steady, "
+                                                    "WaitingForScaleDownDelay, IncompleteSamples.")
+    message: Optional[str] = None
+    last_scale_time: Optional[str] = Field(None, description="When the operator last changed spec.replicas.")
+
+
 class ModelServiceStatus(_Model):
     """What the operator made of the spec, written only when it changes."""
 
@@ -512,6 +570,7 @@ class ModelServiceStatus(_Model):
         description="True when no GPU node could hold the replicas and the pods run the CPU image.")
     endpoint: Optional[str] = Field(None, description="http://<name>.<namespace>.svc.cluster.local:<port>")
     selector: Optional[str] = Field(None, description="Label selector of the pods (scale subresource).")
+    autoscaling: Optional[AutoscalingStatus] = Field(None, description="With spec.autoscaling enabled.")
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelServiceSpec:

@@ -85,9 +85,13 @@ def build_status(
     its pods (only read for the scheduler's word on Pending ones; callers pass none when every
     replica is ready); or from `error` (the spec cannot run; an earlier Deployment, if any, keeps
     running and is reported)."""
-    return _build_status(ms.name, ms.generation, ms.status, desired=ms.spec.replicas,
-                         endpoint=build_endpoint(ms), now=now, plan=plan, error=error,
-                         deployment=deployment, service_exists=service_exists, pods=pods)
+    status = _build_status(ms.name, ms.generation, ms.status, desired=ms.spec.replicas,
+                           endpoint=build_endpoint(ms), now=now, plan=plan, error=error,
+                           deployment=deployment, service_exists=service_exists, pods=pods)
+    # status.autoscaling is the autoscaler's (autoscaler.py writes it alone); kept while enabled.
+    if ms.spec.autoscaling is not None and ms.spec.autoscaling.enabled and "autoscaling" in ms.status:
+        status["autoscaling"] = ms.status["autoscaling"]
+    return status
 
 
 def build_invalid_status(body: Mapping[str, Any], *, now: str, error: PlanError,
@@ -98,8 +102,11 @@ def build_invalid_status(body: Mapping[str, Any], *, now: str, error: PlanError,
     meta = body.get("metadata") or {}
     old = body.get("status") or {}
     desired = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
-    return _build_status(meta["name"], meta.get("generation"), old, desired=desired,
-                         endpoint=old.get("endpoint"), now=now, error=error, deployment=deployment)
+    status = _build_status(meta["name"], meta.get("generation"), old, desired=desired,
+                           endpoint=old.get("endpoint"), now=now, error=error, deployment=deployment)
+    if "autoscaling" in old:   # no spec to judge by: the autoscaler's last account stays
+        status["autoscaling"] = old["autoscaling"]
+    return status
 
 
 def _plan_fields(plan: Plan) -> dict[str, Any]:

@@ -290,6 +290,10 @@ RULE_CASES = {
     models.PEER_RULES[1]["message"]: (
         [{"networkPolicy": {"enabled": True, "extraIngressFrom": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}}],
         {"networkPolicy": {"extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}}),
+    models.AUTOSCALING_RULES[0]["message"]: (
+        [{"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
+         {"autoscaling": {"maxReplicas": 1}}],
+        {"autoscaling": {"minReplicas": 2, "maxReplicas": 1}}),
 }
 
 # The rule at the root of the schema (self is the whole object; CEL may read metadata.name).
@@ -403,6 +407,9 @@ values = {
         "maxBatchTokens": st.integers(0, 4), "pooling": st.sampled_from(["mean", "max"]),
         "defaultPrompt": st.just("q: "), "defaultPromptName": st.just("query")}),
     "hfTokenSecretRef": st.fixed_dictionaries({"name": st.sampled_from(["hf", "HF"])}),
+    "autoscaling": st.fixed_dictionaries({}, optional={
+        "minReplicas": st.integers(-1, 3), "maxReplicas": st.integers(0, 3),
+        "targetRequests": st.sampled_from([0, 0.05, 0.5, 4, "4"]), "scaleDownDelaySeconds": st.integers(-1, 2)}),
 }
 specs = st.fixed_dictionaries({}, optional=values)
 # Specs with a valid task and model, so that the CEL rules, not the schema, decide most of them.

@@ -1,0 +1,171 @@
+"""Demand, read over HTTP from the model pods' and the gateway's own Prometheus metrics.
+
+Each ready pod is asked for GET /metrics on its `http` container port (short timeouts); its
+demand is what it holds: requests in flight plus queued.
+* reranker: `reranker_queue_depth` (admitted and not yet answered: tokenizing, queued or scored);
+* TEI 1.9: `te_queue_size` (waiting for a batch) plus the requests in flight from its counters,
+  `te_request_count` - `te_request_success` - `te_request_failure` (summed over their labels;
+  TEI 1.9 has no in-flight gauge). A request whose client went away is counted by none of the
+  last two, so a TEI pod that saw cancelled requests reads a little busier than it is until it
+  restarts: that errs on the side of capacity.
+The gateway adds `gateway_requests_held{model="<ns>/<name>"}`: requests waiting for a ready
+replica (the signal from zero). Requests the gateway has forwarded are counted at the pod, so none
+is counted twice.
+
+A pod or gateway that does not answer is not idle: the reading says it is incomplete (the policy
+then never scales down on it) and the pod's last answer stands in for it.
+
+Address override (tests and `make demo` only; off by default): the gateway's file
+(`GATEWAY_ADDRESS_OVERRIDES` format, `{"<ns>/<pod>": "127.0.0.1:<port>"}`), named by
+`--address-overrides` / MODELSERVICE_ADDRESS_OVERRIDES. When set, a pod is read at its entry's
+address, and a ready pod without an entry is not read at all (incomplete), so nothing is ever
+sent to a pod IP of a simulated cluster.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 1.0
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_metrics(text: str) -> list[MetricSample]:
+    """The samples of a Prometheus text exposition (comments and malformed lines skipped)."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group(4))
+        except ValueError:
+            continue
+        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(match.group(3) or "")}
+        samples.append(MetricSample(match.group(1), labels, value))
+    return samples
+
+
+def _total(samples: Iterable[MetricSample], *names: str) -> float:
+    return sum(s.value for s in samples if s.name in names)
+
+
+def pod_demand(engine: str, samples: Sequence[MetricSample]) -> float:
+    """Requests in flight plus queued at one pod of `engine` (module docstring)."""
+    if engine == "reranker":
+        return max(0.0, _total(samples, "reranker_queue_depth"))
+    in_flight = (_total(samples, "te_request_count", "te_request_count_total")
+                 - _total(samples, "te_request_success", "te_request_success_total")
+                 - _total(samples, "te_request_failure", "te_request_failure_total"))
+    return max(0.0, _total(samples, "te_queue_size")) + max(0.0, in_flight)
+
+
+def held(samples: Sequence[MetricSample], model: str) -> float:
+    """Requests the gateway holds for `model` ("<namespace>/<name>")."""
+    return sum(s.value for s in samples if s.name == "gateway_requests_held" and s.labels.get("model") == model)
+
+
+class AddressOverrides:
+    """The override file, re-read when its size or modification time changes; `path` None: off."""
+
+    def __init__(self, path: os.PathLike | str | None):
+        self.path = Path(path) if path else None
+        self._stamp: tuple[int, int] | None = None
+        self._map: dict[str, str] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def get(self) -> dict[str, str]:
+        if self.path is None:
+            return {}
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            if stamp != self._stamp:
+                self._map = {str(k): str(v) for k, v in json.loads(self.path.read_text() or "{}").items()}
+                self._stamp = stamp
+        except (OSError, ValueError) as exc:
+            log.warning("address override file %s unreadable (%s); keeping the previous one", self.path, exc)
+        return self._map
+
+
+def pod_address(pod: Mapping[str, Any], overrides: AddressOverrides) -> str | None:
+    """host:port to read a pod's metrics at: its override entry when overrides are on (None
+    without one), else its IP and the container port named http."""
+    meta = pod.get("metadata") or {}
+    if overrides.enabled:
+        return overrides.get().get(f"{meta.get('namespace')}/{meta.get('name')}")
+    ip = (pod.get("status") or {}).get("podIP")
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "http" and ip:
+                return f"{ip}:{port['containerPort']}"
+    return None
+
+
+def fetch(url: str, timeout: float = TIMEOUT_S) -> list[MetricSample] | None:
+    """The samples at `url`, or None when it does not answer 200 within `timeout`."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:   # noqa: S310 (http only)
+            return parse_metrics(response.read(4 * 1024 * 1024).decode("utf-8", "replace"))
+    except Exception as exc:  # noqa: BLE001  (refused, timed out, reset, not 200: all "no answer")
+        log.debug("no metrics from %s: %s", url, exc)
+        return None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One scrape of a model: its demand, whether every ready pod and gateway answered, and each
+    pod's demand by name (the last answers, kept for the next reading)."""
+
+    demand: float
+    complete: bool
+    pods: Mapping[str, float]
+    held: float = 0.0
+
+
+class Scraper:
+    """Reads a model's demand from its ready pods and the gateways (`gateway_urls`: their
+    /metrics URLs, fixed or found by the caller)."""
+
+    def __init__(self, overrides: AddressOverrides | None = None, timeout: float = TIMEOUT_S,
+                 workers: int = 16):
+        self.overrides = overrides or AddressOverrides(None)
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelservice-scrape")
+
+    def read(self, model: str, engine: str, pods: Sequence[Mapping[str, Any]], gateway_urls: Sequence[str],
+             last: Mapping[str, float]) -> Reading:
+        """`model` is "<namespace>/<name>"; `pods` its ready pods; `last` the previous reading's
+        per-pod demand."""
+        names = [p["metadata"]["name"] for p in pods]
+        urls = [(f"http://{address}/metrics" if (address := pod_address(p, self.overrides)) else None) for p in pods]
+        pod_results = list(self._pool.map(lambda u: fetch(u, self.timeout) if u else None, urls))
+        gateway_results = list(self._pool.map(lambda u: fetch(u, self.timeout), gateway_urls))
+        complete = all(r is not None for r in pod_results + gateway_results)
+        per_pod = {name: pod_demand(engine, r) if r is not None else last.get(name, 0.0)
+                   for name, r in zip(names, pod_results)}
+        waiting = sum(held(r, model) for r in gateway_results if r is not None)
+        return Reading(demand=sum(per_pod.values()) + waiting, complete=complete, pods=per_pod, held=waiting)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
