@@ -18,6 +18,7 @@ Rerank answers carry timing and size headers (times in milliseconds):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -39,6 +40,7 @@ from .errors import (
     InvalidRequest,
     NotReady,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
     Unauthorized,
 )
@@ -308,19 +310,20 @@ def build_router() -> APIRouter:
     @router.get(
         "/health",
         response_model=Health,
-        responses={503: {"model": Health, "description": "Loading, or the model failed"}},
+        responses={
+            503: {"model": Health, "description": "Loading, the model failed, or stopping"}
+        },
         summary="Readiness: 200 once the model is loaded",
     )
     async def health(request: Request):
         state = request.app.state
         info = state.engine.info
-        body = Health(
-            status=state.status,
-            model=info.model,
-            device=info.device,
-            message=state.status_message,
-        )
-        code = 200 if state.status == "ok" else 503
+        if state.shutdown.stopping:
+            status, message = "stopping", "the server is shutting down"
+        else:
+            status, message = state.status, state.status_message
+        body = Health(status=status, model=info.model, device=info.device, message=message)
+        code = 200 if status == "ok" else 503
         return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
     @router.get("/info", response_model=Info, dependencies=protected, responses=ERROR_RESPONSES)
@@ -400,15 +403,18 @@ class UnexpectedErrors:
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed.
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed,
+    one not all in within `timeout` seconds 408 (a stalled client holds no connection and no
+    buffer for longer).
 
     Checks Content-Length up front, then reads the body (chunked ones too) counting bytes, and
     hands the app the buffered body: the app would buffer it anyway to parse the JSON.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, timeout: float):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -424,8 +430,16 @@ class BodySizeLimit:
 
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout
         while True:
-            event = await receive()
+            try:
+                event = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                late = RequestTimeout(
+                    f"body: {size} bytes arrived in {self.timeout:g} s, not the whole body "
+                    "(RERANKER_BODY_TIMEOUT)"
+                )
+                return await error_response(late)(scope, receive, send)
             if event["type"] != "http.request":
                 return  # the client went away
             chunk = event.get("body", b"")

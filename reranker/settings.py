@@ -69,10 +69,34 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a request may take, queueing included; past it the answer is 504.",
     )
+    shutdown_delay: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, seconds to go on serving while /health answers 503 `stopping`, "
+        "so that readiness fails and the endpoint is removed before the port closes.",
+    )
     shutdown_timeout: float = Field(
         30.0,
         ge=0,
-        description="On SIGTERM, seconds to finish in-flight requests before closing them.",
+        description="Then, seconds the requests in flight have to finish; past it, those still "
+        "running are answered 503 `not_ready`.",
+    )
+    keep_alive_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an idle connection is kept open between requests.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's headers (from connecting, or "
+        "from the request's first byte); past it, the connection is closed.",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request has to send its whole body once its headers are in; "
+        "past it, the answer is 408.",
     )
     instruction: str = Field(
         DEFAULT_INSTRUCTION, description="Instruction used when a request gives none."
