@@ -47,6 +47,11 @@ INPUTS = {
         "maxBatchTokens": 8192, "maxLength": 4096, "dtype": "bfloat16", "maxDocuments": 500,
         "instruction": "Given a support ticket, retrieve the runbook that resolves it", "promptCacheTokens": 0,
         "apiKeySecretRef": {"name": "rerank-key", "key": "api-key"}}}},
+    "reranker-cpu-long-passes-own-cpu": {"reranker": {
+        "accelerator": "cpu", "engineArgs": {"maxBatchTokens": 16384, "maxLength": 4096},
+        "resources": {"requests": {"cpu": "2"}}}},
+    "reranker-cpu-own-memory-limit": {"reranker": {
+        "accelerator": "cpu", "resources": {"limits": {"memory": "3Gi"}}}},
     "reranker-tei-bge-h100-product": {"reranker": {
         "model": "BAAI/bge-reranker-v2-m3", "accelerator": "auto", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}}},
     "custom-everything": {
