@@ -90,7 +90,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(router)
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(
-        BodySizeLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout
+        BodySizeLimit,
+        limit=settings.max_body_bytes,
+        timeout=settings.body_timeout,
+        in_flight=settings.body_bytes_in_flight,
     )
     app.add_middleware(DrainDeadline, state=app.state.shutdown)
     paths = frozenset(route.path for route in router.routes)

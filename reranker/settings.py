@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     max_documents: int = Field(1000, ge=1, description="Documents per request; more is a 413.")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Request body size limit; larger is a 413."
+    )
+    body_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of request bodies held at once (being read, parsed, queued or "
+        "scored; a body without Content-Length counts as RERANKER_MAX_BODY_BYTES); a request "
+        "that would pass it is answered 429 with Retry-After before its body is read. At least "
+        "RERANKER_MAX_BODY_BYTES.",
     )
     max_queue: int = Field(
         64,
@@ -114,6 +122,15 @@ class Settings(BaseSettings):
         "their time; the RSS then stays near its high-water mark between passes.",
     )
     log_level: str = Field("info", description="uvicorn log level.")
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> "Settings":
+        if self.body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "RERANKER_BODY_BYTES_IN_FLIGHT must be at least RERANKER_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}), or no body of the largest size would ever be read"
+            )
+        return self
 
     @field_validator("api_key", "served_model_name")
     @classmethod

@@ -80,3 +80,32 @@ def test_a_body_that_stalls_is_answered_408_and_the_connection_closed(serve):
     with httpx.Client(base_url=url) as client:
         metrics = client.get("/metrics").text
     assert 'reranker_requests_total{endpoint="/v1/rerank",status="408"} 1.0' in metrics
+
+
+def test_bodies_past_the_in_flight_limit_are_refused_429_before_they_are_read(serve):
+    """RERANKER_BODY_BYTES_IN_FLIGHT bounds the bodies held at once, the slow ones included:
+    one more is answered at once with Retry-After, without waiting for (or buffering) its body;
+    a body that still fits is served."""
+    mib = 1024 * 1024
+    settings = Settings(max_body_bytes=mib, body_bytes_in_flight=mib + mib // 2, body_timeout=30)
+    url = serve(settings, FakeEngine())
+    with httpx.Client(base_url=url) as client:
+        wait_ready(client)
+    head = (
+        "POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {mib}\r\n\r\n"
+    ).encode()
+    with connect(url) as slow, connect(url) as refused:
+        slow.sendall(head + b'{"query": ')  # holds a 1 MiB reservation while it trickles
+        time.sleep(0.3)
+        refused.sendall(head)
+        answer = refused.recv(65536)
+        status, _, rest = answer.partition(b"\r\n")
+        assert status.startswith(b"HTTP/1.1 429 "), answer
+        assert b"retry-after: " in rest.lower()
+        assert b'"type":"overloaded"' in answer and b"RERANKER_BODY_BYTES_IN_FLIGHT" in answer
+        small = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["q a", "b"]})
+        assert small.status_code == 200
+    time.sleep(0.3)  # the slow client is gone: its reservation is released
+    big = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["a " * (mib // 3)]})
+    assert big.status_code == 200
