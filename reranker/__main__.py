@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
 from .memory import keep_freed_memory
 from .settings import Settings
 
@@ -31,16 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.keep_freed_memory and not keep_freed_memory():
         logging.getLogger("reranker").info("not glibc: RERANKER_KEEP_FREED_MEMORY has no effect")
     from .app import create_app
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # Clients may hold connections open across many requests; keep them.
-        timeout_keep_alive=30,
-        # On SIGTERM: stop accepting, finish the requests in flight for up to this long.
-        timeout_graceful_shutdown=settings.shutdown_timeout,
-    )
+    from .server import build_server
+
+    build_server(create_app(settings), settings).run()
     return 0
 
 

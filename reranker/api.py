@@ -18,6 +18,7 @@ Rerank answers carry timing and size headers (times in milliseconds):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -38,7 +39,9 @@ from .errors import (
     BackendError,
     InvalidRequest,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
     Unauthorized,
 )
@@ -298,19 +301,20 @@ def build_router() -> APIRouter:
     @router.get(
         "/health",
         response_model=Health,
-        responses={503: {"model": Health, "description": "Loading, or the model failed"}},
+        responses={
+            503: {"model": Health, "description": "Loading, the model failed, or stopping"}
+        },
         summary="Readiness: 200 once the model is loaded",
     )
     async def health(request: Request):
         state = request.app.state
         info = state.engine.info
-        body = Health(
-            status=state.status,
-            model=info.model,
-            device=info.device,
-            message=state.status_message,
-        )
-        code = 200 if state.status == "ok" else 503
+        if state.shutdown.stopping:
+            status, message = "stopping", "the server is shutting down"
+        else:
+            status, message = state.status, state.status_message
+        body = Health(status=status, model=info.model, device=info.device, message=message)
+        code = 200 if status == "ok" else 503
         return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
     @router.get("/info", response_model=Info, dependencies=protected, responses=ERROR_RESPONSES)
@@ -390,15 +394,24 @@ class UnexpectedErrors:
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed.
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed,
+    one not all in within `timeout` seconds 408 (a stalled client holds no connection and no
+    buffer for longer), and the bodies held at once are bounded: a request whose body would
+    take them past `in_flight` bytes is answered 429 with Retry-After before it is read.
 
-    Checks Content-Length up front, then reads the body (chunked ones too) counting bytes, and
-    hands the app the buffered body: the app would buffer it anyway to parse the JSON.
+    A body counts from the moment it is admitted until its answer is sent (it is read, parsed,
+    queued and scored in between, and its parsed documents are echoed back): its Content-Length,
+    or `limit` when it is chunked. Checks Content-Length up front, then reads the body (chunked
+    ones too) counting bytes, and hands the app the buffered body: the app would buffer it
+    anyway to parse the JSON.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, timeout: float, in_flight: int):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
+        self.in_flight = in_flight
+        self.held = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -408,14 +421,45 @@ class BodySizeLimit:
                 f"body: the request body is larger than the limit of {self.limit} bytes"
             )
         )
+        size: int | None = None
+        chunked = False
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await too_large(scope, receive, send)
+            if name == b"content-length" and value.isdigit():
+                size = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if size is not None and size > self.limit:
+            return await too_large(scope, receive, send)
+        cost = self.limit if chunked and size is None else size or 0
+        if cost and self.held + cost > self.in_flight:
+            scheduler = getattr(scope["app"].state, "scheduler", None)
+            wait = scheduler.retry_after() if scheduler is not None else 1
+            busy = Overloaded(
+                f"the server holds {self.held} bytes of request bodies, and this one would "
+                f"pass the limit of {self.in_flight} (RERANKER_BODY_BYTES_IN_FLIGHT); retry in "
+                f"{wait} s",
+                retry_after=wait,
+            )
+            return await error_response(busy)(scope, receive, send)
+        self.held += cost
+        try:
+            await self._read_and_serve(scope, receive, send, too_large)
+        finally:
+            self.held -= cost
 
+    async def _read_and_serve(self, scope, receive, send, too_large) -> None:
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout
         while True:
-            event = await receive()
+            try:
+                event = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                late = RequestTimeout(
+                    f"body: {size} bytes arrived in {self.timeout:g} s, not the whole body "
+                    "(RERANKER_BODY_TIMEOUT)"
+                )
+                return await error_response(late)(scope, receive, send)
             if event["type"] != "http.request":
                 return  # the client went away
             chunk = event.get("body", b"")

@@ -6,9 +6,11 @@ a failed load (an unsupported architecture included) stays 503 `failed` with the
 engine, the request scheduler and the metrics live on `app.state`; nothing is read from the
 environment here.
 
-Shutdown is graceful: uvicorn stops accepting connections and waits (RERANKER_SHUTDOWN_TIMEOUT)
-for in-flight requests, whose documents the scheduler keeps scoring; only then does the
-lifespan close the scheduler and release the model.
+Shutdown is graceful (`server.py` has the sequence): /health answers 503 `stopping` for
+RERANKER_SHUTDOWN_DELAY while everything else is served; then the server stops accepting
+connections and waits (RERANKER_SHUTDOWN_TIMEOUT) for the requests in flight, whose documents
+the scheduler keeps scoring, and answers those still running 503 (`server.DrainDeadline`); only
+then does the lifespan close the scheduler and release the model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .engine import Engine
 from .metrics import Metrics, RequestMetrics
 from .model.loader import TransformersEngine
 from .scheduler import Scheduler
+from .server import DrainDeadline, ShutdownState
 from .settings import Settings
 
 log = logging.getLogger("reranker.app")
@@ -81,11 +84,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.status = "loading"
     app.state.status_message = None
+    app.state.shutdown = ShutdownState()
     install_error_handlers(app)
     router = build_router()
     app.include_router(router)
     app.add_middleware(UnexpectedErrors)
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_body_bytes,
+        timeout=settings.body_timeout,
+        in_flight=settings.body_bytes_in_flight,
+    )
+    app.add_middleware(DrainDeadline, state=app.state.shutdown)
     paths = frozenset(route.path for route in router.routes)
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     return app

@@ -4,7 +4,8 @@ This is the one table, in the manner of TEI's `impl From<&ErrorType> for StatusC
 raise a `ServiceError` subclass; `api.py` answers it as `{"message": ..., "type": kind}` with its
 `status` and `headers()`, and lists every class in `ERRORS` as an OpenAPI response with its
 `description`. TEI's convention: 413 too large, 422 unprocessable, 424 backend, 429 overloaded,
-503 not ready; here also 401 for a missing key and 504 for a request that ran out of time.
+503 not ready; here also 401 for a missing key, 408 for a body that did not arrive in time and
+504 for a request that ran out of time.
 
 Anything else that escapes a handler is logged and answered as a `BackendError` without
 internals (`api.UnexpectedErrors`), so no client input can crash the process or leak a
@@ -45,6 +46,17 @@ class Unauthorized(ServiceError):
     kind = "unauthorized"
     status = 401
     description = "Missing or wrong API key"
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its whole body within RERANKER_BODY_TIMEOUT."""
+
+    kind = "request_timeout"
+    status = 408
+    description = "The body did not arrive within RERANKER_BODY_TIMEOUT"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still come: not on this one
 
 
 class PayloadTooLarge(ServiceError):

@@ -139,7 +139,7 @@ class RerankResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "failed"]
+    status: Literal["ok", "loading", "failed", "stopping"]
     model: str
     device: str
     message: str | None = None

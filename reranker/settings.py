@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Request body size limit; larger is a 413."
     )
+    body_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of request bodies held at once (being read, parsed, queued or "
+        "scored; a body without Content-Length counts as RERANKER_MAX_BODY_BYTES); a request "
+        "that would pass it is answered 429 with Retry-After before its body is read. At least "
+        "RERANKER_MAX_BODY_BYTES.",
+    )
     max_queue: int = Field(
         64,
         ge=1,
@@ -69,10 +77,34 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a request may take, queueing included; past it the answer is 504.",
     )
+    shutdown_delay: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, seconds to go on serving while /health answers 503 `stopping`, "
+        "so that readiness fails and the endpoint is removed before the port closes.",
+    )
     shutdown_timeout: float = Field(
         30.0,
         ge=0,
-        description="On SIGTERM, seconds to finish in-flight requests before closing them.",
+        description="Then, seconds the requests in flight have to finish; past it, those still "
+        "running are answered 503 `not_ready`.",
+    )
+    keep_alive_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an idle connection is kept open between requests.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's headers (from connecting, or "
+        "from the request's first byte); past it, the connection is closed.",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request has to send its whole body once its headers are in; "
+        "past it, the answer is 408.",
     )
     instruction: str = Field(
         DEFAULT_INSTRUCTION, description="Instruction used when a request gives none."
@@ -90,6 +122,15 @@ class Settings(BaseSettings):
         "their time; the RSS then stays near its high-water mark between passes.",
     )
     log_level: str = Field("info", description="uvicorn log level.")
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> "Settings":
+        if self.body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "RERANKER_BODY_BYTES_IN_FLIGHT must be at least RERANKER_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}), or no body of the largest size would ever be read"
+            )
+        return self
 
     @field_validator("api_key", "served_model_name")
     @classmethod

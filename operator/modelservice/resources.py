@@ -25,9 +25,21 @@ SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
 TEI_PORT = 8080
 RERANKER_PORT = 8000
-# The reranker finishes requests in flight on SIGTERM for up to RERANKER_SHUTDOWN_TIMEOUT (30 s by
-# default); its pods get longer than that before the kubelet kills them.
-RERANKER_GRACE_S = 45
+# On SIGTERM the reranker serves on for RERANKER_SHUTDOWN_DELAY (5 s) with readiness failing, then
+# drains requests in flight for up to RERANKER_SHUTDOWN_TIMEOUT (30 s), then takes up to 5 s to
+# answer the rest 503 (reranker/server.py): its pods get longer than all that, and the forward pass
+# under way, before the kubelet kills them.
+RERANKER_GRACE_S = 50
+
+# The reranker's memory bound (README "Reranker API"), as the pod's memory request and limit when
+# the spec gives no memory of its own: on CPU, the runtime and a 0.6B model in fp32 with the
+# prompt-head cache and the request bodies in flight (3,840 MiB), plus one pass of
+# max(RERANKER_BATCH_TOKENS, RERANKER_MAX_LENGTH) rows at 0.15 MiB a row; on a GPU the pass is in
+# GPU memory, and the host holds the runtime, the CUDA context and the weights while they load.
+RERANKER_CPU_BASE_MIB = 3840
+RERANKER_ROW_CENTI_MIB = 15
+RERANKER_GPU_MIB = 4096
+RERANKER_DEFAULT_ROWS = 8192  # the service's default batch tokens and max length
 RUN_AS = 1000
 
 # Probes: TEI and the reranker bind their port only once the model is loaded, so the startup probe
@@ -151,9 +163,25 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
     return env
 
 
+def reranker_memory(spec: ModelServiceSpec, plan: Plan) -> str:
+    """The reranker pod's memory request and limit (see RERANKER_CPU_BASE_MIB)."""
+    if plan.gpu_count:
+        return f"{RERANKER_GPU_MIB}Mi"
+    ea = spec.engine_args
+    rows = max(ea.max_batch_tokens if ea and ea.max_batch_tokens else RERANKER_DEFAULT_ROWS,
+               ea.max_length if ea and ea.max_length else RERANKER_DEFAULT_ROWS)
+    return f"{RERANKER_CPU_BASE_MIB + -(-rows * RERANKER_ROW_CENTI_MIB // 100)}Mi"
+
+
 def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
+    """The spec's resources; a reranker's memory bound when they name no memory; GPUs."""
     resources = spec.resources.model_dump(by_alias=True, exclude_none=True) if spec.resources else {}
     resources = copy.deepcopy(resources)
+    named = [part for part in resources.values() if "memory" in part]
+    if plan.engine == "reranker" and not named:
+        memory = reranker_memory(spec, plan)
+        resources.setdefault("requests", {})["memory"] = memory
+        resources.setdefault("limits", {})["memory"] = memory
     if plan.gpu_count:
         resources.setdefault("limits", {})[GPU_RESOURCE] = plan.gpu_count
     return resources

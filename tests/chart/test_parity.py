@@ -48,6 +48,11 @@ INPUTS = {
         "maxBatchTokens": 8192, "maxLength": 4096, "dtype": "bfloat16", "maxDocuments": 500,
         "instruction": "Given a support ticket, retrieve the runbook that resolves it", "promptCacheTokens": 0,
         "apiKeySecretRef": {"name": "rerank-key", "key": "api-key"}}}},
+    "reranker-cpu-long-passes-own-cpu": {"reranker": {
+        "accelerator": "cpu", "engineArgs": {"maxBatchTokens": 16384, "maxLength": 4096},
+        "resources": {"requests": {"cpu": "2"}}}},
+    "reranker-cpu-own-memory-limit": {"reranker": {
+        "accelerator": "cpu", "resources": {"limits": {"memory": "3Gi"}}}},
     "reranker-tei-bge-h100-product": {"reranker": {
         "model": "BAAI/bge-reranker-v2-m3", "accelerator": "auto", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}}},
     "custom-everything": {
@@ -311,7 +316,9 @@ def test_each_mode_selects_its_own_pods(pairs):
 # operator (the chart refuses it, naming the reason).
 # networkPolicy: the chart's ModelServices take the operator's default, which the chart's
 # networkPolicy values set (the NetworkPolicies themselves are compared above).
-OPERATOR_ONLY_FIELDS = {"fallbackToCPU", "networkPolicy"}
+# autoscaling: replicas from demand are the operator's decision; without it nothing reads the
+# pods' demand (the chart's own <model>.autoscaling values are a CPU HorizontalPodAutoscaler).
+OPERATOR_ONLY_FIELDS = {"fallbackToCPU", "networkPolicy", "autoscaling"}
 
 
 def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from reranker.app import create_app
 from reranker.engine import EngineInfo
 from reranker.planning import Prepared
+from reranker.server import build_server
 from reranker.settings import Settings
 from reranker.testing import shared_tiny_model
 
@@ -94,11 +94,15 @@ class FakeEngine:
 
 
 class RunningServer:
+    """The service's own server (`reranker.server.build_server`) on 127.0.0.1:`port`.
+
+    `stop()` skips the shutdown delay (it sets `should_exit`, as a second signal would)."""
+
     def __init__(self, app, port: int):
         self.app = app
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": port})
+        self.server = build_server(app, settings, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> "RunningServer":

@@ -160,7 +160,7 @@ def test_info_and_openapi(live_url):
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         assert schema == {"$ref": f"#/components/schemas/RerankRequest{body}"}
         responses = operation["responses"]
-        assert set(responses) == {"200", "401", "413", "422", "424", "429", "503", "504"}
+        assert set(responses) == {"200", "401", "408", "413", "422", "424", "429", "503", "504"}
         for status in set(responses) - {"200"}:
             assert responses[status]["content"]["application/json"]["schema"] == error
         assert "Retry-After" in responses["429"]["description"]

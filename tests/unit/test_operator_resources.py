@@ -15,9 +15,8 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from modelservice.models import ACCELERATORS, parse_modelservice
+from modelservice.models import ACCELERATORS, parse_modelservice, parse_spec
 from modelservice.plan import build_plan
-from modelservice.models import parse_spec
 from modelservice.resources import (NetworkPolicyDefaults, build_children, build_deployment, build_endpoint,
                                     build_network_policy, build_selector, build_service, drifted)
 from modelservice.variants import load_table
@@ -265,3 +264,40 @@ def test_a_peer_with_empty_selector_terms_is_in_sync_as_the_api_stores_it():
     live = {"metadata": built["metadata"], "spec": {**built["spec"], "ingress": [
         {"ports": [{"port": "http", "protocol": "TCP"}], "from": [as_stored]}]}}
     assert not drifted(live, built)
+
+
+def test_reranker_pods_outlast_the_services_shutdown():
+    """The kubelet kills a pod after terminationGracePeriodSeconds: the reranker must have had
+    its delay (readiness failing), its drain and the time to answer what is left 503 by then."""
+    from reranker.server import DRAIN_MARGIN_S
+    from reranker.settings import Settings
+
+    settings = Settings(_env_file=None)
+    pod = build_children(body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B",
+                              accelerator="cpu")).deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > (
+        settings.shutdown_delay + settings.shutdown_timeout + DRAIN_MARGIN_S)
+
+
+@pytest.mark.parametrize("spec,memory", [
+    ({"accelerator": "cpu"}, "5069Mi"),  # 3,840 MiB + 8,192 rows x 0.15 MiB
+    ({"accelerator": "cpu", "engineArgs": {"maxLength": 32768}}, "8756Mi"),
+    ({"accelerator": "cpu", "engineArgs": {"maxBatchTokens": 1024, "maxLength": 512}}, "3994Mi"),
+    ({"accelerator": "ampere-80", "engineArgs": {"maxBatchTokens": 65536}}, "4096Mi"),
+    ({"accelerator": "cpu", "resources": {"requests": {"cpu": "2"}}}, "5069Mi"),
+])
+def test_reranker_pods_get_the_memory_bound_as_request_and_limit(spec, memory):
+    resources = container(build_children(body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B",
+                                              **spec)).deployment)["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == memory
+    assert resources["requests"].get("cpu") == spec.get("resources", {}).get("requests", {}).get("cpu")
+
+
+@pytest.mark.parametrize("own", [{"limits": {"memory": "3Gi"}}, {"requests": {"memory": "12Gi"}}])
+def test_memory_the_spec_names_wins_and_tei_gets_none(own):
+    reranker = container(build_children(body(task="rerank", model="Qwen/Qwen3-Reranker-0.6B",
+                                             accelerator="cpu", resources=own)).deployment)
+    assert reranker["resources"] == own
+    tei = container(build_children(body(task="embed", model="BAAI/bge-small-en-v1.5",
+                                        accelerator="cpu")).deployment)
+    assert "resources" not in tei

@@ -80,3 +80,8 @@ def test_auto_dtype_on_cpu_is_float32_and_a_named_dtype_is_kept():
     assert resolve_dtype("auto", "cpu") is torch.float32
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     assert resolve_dtype("float16", "cuda") is torch.float16
+
+
+def test_bodies_in_flight_must_hold_one_body_of_the_largest_size():
+    with pytest.raises(ValidationError, match="RERANKER_BODY_BYTES_IN_FLIGHT"):
+        Settings(_env_file=None, max_body_bytes=2048, body_bytes_in_flight=1024)

@@ -30,6 +30,16 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") -}}
 {{- end -}}
 {{- $resources := deepCopy (default dict $v.resources) -}}
+{{- /* the reranker's memory bound when the values name no memory (operator: reranker_memory) */ -}}
+{{- if and (not $tei) (not (or (hasKey (default dict $resources.requests) "memory") (hasKey (default dict $resources.limits) "memory"))) -}}
+{{- $memory := "4096Mi" -}}
+{{- if not $gpu -}}
+{{- $rows := max (int (default 8192 $ea.maxBatchTokens)) (int (default 8192 $ea.maxLength)) -}}
+{{- $memory = printf "%dMi" (add 3840 (div (add (mul $rows 15) 99) 100)) -}}
+{{- end -}}
+{{- $_ := set $resources "requests" (merge (dict "memory" $memory) (default dict $resources.requests)) -}}
+{{- $_ := set $resources "limits" (merge (dict "memory" $memory) (default dict $resources.limits)) -}}
+{{- end -}}
 {{- if $gpu -}}
 {{- $limits := default dict $resources.limits -}}
 {{- $_ := set $limits "nvidia.com/gpu" $r.gpuCount -}}
@@ -69,8 +79,8 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 automountServiceAccountToken: false
 enableServiceLinks: false
 {{- if not $tei }}
-{{- /* longer than the reranker's RERANKER_SHUTDOWN_TIMEOUT (30 s), which finishes requests in flight */}}
-terminationGracePeriodSeconds: 45
+{{- /* longer than the reranker's RERANKER_SHUTDOWN_DELAY (5 s) + RERANKER_SHUTDOWN_TIMEOUT (30 s) + 5 s */}}
+terminationGracePeriodSeconds: 50
 {{- end }}
 securityContext:
   runAsNonRoot: true
