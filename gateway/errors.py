@@ -8,30 +8,14 @@ elsewhere) with its `status` and `headers()`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
+
+from reranker.errors import HTTPError
 
 
-class GatewayError(Exception):
-    """Base class. A subclass sets `kind` (a stable machine-readable name), `status` and
-    `description` (what the status means here, for the README and docs)."""
-
-    kind: ClassVar[str]
-    status: ClassVar[int]
-    description: ClassVar[str]
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        missing = [name for name in ("kind", "status", "description") if not hasattr(cls, name)]
-        if missing:
-            raise TypeError(f"{cls.__name__} must set {', '.join(missing)}")
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def headers(self) -> dict[str, str]:
-        """Response headers the answer carries besides the JSON body."""
-        return {}
+class GatewayError(HTTPError, abstract=True):
+    """The gateway's errors: each subclass sets `kind`, `status` and `description` (the base
+    class, shared with the reranker service, refuses one that does not)."""
 
 
 class BadRequest(GatewayError):

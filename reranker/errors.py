@@ -18,17 +18,21 @@ from __future__ import annotations
 from typing import ClassVar
 
 
-class ServiceError(Exception):
-    """Base class. A subclass sets `kind` (the body's `type`), `status` and `description`."""
+class HTTPError(Exception):
+    """An error answered with an HTTP status, the base of the reranker's and the gateway's tables.
+
+    A concrete subclass sets `kind` (the body's `type`, a stable machine-readable name), `status`
+    and `description` (what the status means there, for the OpenAPI document and the docs); a
+    service's own base class is declared `abstract=True` and sets none of them."""
 
     kind: ClassVar[str]
     status: ClassVar[int]
     description: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
         missing = [name for name in ("kind", "status", "description") if not hasattr(cls, name)]
-        if missing:
+        if missing and not abstract:
             raise TypeError(f"{cls.__name__} must set {', '.join(missing)}")
 
     def __init__(self, message: str):
@@ -38,6 +42,10 @@ class ServiceError(Exception):
     def headers(self) -> dict[str, str]:
         """Response headers the answer carries besides the JSON body."""
         return {}
+
+
+class ServiceError(HTTPError, abstract=True):
+    """The reranker service's errors: each subclass is one row of its table (`ERRORS`)."""
 
 
 class Unauthorized(ServiceError):
