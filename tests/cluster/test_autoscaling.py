@@ -95,17 +95,20 @@ def test_replicas_follow_the_load_up_down_to_zero_and_back(cluster, stack):
                         lambda: [p for p, n in served(stack).items() if n > 0] if
                         sum(n > 0 for n in served(stack).values()) >= 2 else None, timeout=60)
         assert len(busy) >= 2
-        peak = replicas(cluster, ns)
-        assert 2 <= peak <= 3
+        assert 2 <= replicas(cluster, ns) <= 3
     finally:
         answers = load.stop()
+    # A scale-down while the load ran (at exactly 3 x the target a 3 -> 2 can happen: see
+    # benchmarks/README.md, flaps_on_plateau) is not this part's subject: the steps after the stop are.
+    downs_under_load = sum(e["reason"] == "ScaledDown" for e in scale_events(cluster, ns))
+    peak = replicas(cluster, ns)
     assert answers and all(a.status == 200 for a in answers), {a.status for a in answers}
 
     # Load stops: after the delay, down by at most half at a time, to zero.
     stopped = time.monotonic()
     wait_for("replicas 0", lambda: replicas(cluster, ns) == 0, timeout=DELAY_S * 3 * 2 + 30)
     to_zero_s = time.monotonic() - stopped
-    downs = [e for e in scale_events(cluster, ns) if e["reason"] == "ScaledDown"]
+    downs = [e for e in scale_events(cluster, ns) if e["reason"] == "ScaledDown"][downs_under_load:]
     assert [e["message"].split(":")[0] for e in downs] == \
         {3: ["3 -> 2", "2 -> 1", "1 -> 0"], 2: ["2 -> 1", "1 -> 0"]}[peak], [e["message"] for e in downs]
     assert to_zero_s >= DELAY_S * len(downs) - 1, to_zero_s   # one whole delay before each step
