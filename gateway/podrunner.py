@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
 class RunningPod:
     backend: BackendProcess
     env: dict[str, str]       # what the process was started with
+    start_seconds: float = 0.0   # from starting the process to its first healthy answer
 
 
 class LocalPodRunner:
@@ -159,9 +161,10 @@ class LocalPodRunner:
                "HF_HOME": str(self.log_dir / "hf-home"), "HF_HUB_OFFLINE": "1"}
         started: RunningPod | None = None
         try:
+            begun = time.monotonic()
             backend = start_process("reranker", env, port, log=self.log_dir / f"{name}.log",
                                     timeout=self.start_timeout)
-            started = RunningPod(backend, env)
+            started = RunningPod(backend, env, time.monotonic() - begun)
             log.info("pod %s/%s: reranker on 127.0.0.1:%d", self.namespace, name, port)
         except Exception as exc:
             log.warning("pod %s/%s: the reranker did not start: %s", self.namespace, name, exc)

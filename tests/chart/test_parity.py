@@ -210,16 +210,21 @@ def operator_network_policy(ms: dict, with_operator) -> dict | None:
     return build_network_policy(parse_modelservice(ms), defaults)
 
 
-def without_gateway_peer(policy: dict, with_operator) -> dict:
-    """The operator's policy less the gateway's peer, which it has first: the gateway runs only
-    with the operator, so the chart-only policy has no gateway to admit (an intended difference
-    of a list item, which INTENDED's key paths cannot name)."""
-    (gateway,) = [d for d in with_operator.kinds("Deployment") if d["metadata"]["name"].endswith("-gateway")]
+def without_operator_only_peers(policy: dict, with_operator) -> dict:
+    """The operator's policy less the peers that exist only with the operator, which it has first
+    (after its namespace): the gateway's pods (the gateway runs only with the operator) and the
+    operator's own (its autoscaler reads the pods' /metrics). The chart-only policy has neither to
+    admit: an intended difference of list items, which INTENDED's key paths cannot name."""
+    deployments = {d["metadata"]["name"].rsplit("-", 1)[-1]: d for d in with_operator.kinds("Deployment")}
     policy = copy.deepcopy(policy)
     peers = policy["spec"]["ingress"][0]["from"]
     index = 1 if peers[0] == {"podSelector": {}} else 0
-    assert peers[index]["podSelector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"], peers
-    del peers[index]
+    for component in ("gateway", "operator"):
+        if component == "gateway" and "gateway" not in deployments:
+            continue
+        labels = deployments[component]["spec"]["selector"]["matchLabels"]
+        assert peers[index]["podSelector"]["matchLabels"] == labels, (component, peers)
+        del peers[index]
     return policy
 
 
@@ -260,7 +265,7 @@ def pairs(render) -> dict[str, list[Pair]]:
             policy = operator_network_policy(ms, with_operator)
             assert (policy is None) == (name not in without.names("NetworkPolicy")), (input_name, name)
             if policy is not None:
-                operator["NetworkPolicy"] = without_gateway_peer(policy, with_operator)
+                operator["NetworkPolicy"] = without_operator_only_peers(policy, with_operator)
                 chart["NetworkPolicy"] = without.get("NetworkPolicy", name)
             out[input_name].append(Pair(name, values.get(section, {}), ms, operator, chart))
         assert len(without.kinds("Deployment")) == len(modelservices), input_name

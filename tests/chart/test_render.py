@@ -632,12 +632,12 @@ def test_with_the_operator_every_modelservice_gets_the_policy_not_only_the_chart
                  sets=NO_CRD)
     defaults = operator_network_policy(out)
     assert defaults.enabled and defaults.allow_same_namespace
-    assert list(defaults.peers[1:]) == [scraper, extra]
+    assert list(defaults.peers[2:]) == [scraper, extra]
     assert out.names("NetworkPolicy") == [GW]
     defaults = operator_network_policy(render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}},
                                               sets=NO_CRD))
     assert not defaults.allow_same_namespace
-    assert defaults.peers[1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test", \
+    assert defaults.peers[2]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test", \
         "the helm test pod still reaches the models"
 
 
@@ -645,11 +645,13 @@ def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gatew
     out = render(sets=NO_CRD + ["networkPolicy.enabled=true"])
     policy = out.get("NetworkPolicy", GW)
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"podSelector": {}}]}]
+    operator = operator_pods(out)
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}],
+                                          "from": [{"podSelector": {}}, operator]}]
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False, "extraIngressFrom": [peer]}},
                  sets=NO_CRD)
-    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [peer]
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [operator, peer]
     gateway_pods = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
                     "podSelector": {"matchLabels": out.get("Deployment", GW)["spec"]["selector"]["matchLabels"]}}
     assert gateway_pods in operator_network_policy(out).peers, "every model's policy admits the gateway"
@@ -657,10 +659,65 @@ def test_gateway_networkpolicy_admits_its_clients_and_the_models_admit_the_gatew
                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False, "metricsScraper": scraper}},
                  sets=NO_CRD)
-    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [scraper], "the scraper reads the gateway's /metrics"
-    # No peer at all: an empty `from` would admit everyone, so there is no ingress rule.
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [operator, scraper], \
+        "the scraper reads the gateway's /metrics"
+    # No other peer: the operator alone, whose autoscaler reads the requests the gateway holds.
     out = render(values={"networkPolicy": {"enabled": True, "allowSameNamespace": False}}, sets=NO_CRD)
-    assert out.get("NetworkPolicy", GW)["spec"]["ingress"] == []
+    assert out.get("NetworkPolicy", GW)["spec"]["ingress"][0]["from"] == [operator]
+
+
+def operator_pods(out) -> dict:
+    """The operator's pods as a NetworkPolicyPeer: its Deployment's selector, in the release namespace."""
+    labels = out.get("Deployment", "rel-embedding-images-operator")["spec"]["selector"]["matchLabels"]
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
+            "podSelector": {"matchLabels": labels}}
+
+
+def test_the_models_policies_admit_the_operators_autoscaler(render):
+    """The autoscaler reads every model pod's /metrics: the operator's peers (every model policy)
+    admit its pods, after the gateway's."""
+    out = render(sets=NO_CRD + ["networkPolicy.enabled=true"])
+    peers = operator_network_policy(out).peers
+    assert peers[1] == operator_pods(out)
+    assert operator_pods(out)["podSelector"]["matchLabels"].items() <= \
+        pod_spec_labels(out.get("Deployment", "rel-embedding-images-operator")).items()
+    out = render(sets=NO_CRD + ["networkPolicy.enabled=true", "gateway.enabled=false"])
+    assert operator_network_policy(out).peers[0] == operator_pods(out), "without the gateway, the operator first"
+
+
+def pod_spec_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def gateway_source(out) -> tuple[str | None, str | None]:
+    """--gateway-namespace and --gateway-selector of the operator's command line."""
+    from modelservice.__main__ import parse_args
+
+    args = parse_args(container(out.get("Deployment", "rel-embedding-images-operator"))["args"])
+    return args.gateway_namespace, args.gateway_selector
+
+
+def selects(selector: str, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (term.split("=", 1) for term in selector.split(",")))
+
+
+@pytest.mark.parametrize("values", [{}, {"operator": {"watchNamespaces": ["team-a"]}},
+                                    {"operator": {"clusterWide": True}}], ids=["release", "elsewhere", "cluster"])
+def test_the_operator_reads_the_gateway_pods_for_autoscaling(render, values):
+    """With the gateway, the operator is told where its pods are (their selector, in the release
+    namespace) and may list pods there, whichever namespaces it serves; it selects exactly them."""
+    out = render(values=values, sets=NO_CRD)
+    namespace, selector = gateway_source(out)
+    assert namespace == "models"
+    assert selects(selector, pod_spec_labels(out.get("Deployment", GW)))
+    others = [d for d in out.kinds("Deployment") if d["metadata"]["name"] != GW]
+    assert others and not any(selects(selector, pod_spec_labels(d)) for d in others)
+    assert may(out, "list", "", "pods", "models")
+    assert not may(out, "get", "", "pods", "models") and not may(out, "patch", "", "pods", "models")
+    out = render(values=values, sets=NO_CRD + ["gateway.enabled=false"])
+    assert gateway_source(out) == (None, None)
+    if values:   # the release namespace is not served: nothing there without the gateway
+        assert not may(out, "list", "", "pods", "models") or values["operator"].get("clusterWide")
 
 
 def test_gateway_api_keys_come_from_a_mounted_secret(render):

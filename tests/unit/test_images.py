@@ -363,13 +363,15 @@ def test_operator_image_runs_the_charts_command(chart_containers):
     # The image's default arguments configure the operator as the chart's cluster-wide mode does
     # (an image cannot know a release namespace, the chart's default scope), so `docker run`
     # behaves like that install: the same settings once parsed, whichever defaults are spelled out,
-    # but for the NetworkPolicy peers (the gateway's pods in the release namespace), which name the
-    # release; the image admits none.
+    # but for the NetworkPolicy peers (the gateway's and the operator's pods in the release
+    # namespace) and the gateway's pods read for autoscaling, which name the release; the image
+    # admits none and reads no gateway.
     [cluster_wide] = [c for c in containers(render(*OPERATOR_ONLY, "--set", "operator.clusterWide=true")).values()
                       if c["image"].startswith("ghcr.io/embedding-images/operator:")]
     chart, image_args = vars(parse_args(cluster_wide["args"])), vars(parse_args(list(image.final.last("CMD").value)))
-    assert image_args.pop("network_policy_peers") == ()
-    chart.pop("network_policy_peers")
+    for release_bound, unset in (("network_policy_peers", ()), ("gateway_namespace", None), ("gateway_selector", None)):
+        assert image_args.pop(release_bound) == unset
+        chart.pop(release_bound)
     assert chart == image_args
 
 

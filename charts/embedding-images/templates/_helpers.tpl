@@ -404,6 +404,27 @@ true
 {{- end -}}
 
 {{/*
+The operator's pods as a NetworkPolicyPeer (JSON): its autoscaler reads the model pods' and the
+gateway's /metrics on their http port.
+*/}}
+{{- define "embedding-images.operator.peer" -}}
+{{- $operator := include "embedding-images.selectorLabels" (dict "root" . "component" "operator") | fromYaml -}}
+{{- toJson (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" $operator)) -}}
+{{- end -}}
+
+{{/*
+The label selector of the gateway's pods (`k=v,...`), for the operator's --gateway-selector.
+*/}}
+{{- define "embedding-images.gateway.selector" -}}
+{{- $labels := include "embedding-images.selectorLabels" (dict "root" . "component" "gateway") | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $k := keys $labels | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (get $labels $k)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{/*
 GATEWAY_NAMESPACES: the namespaces whose ModelServices the gateway routes, the operator's own
 (operator.watchNamespaces, or the release namespace), or `*` when the operator is cluster-wide.
 */}}
@@ -414,8 +435,9 @@ GATEWAY_NAMESPACES: the namespaces whose ModelServices the gateway routes, the o
 
 {{/*
 The sources every model's NetworkPolicy admits besides its own namespace (networkPolicy values),
-as a JSON list of NetworkPolicyPeers, in this order: the gateway's pods (with the operator; by
-their labels, in the release namespace, wherever the model runs), the `helm test` pod (only when
+as a JSON list of NetworkPolicyPeers, in this order: the gateway's pods (with the gateway), the
+operator's pods (with the operator: its autoscaler reads the pods' /metrics), both by their
+selector labels in the release namespace, wherever the model runs; the `helm test` pod (only when
 the namespace is not admitted), the metrics scraper, networkPolicy.extraIngressFrom. The operator
 gets it as --network-policy-peers; without the operator, templates/models/policies.yaml renders
 it. Both then build the same object (tests/chart/test_parity.py).
@@ -423,9 +445,13 @@ it. Both then build the same object (tests/chart/test_parity.py).
 {{- define "embedding-images.networkPolicy.peers" -}}
 {{- $np := .Values.networkPolicy -}}
 {{- $peers := list -}}
+{{- $release := dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace) -}}
 {{- if include "embedding-images.gateway.enabled" . -}}
 {{- $gateway := include "embedding-images.selectorLabels" (dict "root" . "component" "gateway") | fromYaml -}}
-{{- $peers = append $peers (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" $gateway)) -}}
+{{- $peers = append $peers (dict "namespaceSelector" $release "podSelector" (dict "matchLabels" $gateway)) -}}
+{{- end -}}
+{{- if .Values.operator.enabled -}}
+{{- $peers = append $peers (include "embedding-images.operator.peer" . | fromJson) -}}
 {{- end -}}
 {{- if not $np.allowSameNamespace -}}
 {{- $test := include "embedding-images.selectorLabels" (dict "root" . "component" "test") | fromYaml -}}
