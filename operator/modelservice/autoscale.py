@@ -6,16 +6,24 @@ metrics: traffic that bypasses the gateway counts), plus the requests the gatewa
 model while no replica is ready. The rules (operator/modelservice/README.md, "Autoscaling"):
 
 * recommended = ceil(demand averaged over `window_s` / target), clamped to [min, max];
-* scale up as soon as the recommendation is above the current count, to it;
-* scale down only when every sample of the last `delay_s` recommended fewer replicas than run,
-  no scale happened during that time, and every sample was complete (a pod or gateway that did
-  not answer is never read as idle); then to the highest of those recommendations, removing at
-  most half of the replicas (the last one goes once no demand was seen for the delay);
+* scale up as soon as the recommendation is above the current count (the average is past the
+  current capacity), to it;
+* scale down only to a count that carries the average with headroom: each sample also holds
+  `headroom` = ceil(average / (target x (1 - tolerance))), clamped, the fewest replicas at which
+  the average is at most (1 - tolerance) of their capacity. Down only when every sample of the
+  last `delay_s` had a headroom count below the current one, no scale happened during that time,
+  and every sample was complete (a pod or gateway that did not answer is never read as idle);
+  then to the highest headroom count of those samples, removing at most half of the replicas (the
+  last one goes once no demand was seen for the delay);
 * a count outside [min, max] (the bounds changed) is brought inside at once.
 
 The current count is the desired replica count, not the ready one: pods that are starting are
-capacity that is coming, so demand waiting for them does not scale up a second time. Nothing
-here reads a clock; `now` and the sample times are seconds on any monotonic scale.
+capacity that is coming, so demand waiting for them does not scale up a second time.
+
+The tolerance is the hysteresis (the HPA's is 0.1): a count is left only when the average is
+above its capacity or below (1 - tolerance) of the smaller count's, so a demand that wanders
+within that band around a boundary (3 clients read at the pods as 2.7 to 3 with target 1) settles
+on one count instead of going 3 -> 2 -> 3. Nothing here reads a clock; `now` and the sample times are seconds on any monotonic scale.
 """
 from __future__ import annotations
 
@@ -44,12 +52,15 @@ class Policy:
     target: float            # requests in flight plus queued that one replica should carry
     window_s: float          # demand is averaged over this long
     delay_s: float           # scale-down waits until this long agreed
+    tolerance: float = 0.0   # scale down only to a count the average fills to at most 1 - this
 
     def __post_init__(self) -> None:
         if not (0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1):
             raise ValueError(f"replica bounds [{self.min_replicas}, {self.max_replicas}] are not 0 <= min <= max, max >= 1")
         if self.target <= 0 or self.window_s < 0 or self.delay_s < 0:
             raise ValueError("target must be positive, window and delay not negative")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance {self.tolerance} is not in [0, 1)")
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
@@ -59,17 +70,24 @@ class Policy:
         # A hair under an integer multiple (float sums) must not round up to one more replica.
         return self.clamp(math.ceil(round(max(average, 0.0) / self.target, 9)))
 
+    def headroom(self, average: float) -> int:
+        """ceil(average / (target x (1 - tolerance))), clamped: the fewest replicas that carry the
+        average with the tolerance to spare, the lowest count a scale-down may go to. Never below
+        recommend(average), so a scale-down never lands where the same average scales up."""
+        return self.clamp(math.ceil(round(max(average, 0.0) / (self.target * (1 - self.tolerance)), 9)))
+
 
 @dataclass(frozen=True)
 class Sample:
     """One scrape: the demand seen at `at`, whether every ready pod and gateway answered, and
-    the recommendation of the window average ending with it."""
+    the recommendation and headroom count (Policy.headroom) of the window average ending with it."""
 
     at: float
     demand: float
     complete: bool
     average: float = 0.0
     recommended: int = 0
+    headroom: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,7 @@ def observe(policy: Policy, history: History, at: float, demand: float, complete
     in_window = [s.demand for s in samples if s.at > at - policy.window_s] + [demand]
     average = sum(in_window) / len(in_window)
     sample = Sample(at=at, demand=demand, complete=complete, average=average,
-                    recommended=policy.recommend(average))
+                    recommended=policy.recommend(average), headroom=policy.headroom(average))
     return replace(history, samples=samples + (sample,))
 
 
@@ -126,13 +144,13 @@ def decide(policy: Policy, history: History, current: int, now: float) -> Decisi
     if last.recommended > current:
         return Decision(last.recommended, last.recommended, last.average, Reason.SCALED_UP,
                         f"{current} -> {last.recommended}: {demand}")
-    if last.recommended == current:
+    if last.headroom >= current:
         return Decision(current, last.recommended, last.average, Reason.STEADY, demand)
-    # Below the current count: only when the whole delay agreed.
+    # Fewer replicas would carry the average with headroom: only when the whole delay agreed.
     start = now - policy.delay_s
     recent = [s for s in history.samples if s.at > start or s is last]
     covered = history.since <= start and (history.last_change is None or history.last_change <= start)
-    if not covered or not recent or any(s.recommended >= current for s in recent):
+    if not covered or not recent or any(s.headroom >= current for s in recent):
         since = max(history.since, history.last_change if history.last_change is not None else history.since)
         return Decision(current, last.recommended, last.average, Reason.WAITING_FOR_DELAY,
                         f"{demand}; fewer replicas only after {policy.delay_s:g} s agree "
@@ -141,18 +159,19 @@ def decide(policy: Policy, history: History, current: int, now: float) -> Decisi
         return Decision(current, last.recommended, last.average, Reason.INCOMPLETE_SAMPLES,
                         f"{demand}; a pod or gateway did not answer within the last {policy.delay_s:g} s, "
                         "so it is not read as idle")
-    peak = max(s.recommended for s in recent)
+    peak = max(s.headroom for s in recent)
     floor = math.ceil(current / 2) if current > 1 else 0
     replicas = max(peak, floor, policy.min_replicas)
     return Decision(replicas, last.recommended, last.average, Reason.SCALED_DOWN,
-                    f"{current} -> {replicas}: {demand}, lower for {policy.delay_s:g} s")
+                    f"{current} -> {replicas}: {demand}, at most {1 - policy.tolerance:.0%} of "
+                    f"{replicas} replicas' capacity for {policy.delay_s:g} s")
 
 
 def _agreeing_since(history: History, current: int, floor: float) -> float:
-    """Since when the samples have recommended fewer than `current` (for the message only)."""
+    """Since when the samples' headroom counts have been below `current` (for the message only)."""
     since = history.samples[-1].at
     for s in reversed(history.samples):
-        if s.recommended >= current:
+        if s.headroom >= current:
             break
         since = s.at
     return max(since, floor)

@@ -44,7 +44,8 @@ def policy_of(autoscaling: Autoscaling, engine: str) -> Policy:
     target = autoscaling.target_requests or DEFAULT_TARGET_REQUESTS[engine]
     return Policy(min_replicas=autoscaling.min_replicas, max_replicas=autoscaling.max_replicas,
                   target=float(target), window_s=float(autoscaling.window_seconds),
-                  delay_s=float(autoscaling.scale_down_delay_seconds))
+                  delay_s=float(autoscaling.scale_down_delay_seconds),
+                  tolerance=float(autoscaling.scale_down_tolerance))
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:

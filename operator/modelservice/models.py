@@ -419,6 +419,10 @@ class Autoscaling(_Model):
     scale_down_delay_seconds: int = Field(
         300, ge=0, le=86400, description="Fewer replicas only after every sample of this long asked for "
                                          "fewer, and at most half of them at a time.")
+    scale_down_tolerance: float = Field(
+        0.1, ge=0, le=0.5, description="Fewer replicas only where the demand fills at most 1 - this "
+                                       "of their capacity (the HPA's tolerance): demand wandering "
+                                       "around a multiple of targetRequests does not flap the count.")
     window_seconds: int = Field(15, ge=1, le=600, description="Demand is averaged over this long before "
                                                               "it is divided by targetRequests.")
     scrape_interval_seconds: int = Field(5, ge=1, le=300, description="How often the pods' and the "
