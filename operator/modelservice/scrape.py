@@ -9,8 +9,12 @@ demand is what it holds: requests in flight plus queued.
   last two, so a TEI pod that saw cancelled requests reads a little busier than it is until it
   restarts: that errs on the side of capacity.
 The gateway adds `gateway_requests_held{model="<ns>/<name>"}`: requests waiting for a ready
-replica (the signal from zero). Requests the gateway has forwarded are counted at the pod, so none
-is counted twice.
+replica (the signal from zero). Requests it has forwarded (`gateway_requests_in_flight`) are the
+pods' requests seen from the gateway, for longer (from the forward to the last byte back, where
+the pods see only their own part): the demand is the larger of the two, plus the held requests.
+So traffic that bypasses the gateway still counts (the pods' sum), and traffic through it is
+not under-read by the time a request spends between the gateway and the pod; nothing is counted
+twice.
 
 A pod or gateway that does not answer is not idle: the reading says it is incomplete (the policy
 then never scales down on it) and the pod's last answer stands in for it.
@@ -77,9 +81,18 @@ def pod_demand(engine: str, samples: Sequence[MetricSample]) -> float:
     return max(0.0, _total(samples, "te_queue_size")) + max(0.0, in_flight)
 
 
+def _of_model(samples: Sequence[MetricSample], name: str, model: str) -> float:
+    return sum(s.value for s in samples if s.name == name and s.labels.get("model") == model)
+
+
 def held(samples: Sequence[MetricSample], model: str) -> float:
     """Requests the gateway holds for `model` ("<namespace>/<name>")."""
-    return sum(s.value for s in samples if s.name == "gateway_requests_held" and s.labels.get("model") == model)
+    return _of_model(samples, "gateway_requests_held", model)
+
+
+def forwarded(samples: Sequence[MetricSample], model: str) -> float:
+    """Requests the gateway has sent to `model`'s pods and not yet seen answered."""
+    return _of_model(samples, "gateway_requests_in_flight", model)
 
 
 class AddressOverrides:
@@ -164,8 +177,11 @@ class Scraper:
         complete = all(r is not None for r in pod_results + gateway_results)
         per_pod = {name: pod_demand(engine, r) if r is not None else last.get(name, 0.0)
                    for name, r in zip(names, pod_results)}
-        waiting = sum(held(r, model) for r in gateway_results if r is not None)
-        return Reading(demand=sum(per_pod.values()) + waiting, complete=complete, pods=per_pod, held=waiting)
+        answered = [r for r in gateway_results if r is not None]
+        waiting = sum(held(r, model) for r in answered)
+        through_gateway = sum(forwarded(r, model) for r in answered)
+        return Reading(demand=max(sum(per_pod.values()), through_gateway) + waiting, complete=complete,
+                       pods=per_pod, held=waiting)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -146,6 +146,21 @@ def test_the_gateways_held_request_brings_a_model_back_from_zero(tmp_path, serve
     assert kube.scales == [1]
 
 
+def test_demand_is_the_larger_of_the_pods_and_the_gateways_forwarded_requests_plus_held(tmp_path, servers):
+    """Through the gateway a request is in flight from its forward to the last byte back, longer
+    than the pod holds it: the larger count stands, the pods' when traffic bypasses the gateway,
+    and nothing is counted twice."""
+    a, b = servers("reranker_queue_depth 1\n"), servers("reranker_queue_depth 1\n")
+    gateway = servers('gateway_requests_in_flight{model="ns/rr"} 3\ngateway_requests_held{model="ns/rr"} 1\n'
+                      'gateway_requests_in_flight{model="ns/other"} 50\n')
+    scraper = Scraper(overrides(tmp_path, {"ns/p1": a.address, "ns/p2": b.address}))
+    pods = [pod("p1"), pod("p2")]
+    through = scraper.read("ns/rr", "reranker", pods, [f"http://{gateway.address}/metrics"], {})
+    assert (through.demand, through.held, through.complete) == (4.0, 1.0, True)
+    a.text = b.text = "reranker_queue_depth 5\n"  # 10 at the pods, most of it bypassing the gateway
+    assert scraper.read("ns/rr", "reranker", pods, [f"http://{gateway.address}/metrics"], {}).demand == 11.0
+
+
 def test_a_count_written_meanwhile_is_not_overwritten(tmp_path, servers):
     a = servers("reranker_queue_depth 40\n")
     kube = FakeKube(1, {"maxReplicas": 4}, [pod("p1")])
