@@ -94,6 +94,19 @@ def content_hash(dockerfile: str, extra: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def remove_stale_test_images(name: str, keep: str) -> None:
+    """Before a build, the test images of `name` built from other contents, and the layers
+    nothing names any more: each reranker build is about 6 GB, so without this every change to
+    its sources would leave another one behind until the disk is full (seen in a CI run)."""
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             f"{TEST_REGISTRY}/{name}"], capture_output=True, text=True).stdout.split()
+    # Only the test registry's names (an image `make images` tagged elsewhere keeps its own), the
+    # build's plain tag among them; `rmi` of one name of several only removes that name.
+    for ref in sorted({r for r in listed if r.startswith(f"{TEST_REGISTRY}/{name}:") and r != keep}):
+        subprocess.run(["podman", "rmi", ref], capture_output=True)
+    subprocess.run(["podman", "image", "prune", "--force"], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def built_images(podman_tools) -> dict[str, BuiltImage]:
     start = time.monotonic()
@@ -113,6 +126,7 @@ def built_images(podman_tools) -> dict[str, BuiltImage]:
         out[name] = BuiltImage(name, ref, pip_conf, HF_TOKEN_CANARY)
         if subprocess.run(["podman", "image", "exists", ref]).returncode == 0:
             continue
+        remove_stale_test_images(name, keep=ref)
         started = time.monotonic()
         cmd = [sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman", "--only", name,
                "--variant", "cpu", "--registry", TEST_REGISTRY, "--python-image", base,
