@@ -75,6 +75,7 @@ class LocalPodRunner:
         self._starting: set[str] = set()
         self._wanted: dict[str, dict] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podrunner")
+        self._late_stops: list[threading.Thread] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="podrunner", daemon=True)
         self._watcher: Watcher | None = None
@@ -101,6 +102,11 @@ class LocalPodRunner:
                 self._stop_pod(name)
         asyncio.run_coroutine_threadsafe(end(), self.loop).result(60)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # A start that finished meanwhile reported in on the loop: let those reports run (each
+        # stops its process, nothing being wanted any more), then wait for the stops.
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(10)
+        for thread in self._late_stops:
+            thread.join(60)
         for name in list(self.running):   # started while stopping
             self.running.pop(name).backend.stop()
         self._write_overrides()
@@ -134,14 +140,24 @@ class LocalPodRunner:
         if pod is not None:
             log.info("pod %s/%s went away: stopping its reranker", self.namespace, name)
             self._write_overrides()
-            self._pool.submit(pod.backend.stop)
+            self._stop_backend(pod.backend)
+
+    def _stop_backend(self, backend) -> None:
+        """Stops a process off the loop: in the pool, or, once `stop()` has shut the pool down, in
+        a thread of its own that `stop()` waits for (a process must never outlive the runner)."""
+        try:
+            self._pool.submit(backend.stop)
+        except RuntimeError:
+            thread = threading.Thread(target=backend.stop, name="podrunner-stop")
+            self._late_stops.append(thread)
+            thread.start()
 
     def _started(self, name: str, pod: RunningPod | None) -> None:
         self._starting.discard(name)
         if pod is None:
             return
-        if name not in self._wanted:    # went away while it started
-            self._pool.submit(pod.backend.stop)
+        if name not in self._wanted:    # went away while it started, or the runner is stopping
+            self._stop_backend(pod.backend)
             return
         self.running[name] = pod
         self._write_overrides()
