@@ -364,6 +364,19 @@ def build_router() -> APIRouter:
     return router
 
 
+class StartWatch:
+    """An ASGI `send` that notes whether the answer has begun: once it has, no error answer can
+    take its place (the middlewares that answer errors themselves ask it)."""
+
+    def __init__(self, send):
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message):
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class UnexpectedErrors:
     """ASGI middleware: whatever escapes the app is logged and answered as a `BackendError`
     without internals. It runs inside `RequestMetrics`, so /metrics counts the status the
@@ -376,18 +389,12 @@ class UnexpectedErrors:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def noting_start(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = StartWatch(send)
         try:
-            await self.app(scope, receive, noting_start)
+            await self.app(scope, receive, watched)
         except Exception:
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            if started:
+            if watched.started:
                 raise
             answer = error_response(BackendError("the model backend failed; see the server log"))
             await answer(scope, receive, send)

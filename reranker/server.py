@@ -31,7 +31,7 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .api import error_response
+from .api import StartWatch, error_response
 from .errors import NotReady
 from .settings import Settings
 
@@ -61,14 +61,8 @@ class DrainDeadline:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def noting_start(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        request = asyncio.ensure_future(self.app(scope, receive, noting_start))
+        watched = StartWatch(send)
+        request = asyncio.ensure_future(self.app(scope, receive, watched))
         over = asyncio.ensure_future(self.state.drain_over.wait())
         try:
             await asyncio.wait({request, over}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,14 +71,14 @@ class DrainDeadline:
             raise
         finally:
             over.cancel()
-        if request.done() or started:
+        if request.done() or watched.started:
             return await request
         request.cancel()
         try:
             await request
         except asyncio.CancelledError:
             pass
-        if started:
+        if watched.started:
             return
         answer = error_response(
             NotReady(
