@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from reranker.errors import HTTPError
+from reranker.errors import HTTPError, RetryLater
 
 
 class GatewayError(HTTPError, abstract=True):
@@ -82,19 +82,12 @@ class InvalidRequest(GatewayError):
     description = "Malformed or invalid request"
 
 
-class Overloaded(GatewayError):
+class Overloaded(GatewayError, RetryLater):
     """The model's concurrency cap (GATEWAY_MAX_IN_FLIGHT_PER_MODEL) is reached."""
 
     kind = "overloaded"
     status = 429
     description = "The model has as many requests in flight as it may; retry after Retry-After"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class InternalError(GatewayError):
@@ -113,7 +106,7 @@ class BadGateway(GatewayError):
     description = "The model's pods could not be reached"
 
 
-class Unavailable(GatewayError):
+class Unavailable(GatewayError, RetryLater):
     """No ready endpoint came within GATEWAY_SCALE_FROM_ZERO_TIMEOUT (scaling up from zero or
     pods starting), or the gateway has not synced its watches yet."""
 
@@ -121,12 +114,7 @@ class Unavailable(GatewayError):
     status = 503
     description = "No ready replica of the model (yet); retry after Retry-After"
 
-    def __init__(self, message: str, retry_after: int = 5):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+    default_retry_after = 5
 
 
 class GatewayTimeout(GatewayError):

@@ -44,6 +44,20 @@ class HTTPError(Exception):
         return {}
 
 
+class RetryLater(HTTPError, abstract=True):
+    """An error the client may retry: the answer carries `Retry-After` (seconds; the class's
+    `default_retry_after` unless the raiser says how long)."""
+
+    default_retry_after: ClassVar[int] = 1
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ServiceError(HTTPError, abstract=True):
     """The reranker service's errors: each subclass is one row of its table (`ERRORS`)."""
 
@@ -91,19 +105,12 @@ class BackendError(ServiceError):
     description = "The model failed while scoring"
 
 
-class Overloaded(ServiceError):
+class Overloaded(ServiceError, RetryLater):
     """The request queue is full; the client should retry after `retry_after` seconds."""
 
     kind = "overloaded"
     status = 429
     description = "Too many requests queued; retry after the Retry-After header's seconds"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class NotReady(ServiceError):
