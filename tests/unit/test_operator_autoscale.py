@@ -163,9 +163,12 @@ def test_a_spike_shorter_than_the_window_never_scales_below_where_it_started(p, 
     counts = run(p, [flat] * 100 + [flat + spike] * length + [flat] * 200, replicas=start)
     settled = counts[99]
     assert all(c >= settled for c in counts[100:])
-    # Back where it was, or (coming down from the spike) at the fewest replicas that carry the
-    # flat demand with the tolerance's headroom: both are steady for it.
-    assert counts[-1] in (settled, p.headroom(flat))
+    # Settled again, inside the band that holds the flat demand: back where it was, or, coming
+    # down from the spike, anywhere up to the fewest replicas that carry it with the tolerance's
+    # headroom (a count in between is already steady: e.g. 5 for demand 4 at tolerance 0.3,
+    # whose headroom count is 6, found by hypothesis).
+    assert len(set(counts[-100:])) == 1
+    assert settled <= counts[-1] <= max(settled, p.headroom(flat))
 
 
 @settings(max_examples=300, deadline=None)
