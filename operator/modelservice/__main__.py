@@ -79,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--address-overrides", metavar="FILE", default=os.environ.get("MODELSERVICE_ADDRESS_OVERRIDES"),
                         help="tests and demo only: the gateway's address override file; pods are read for "
                              "autoscaling at its addresses, never at their IPs (env MODELSERVICE_ADDRESS_OVERRIDES)")
+    cache = parser.add_argument_group("ModelCache downloads")
+    cache.add_argument("--downloader-image", metavar="IMAGE", default=os.environ.get("MODELSERVICE_DOWNLOADER_IMAGE"),
+                       help="image of the download Jobs: the operator's own, which holds "
+                            "`python -m modelservice.download` (env MODELSERVICE_DOWNLOADER_IMAGE; the chart "
+                            "sets it)")
+    cache.add_argument("--hf-endpoint", metavar="URL", default=os.environ.get("MODELSERVICE_HF_ENDPOINT"),
+                       help="the Hub the download Jobs fetch from (their HF_ENDPOINT), e.g. a mirror; "
+                            "unset: huggingface.co (env MODELSERVICE_HF_ENDPOINT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import caching, handlers  # noqa: F401  (registers the handlers)
     from .resources import NetworkPolicyDefaults  # noqa: PLC0415
 
     logging.getLogger(__name__).info(
@@ -108,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                            peers=args.network_policy_peers),
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
-                       address_overrides=args.address_overrides),
+                       address_overrides=args.address_overrides,
+                       download=caching.DownloadSettings(image=args.downloader_image,
+                                                         hf_endpoint=args.hf_endpoint)),
     )
     return 0
 

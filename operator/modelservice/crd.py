@@ -1,11 +1,13 @@
 """The ModelService CustomResourceDefinition, generated from the pydantic models.
 
-`build_crd()` turns the JSON schema of `models.ModelServiceSpec` / `ModelServiceStatus` into a
+`build_crd()` (and `build_cache_crd()` for ModelCache) turns the JSON schema of
+`models.ModelServiceSpec` / `ModelServiceStatus` (`ModelCacheSpec` / `ModelCacheStatus`) into a
 structural OpenAPI v3 schema (references inlined, optional fields plain, CEL rules kept) and adds
-names, printer columns and the status and scale subresources. The committed file
-charts/embedding-images/files/crd-modelservices.yaml is its output:
+names, printer columns and the status (and scale) subresources. The committed files
+charts/embedding-images/files/crd-<plural>.yaml are its output:
 
-    python -m modelservice.crd > charts/embedding-images/files/crd-modelservices.yaml
+    python -m modelservice.crd modelservices > charts/embedding-images/files/crd-modelservices.yaml
+    python -m modelservice.crd modelcaches > charts/embedding-images/files/crd-modelcaches.yaml
 
 and tests/unit/test_operator_models.py fails when the two differ.
 """
@@ -78,49 +80,53 @@ PRINTER_COLUMNS = [
 ]
 
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object (apiextensions.k8s.io/v1)."""
-    spec_schema = schema_of(models.ModelServiceSpec)
-    status_schema = schema_of(models.ModelServiceStatus)
-    spec_schema["description"] = (
-        "What to serve and where. Field reference: operator/modelservice/models.py.")
+CACHE_PRINTER_COLUMNS = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+    {"name": "Revision", "type": "string", "jsonPath": ".spec.revision"},
+    {"name": "Cached", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Cached\")].status"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Cached\")].reason"},
+    {"name": "Bytes", "type": "integer", "jsonPath": ".status.bytes"},
+    {"name": "Commit", "type": "string", "jsonPath": ".status.commit", "priority": 1},
+    {"name": "Users", "type": "string", "jsonPath": ".status.users", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _crd(*, kind: str, plural: str, singular: str, short_names: tuple[str, ...], spec_model: type,
+         status_model: type, description: str, spec_description: str, name_rule: dict[str, Any],
+         printer_columns: list[dict[str, Any]], subresources: dict[str, Any]) -> dict[str, Any]:
+    spec_schema = schema_of(spec_model)
+    status_schema = schema_of(status_model)
+    spec_schema["description"] = spec_description
     status_schema["description"] = "Written by the operator; read it, do not set it."
     status_schema["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
     status_schema["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "metadata": {"name": f"{plural}.{models.GROUP}"},
         "spec": {
             "group": models.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": models.SINGULAR,
-                "shortNames": list(models.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["embedding-images"],
             },
             "versions": [{
                 "name": models.VERSION,
                 "served": True,
                 "storage": True,
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
-                    },
-                },
-                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "subresources": subresources,
+                "additionalPrinterColumns": printer_columns,
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
-                    "description": "A text embedding or reranking model served in the cluster: the "
-                                   "operator turns it into a Deployment and a ClusterIP Service.",
+                    "description": description,
                     "required": ["spec"],
-                    "x-kubernetes-validations": [models.NAME_RULE],
+                    "x-kubernetes-validations": [name_rule],
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
@@ -134,10 +140,47 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+def build_crd() -> dict[str, Any]:
+    """The ModelService CustomResourceDefinition object (apiextensions.k8s.io/v1)."""
+    return _crd(
+        kind=models.KIND, plural=models.PLURAL, singular=models.SINGULAR, short_names=models.SHORT_NAMES,
+        spec_model=models.ModelServiceSpec, status_model=models.ModelServiceStatus,
+        description="A text embedding or reranking model served in the cluster: the operator turns it "
+                    "into a Deployment and a ClusterIP Service.",
+        spec_description="What to serve and where. Field reference: operator/modelservice/models.py.",
+        name_rule=models.NAME_RULE, printer_columns=PRINTER_COLUMNS,
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        })
+
+
+def build_cache_crd() -> dict[str, Any]:
+    """The ModelCache CustomResourceDefinition object."""
+    return _crd(
+        kind=models.CACHE_KIND, plural=models.CACHE_PLURAL, singular=models.CACHE_SINGULAR,
+        short_names=models.CACHE_SHORT_NAMES, spec_model=models.ModelCacheSpec,
+        status_model=models.ModelCacheStatus,
+        description="A model's files fetched once into a PersistentVolumeClaim by a download Job, "
+                    "mounted read-only by the pods of every ModelService of the namespace that names it "
+                    "(spec.cache.modelCache).",
+        spec_description="What to fetch and where to keep it. Field reference: operator/modelservice/models.py.",
+        name_rule=models.CACHE_NAME_RULE, printer_columns=CACHE_PRINTER_COLUMNS,
+        subresources={"status": {}})
+
+
+# What `python -m modelservice.crd <plural>` writes, and where the chart keeps it.
+CRDS = {models.PLURAL: build_crd, models.CACHE_PLURAL: build_cache_crd}
+
+
 HEADER = """\
-# The ModelService CustomResourceDefinition (serving.embedding-images.io/v1alpha1).
+# The {kind} CustomResourceDefinition (serving.embedding-images.io/v1alpha1).
 # Generated from operator/modelservice/models.py; do not edit by hand. Regenerate with:
-#   python -m modelservice.crd > charts/embedding-images/files/crd-modelservices.yaml
+#   python -m modelservice.crd {plural} > charts/embedding-images/files/crd-{plural}.yaml
 """
 
 
@@ -148,10 +191,14 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def render_crd() -> str:
-    """The CRD file's text, as committed."""
-    return HEADER + yaml.dump(build_crd(), Dumper=_NoAliases, sort_keys=False, width=100)
+def render_crd(plural: str = models.PLURAL) -> str:
+    """The CRD file's text, as committed (charts/embedding-images/files/crd-<plural>.yaml)."""
+    crd = CRDS[plural]()
+    header = HEADER.format(kind=crd["spec"]["names"]["kind"], plural=plural)
+    return header + yaml.dump(crd, Dumper=_NoAliases, sort_keys=False, width=100)
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render_crd())
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1] not in CRDS):
+        sys.exit(f"usage: python -m modelservice.crd [{'|'.join(CRDS)}]")
+    sys.stdout.write(render_crd(*sys.argv[1:]))

@@ -47,8 +47,10 @@ from pydantic import ValidationError
 
 from .autoscaler import Autoscaler, GatewaySource
 from .kube import ApiFailure, Kube, api_failure, load_config
-from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelservice
-from .plan import Plan, PlanError, build_plan, invalid_spec
+from .cache import cache_mount
+from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelcache, parse_modelservice
+from .plan import (CACHE_MODEL_MISMATCH, CACHE_NOT_FOUND, CACHE_NOT_READY, Plan, PlanError, build_plan,
+                   invalid_spec)
 from .resources import (SELECTOR_LABEL, NetworkPolicyDefaults, build_deployment, build_network_policy,
                         build_selector, build_service, drifted)
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
@@ -59,6 +61,9 @@ from .variants import AUTO
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 RETRY_NODES_S = 30
+# A ModelService waiting for its ModelCache is reconciled by the cache's handler when a revision
+# is complete; this retry is the safety net for an event missed meanwhile.
+RETRY_CACHE_S = 60
 # How often each ModelService is compared with its children when no event says anything changed
 # (`--resync-seconds`, env MODELSERVICE_RESYNC_SECONDS; 0 turns it off). Each wait is drawn from
 # [1 - RESYNC_JITTER, 1] x the interval, so ModelServices seen together spread out over time and
@@ -214,6 +219,33 @@ def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: 
     return live
 
 
+def with_cache(kube: Kube, ms: ModelService, plan: Plan) -> Plan:
+    """The plan with the ModelCache volume of spec.cache.modelCache, if any. PlanError while the
+    cache does not exist (retried), holds another model, or has no complete revision yet
+    (retried; the cache's handler reconciles its users the moment one is complete)."""
+    ref = ms.spec.cache.model_cache if ms.spec.cache is not None else None
+    if ref is None:
+        return plan
+    body = kube.get_modelcache(ms.namespace or "default", ref)
+    if body is None:
+        raise PlanError(CACHE_NOT_FOUND, f"spec.cache.modelCache: no ModelCache {ref} in namespace "
+                        f"{ms.namespace}; create it (operator README, \"Model cache\")", retry=True)
+    try:
+        cache = parse_modelcache(body)
+    except ValidationError:
+        raise PlanError(CACHE_NOT_READY, f"ModelCache {ref} has an invalid spec (see its status)", retry=True) from None
+    if cache.spec.model != ms.spec.model:
+        raise PlanError(CACHE_MODEL_MISMATCH, f"spec.model is {ms.spec.model} but ModelCache {ref} holds "
+                        f"{cache.spec.model}: name a cache of this model, or serve {cache.spec.model}")
+    mount = cache_mount(cache)
+    if mount is None:
+        cached = next((c for c in cache.status.get("conditions") or [] if c.get("type") == "Cached"), {})
+        why = f"{cached.get('reason')}: {cached.get('message')}" if cached else "not reconciled yet"
+        raise PlanError(CACHE_NOT_READY, f"no pods until ModelCache {ref} holds {cache.spec.model}@"
+                        f"{cache.spec.revision} ({why})", retry=True)
+    return dataclasses.replace(plan, cache=mount)
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter,
               network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
     """Makes the children and the status match the ModelService (`network_policy`: the
@@ -242,6 +274,14 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
                                             deployment=kube.get_deployment(namespace, name)))
         if error.retry:
             raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
+        raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
+    try:
+        plan = with_cache(kube, ms, plan)
+    except PlanError as error:
+        write_status(kube, ms, build_status(ms, now=now(), error=error,
+                                            deployment=kube.get_deployment(namespace, name)))
+        if error.retry:
+            raise kopf.TemporaryError(error.message, delay=RETRY_CACHE_S) from error
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
     try:
         live = apply_children(kube, body, ms, plan, network_policy, logger)

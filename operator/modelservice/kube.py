@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .models import GROUP, MANAGER, PLURAL, VERSION
+from .models import CACHE_PLURAL, GROUP, MANAGER, PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"   # JSON is YAML: the client sends the dict as JSON
 JSON_PATCH = "application/json-patch+json"
@@ -61,6 +61,15 @@ def _json(response: Any) -> dict[str, Any]:
     return json.loads(response.data)
 
 
+def _missing_is_none(read: Any) -> dict[str, Any] | None:
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 class Kube:
     """Typed access to the few API calls the operator makes."""
 
@@ -71,9 +80,11 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.networking = kubernetes.client.NetworkingV1Api(self.client)
+        self.batch = kubernetes.client.BatchV1Api(self.client)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of a Deployment, Service or NetworkPolicy; returns the live object."""
+        """Server-side apply of a Deployment, Service, NetworkPolicy, PersistentVolumeClaim or Job;
+        returns the live object."""
         meta = obj["metadata"]
         kwargs = dict(name=meta["name"], namespace=meta["namespace"], body=dict(obj),
                       field_manager=MANAGER, force=True, _content_type=APPLY,
@@ -84,6 +95,10 @@ class Kube:
             return _json(self.core.patch_namespaced_service(**kwargs))
         if obj["kind"] == "NetworkPolicy":
             return _json(self.networking.patch_namespaced_network_policy(**kwargs))
+        if obj["kind"] == "PersistentVolumeClaim":
+            return _json(self.core.patch_namespaced_persistent_volume_claim(**kwargs))
+        if obj["kind"] == "Job":
+            return _json(self.batch.patch_namespaced_job(**kwargs))
         raise ValueError(f"the operator does not apply {obj['kind']}")
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -135,6 +150,49 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _missing_is_none(lambda: _json(self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, CACHE_PLURAL, name, _preload_content=False)))
+
+    def list_modelcaches(self, namespace: str) -> list[dict[str, Any]]:
+        return _json(self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, CACHE_PLURAL, _preload_content=False)).get("items", [])
+
+    def list_modelservices(self, namespace: str) -> list[dict[str, Any]]:
+        return _json(self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _preload_content=False)).get("items", [])
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _missing_is_none(lambda: _json(self.core.read_namespaced_persistent_volume_claim(
+            name, namespace, _preload_content=False)))
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _missing_is_none(lambda: _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False)))
+
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return _json(self.batch.list_namespaced_job(namespace, label_selector=selector,
+                                                    _preload_content=False)).get("items", [])
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Deletes a Job (with its pods) or a PersistentVolumeClaim; gone already is fine."""
+        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
+        try:
+            if kind == "Job":
+                self.batch.delete_namespaced_job(name, namespace, body=body)
+            elif kind == "PersistentVolumeClaim":
+                self.core.delete_namespaced_persistent_volume_claim(name, namespace, body=body)
+            else:
+                raise ValueError(f"the operator does not delete {kind}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def replace_cache_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Writes a ModelCache's whole status (as replace_status does a ModelService's)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, CACHE_PLURAL, name, [{"op": "add", "path": "/status", "value": dict(status)}],
+            _content_type=JSON_PATCH, _preload_content=False)
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return _json(self.core.list_node(_preload_content=False)).get("items", [])

@@ -294,22 +294,37 @@ class EngineArgs(_Model):
         return self
 
 
+CACHE_RULES = [
+    {"rule": "!(has(self.sizeLimit) && has(self.existingClaim))",
+     "message": "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both"},
+    {"rule": "!(has(self.modelCache) && has(self.existingClaim))",
+     "fieldPath": ".modelCache",
+     "reason": "FieldValueForbidden",
+     "message": "set either modelCache (a ModelCache fills the volume once) or existingClaim, not both"},
+]
+
+
 class Cache(_Model):
-    """The model cache volume at /data: an emptyDir (optionally size-limited) or an existing claim."""
+    """Where the model's files come from: a ModelCache the operator fills once and mounts read-only
+    (`modelCache`), or a download at every pod start into an emptyDir (optionally size-limited) or
+    an existing claim at /data."""
 
     size_limit: Optional[Quantity] = Field(None, description="emptyDir size limit, e.g. 10Gi.")
     existing_claim: Optional[ObjectName] = Field(
         None, description="Existing PersistentVolumeClaim, kept across pod restarts.")
+    model_cache: Optional[ObjectName] = Field(
+        None, description="A ModelCache in the ModelService's namespace holding spec.model: pods are "
+                          "created once it is Cached, mount it read-only at /models and run offline "
+                          "(HF_HUB_OFFLINE=1); its revision is the one served.")
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
-        "rule": "!(has(self.sizeLimit) && has(self.existingClaim))",
-        "message": "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both",
-    }]})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": CACHE_RULES})
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Cache":
         if self.size_limit is not None and self.existing_claim is not None:
-            raise ValueError("set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both")
+            raise ValueError(CACHE_RULES[0]["message"])
+        if self.model_cache is not None and self.existing_claim is not None:
+            raise ValueError(CACHE_RULES[1]["message"])
         return self
 
 
@@ -451,6 +466,11 @@ SPEC_RULES = [
      "fieldPath": ".fallbackToCPU",
      "reason": "FieldValueForbidden",
      "message": "fallbackToCPU needs accelerator auto (a named accelerator never falls back)"},
+    {"rule": "!has(self.revision) || !has(self.cache) || !has(self.cache.modelCache)",
+     "fieldPath": ".revision",
+     "reason": "FieldValueForbidden",
+     "message": "with cache.modelCache the revision served is the ModelCache's: remove spec.revision "
+                "and set it on the ModelCache"},
     {"rule": "!(self.task == 'embed' && self.engine == 'reranker')",
      "fieldPath": ".engine",
      "reason": "FieldValueInvalid",
@@ -498,7 +518,8 @@ class ModelServiceSpec(_Model):
     hf_token_secret_ref: Optional[SecretKeyRef] = Field(
         None, alias="hfTokenSecretRef",
         description="Secret with a Hugging Face token for gated models (HF_TOKEN).")
-    cache: Optional[Cache] = Field(None, description="Model cache volume (default: an emptyDir).")
+    cache: Optional[Cache] = Field(None, description="Where the model's files come from: a ModelCache, "
+                                                     "or a download at pod start (default: into an emptyDir).")
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port of the Service.")
     network_policy: Optional[NetworkPolicy] = Field(
         None, description="An ingress NetworkPolicy for the pods: only the model's port, only from "
@@ -525,8 +546,10 @@ class ModelServiceSpec(_Model):
             raise ValueError(SPEC_RULES[1]["message"])
         if self.fallback_to_cpu and self.accelerator != AUTO:
             raise ValueError(SPEC_RULES[2]["message"])
-        if self.task == "embed" and self.engine == "reranker":
+        if self.revision is not None and self.cache is not None and self.cache.model_cache is not None:
             raise ValueError(SPEC_RULES[3]["message"])
+        if self.task == "embed" and self.engine == "reranker":
+            raise ValueError(SPEC_RULES[4]["message"])
         return self
 
 
@@ -555,6 +578,15 @@ class AutoscalingStatus(_Model):
     last_scale_time: Optional[str] = Field(None, description="When the operator last changed spec.replicas.")
 
 
+class ModelCacheMount(_Model):
+    """The ModelCache volume a ModelService's pods mount read-only."""
+
+    name: str = Field(..., description="The ModelCache.")
+    claim_name: str = Field(..., description="Its PersistentVolumeClaim.")
+    path: str = Field(..., description="The model's directory in the pods.")
+    node_name: Optional[str] = Field(None, description="ReadWriteOnce: the node every pod runs on.")
+
+
 class ModelServiceStatus(_Model):
     """What the operator made of the spec, written only when it changes."""
 
@@ -575,6 +607,8 @@ class ModelServiceStatus(_Model):
     endpoint: Optional[str] = Field(None, description="http://<name>.<namespace>.svc.cluster.local:<port>")
     selector: Optional[str] = Field(None, description="Label selector of the pods (scale subresource).")
     autoscaling: Optional[AutoscalingStatus] = Field(None, description="With spec.autoscaling enabled.")
+    model_cache: Optional[ModelCacheMount] = Field(None, description="With spec.cache.modelCache: what the "
+                                                                     "pods mount.")
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelServiceSpec:
@@ -631,3 +665,142 @@ def parse_modelservice(body: Mapping[str, Any]) -> ModelService:
         labels=dict(meta.get("labels") or {}),
         status=dict(body.get("status") or {}),
     )
+
+
+# --- ModelCache ---------------------------------------------------------------------------------
+# A model's files fetched once into a PersistentVolumeClaim by a download Job, for every
+# ModelService of its namespace that names it (spec.cache.modelCache). The operator README says
+# why this is a resource of its own rather than a field block of ModelService.
+
+CACHE_KIND = "ModelCache"
+CACHE_PLURAL = "modelcaches"
+CACHE_SINGULAR = "modelcache"
+CACHE_SHORT_NAMES = ("mcache",)
+# The download Job is named <cache>-<10 hex>, and a Job's name is a label value (job-name) of its
+# pods: at most 63 characters.
+CACHE_NAME_MAX = 52
+CACHE_NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {CACHE_NAME_MAX} && self.metadata.name.matches('{NAME_PATTERN}')",
+    "fieldPath": ".metadata",
+    "reason": "FieldValueInvalid",
+    "message": f"metadata.name must be a DNS-1035 label of at most {CACHE_NAME_MAX} characters (its "
+               "download Job is named after it): lower-case letters, digits and '-', starting with a "
+               "letter and ending with a letter or digit",
+}
+DEFAULT_REVISION = "main"
+# Fields fixed at creation: a volume cannot change class or access mode, and another model is
+# another cache. `self == oldSelf` is a transition rule: kubectl names the field it refuses.
+CACHE_IMMUTABLE = {"model", "storageClassName", "accessMode"}
+
+
+def _immutable(field_name: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{
+        "rule": "self == oldSelf",
+        "message": f"{field_name} is immutable: create another ModelCache (and point the ModelServices "
+                   "at it) instead",
+    }]}
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany"]
+Retention = Literal["Keep", "DeleteWhenUnused"]
+
+
+class ModelCacheSpec(_Model):
+    """A model and revision to fetch once into a volume, and the volume."""
+
+    model: str = Field(..., min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][-\w.]*/[-\w.]+$",
+                       description="Hugging Face model id (org/name). Immutable.",
+                       json_schema_extra=_immutable("model"))
+    revision: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
+        DEFAULT_REVISION, description="Branch, tag or commit. A change fetches the new revision into the "
+                                      "same volume (files shared between revisions are not fetched "
+                                      "again); pods roll to it only once it is complete.")
+    size: Quantity = Field(..., description="Volume size (the claim's storage request), e.g. 20Gi: room "
+                                            "for every revision kept (see status.bytes). Raising it "
+                                            "expands the claim where the storage class allows.")
+    storage_class_name: Optional[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        None, description="Storage class of the claim; unset: the cluster's default. Immutable.",
+        json_schema_extra=_immutable("storageClassName"))
+    access_mode: AccessMode = Field(
+        "ReadWriteOnce", description="ReadWriteMany: pods on any node mount the volume (needs a storage "
+                                     "class that offers it, e.g. NFS, CephFS, EFS, Filestore). "
+                                     "ReadWriteOnce: one node mounts it, so every pod of every "
+                                     "ModelService using the cache runs on the node the download ran "
+                                     "on (status.nodeName). Immutable.",
+        json_schema_extra=_immutable("accessMode"))
+    hf_token_secret_ref: Optional[SecretKeyRef] = Field(
+        None, alias="hfTokenSecretRef",
+        description="Secret with a Hugging Face token for gated or private models (the download Job's "
+                    "HF_TOKEN; the pods run offline and need none).")
+    retention: Retention = Field(
+        "Keep", description="Keep: the files stay when no ModelService uses the cache (deleting the "
+                            "ModelCache deletes them). DeleteWhenUnused: the volume exists only while a "
+                            "ModelService names the cache: fetched when the first one appears, deleted "
+                            "with the last one.")
+    node_selector: Optional[dict[LabelKey, LabelValue]] = Field(
+        None, max_length=NODE_SELECTOR_MAX,
+        description="Node selector of the download Job (with ReadWriteOnce, the node it lands on is "
+                    "where the models run).",
+        json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
+    tolerations: Optional[list[Toleration]] = Field(
+        None, max_length=TOLERATIONS_MAX, description="Tolerations of the download Job.")
+
+
+class ModelCacheStatus(_Model):
+    """What the operator made of the cache, written only when it changes."""
+
+    observed_generation: Optional[int] = None
+    conditions: Optional[list[Condition]] = None
+    revision: Optional[str] = Field(None, description="The revision complete on the volume, the one pods "
+                                                      "are given (during a revision change: the old one).")
+    commit: Optional[str] = Field(None, description="The commit that revision resolved to; later downloads "
+                                                    "of the same revision fetch this commit.")
+    path: Optional[str] = Field(None, description="Where the pods find the files, e.g. "
+                                                  "/models/models/BAAI--bge-m3/main.")
+    bytes: Optional[int] = Field(None, description="Bytes of that revision's files on the volume.")
+    files: Optional[int] = Field(None, description="Files of that revision.")
+    node_name: Optional[str] = Field(None, description="ReadWriteOnce: the node holding the volume, "
+                                                       "where the pods run.")
+    claim_name: Optional[str] = Field(None, description="The PersistentVolumeClaim.")
+    job: Optional[str] = Field(None, description="The download Job of the current revision.")
+    users: Optional[list[str]] = Field(None, description="ModelServices of the namespace that name the cache.")
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    """A ModelCache as the operator works with it (see ModelService)."""
+
+    name: str
+    namespace: str | None
+    spec: ModelCacheSpec
+    generation: int | None = None
+    uid: str | None = None
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_cache_name(name: str) -> str:
+    """CACHE_NAME_RULE in Python."""
+    if len(name) > CACHE_NAME_MAX or not re.match(NAME_PATTERN, name):
+        raise ValueError(CACHE_NAME_RULE["message"])
+    return name
+
+
+class _CacheMetadata(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Annotated[str, AfterValidator(check_cache_name)]
+
+
+class _CacheBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    metadata: _CacheMetadata
+    spec: ModelCacheSpec
+
+
+def parse_modelcache(body: Mapping[str, Any]) -> ModelCache:
+    """A ModelCache body -> ModelCache; pydantic.ValidationError for an invalid name or spec."""
+    meta = body.get("metadata") or {}
+    valid = _CacheBody.model_validate({"metadata": {"name": meta.get("name")},
+                                       "spec": dict(body.get("spec") or {})})
+    return ModelCache(name=meta["name"], namespace=meta.get("namespace"), spec=valid.spec,
+                      generation=meta.get("generation"), uid=meta.get("uid"),
+                      status=dict(body.get("status") or {}))

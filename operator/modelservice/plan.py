@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
 
+from .cache import CacheMount
 from .models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS, ModelServiceSpec
 from .variants import AUTO, CPU, Variant, VariantTable, load_table
 
@@ -57,6 +58,9 @@ UNSUPPORTED_ARGS = "UnsupportedEngineArgs"
 NO_MATCHING_NODES = "NoMatchingGPUNodes"
 UNKNOWN_PRODUCT = "UnknownGPUProduct"
 PRODUCT_MISMATCH = "GPUProductNotInAccelerator"
+CACHE_NOT_FOUND = "ModelCacheNotFound"
+CACHE_NOT_READY = "ModelCacheNotReady"
+CACHE_MODEL_MISMATCH = "ModelCacheModelMismatch"
 NODES_REQUIRED = "NodesRequired"
 INVALID_SPEC = "InvalidSpec"
 
@@ -88,6 +92,7 @@ class Plan:
     gpu_count: int                   # GPUs per pod, 0 for cpu
     node_selector: dict[str, str] = field(default_factory=dict)  # the pinning only
     fell_back_to_cpu: bool = False
+    cache: "CacheMount | None" = None  # spec.cache.modelCache's volume, once a revision is complete
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelService, ModelServiceSpec, parse_modelservice
+from .cache import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 TEI_PORT = 8080
 RERANKER_PORT = 8000
 # On SIGTERM the reranker serves on for RERANKER_SHUTDOWN_DELAY (5 s) with readiness failing, then
@@ -106,10 +108,16 @@ def _secret_env(name: str, ref: Any) -> dict[str, Any]:
                                                          "key": ref.key or DEFAULT_HF_TOKEN_KEY}}}
 
 
-def build_tei_args(spec: ModelServiceSpec) -> list[str]:
+def model_source(spec: ModelServiceSpec, plan: Plan) -> str:
+    """What the engine loads: the ModelCache's directory on its volume, else the model id (fetched
+    at start)."""
+    return plan.cache.path if plan.cache is not None else spec.model
+
+
+def build_tei_args(spec: ModelServiceSpec, plan: Plan) -> list[str]:
     """text-embeddings-router flags (TEI 1.9). --hostname is explicit: TEI reads HOSTNAME, which
     Kubernetes sets to the pod name, and would bind to that instead of every address."""
-    args = ["--model-id", spec.model, "--port", str(TEI_PORT), "--hostname", "0.0.0.0"]
+    args = ["--model-id", model_source(spec, plan), "--port", str(TEI_PORT), "--hostname", "0.0.0.0"]
     if spec.revision:
         args += ["--revision", spec.revision]
     ea = spec.engine_args
@@ -141,7 +149,7 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
         if ea is not None and ea.api_key_secret_ref is not None:
             env.append(_secret_env("API_KEY", ea.api_key_secret_ref))
     else:
-        env.append({"name": "RERANKER_MODEL", "value": spec.model})
+        env.append({"name": "RERANKER_MODEL", "value": model_source(spec, plan)})
         env.append({"name": "RERANKER_HOST", "value": "0.0.0.0"})
         env.append({"name": "RERANKER_PORT", "value": str(RERANKER_PORT)})
         env.append({"name": "RERANKER_DEVICE", "value": "cuda" if plan.gpu_count else "cpu"})
@@ -157,6 +165,9 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
             if ea.api_key_secret_ref is not None:
                 env.append(_secret_env("RERANKER_API_KEY", ea.api_key_secret_ref))
         env.append({"name": "HF_HOME", "value": CACHE_PATH})
+    if plan.cache is not None:
+        # Every file is on the read-only volume: the pods never ask the Hub for anything.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.hf_token_secret_ref is not None:
         env.append(_secret_env("HF_TOKEN", spec.hf_token_secret_ref))
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or []]
@@ -193,7 +204,7 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     port = TEI_PORT if tei else RERANKER_PORT
     container: dict[str, Any] = {"name": "tei" if tei else "reranker", "image": plan.image}
     if tei:
-        container["args"] = build_tei_args(spec)
+        container["args"] = build_tei_args(spec, plan)
     container["env"] = build_env(spec, plan)
     container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     container["startupProbe"] = copy.deepcopy(STARTUP_PROBE)
@@ -205,6 +216,8 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     container["securityContext"] = copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
     container["volumeMounts"] = [{"name": "cache", "mountPath": CACHE_PATH},
                                  {"name": "tmp", "mountPath": "/tmp"}]
+    if plan.cache is not None:
+        container["volumeMounts"].append({"name": "models", "mountPath": MOUNT_PATH, "readOnly": True})
 
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -215,6 +228,9 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     if spec.runtime_class_name:
         pod["runtimeClassName"] = spec.runtime_class_name
     node_selector = {**(spec.node_selector or {}), **plan.node_selector}
+    if plan.cache is not None and plan.cache.node:
+        # A ReadWriteOnce cache is mounted on one node only: the one its download ran on.
+        node_selector[HOSTNAME_LABEL] = plan.cache.node
     if node_selector:
         pod["nodeSelector"] = node_selector
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []]
@@ -234,6 +250,9 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         empty_dir = {"sizeLimit": cache.size_limit} if cache is not None and cache.size_limit else {}
         cache_volume = {"name": "cache", "emptyDir": empty_dir}
     pod["volumes"] = [cache_volume, {"name": "tmp", "emptyDir": {}}]
+    if plan.cache is not None:
+        pod["volumes"].append({"name": "models", "persistentVolumeClaim": {"claimName": plan.cache.claim,
+                                                                           "readOnly": True}})
     return pod
 
 

@@ -17,7 +17,8 @@ Condition reasons:
   Ready        AllReplicasReady | ReplicasNotReady | Unschedulable | DeploymentMissing |
                ServiceMissing | ScaledToZero | <PlanError reason>
                (UnsupportedModelForEngine, UnsupportedEngineArgs, NoMatchingGPUNodes,
-               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused)
+               UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused,
+               ModelCacheNotFound, ModelCacheNotReady, ModelCacheModelMismatch)
   Progressing  RolloutInProgress | RolloutComplete | ProgressDeadlineExceeded | <PlanError reason>
   Degraded     AsExpected | FellBackToCPU | ReplicaFailure | ProgressDeadlineExceeded |
                <PlanError reason> (when an earlier Deployment still runs)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .cache import CacheMount
 from .models import ModelService
 from .plan import Plan, PlanError
 from .resources import build_endpoint, build_selector
@@ -35,7 +37,7 @@ from .resources import build_endpoint, build_selector
 PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "Unschedulable", "DeploymentMissing",
                    "ServiceMissing", "ScaledToZero")
 # The status fields that record a plan; a status built from a PlanError carries them over.
-PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU")
+PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU", "modelCache")
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
@@ -117,6 +119,8 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         fields["nodeSelector"] = dict(plan.node_selector)
     if plan.fell_back_to_cpu:
         fields["fellBackToCPU"] = True
+    if plan.cache is not None:
+        fields["modelCache"] = plan.cache.as_status()
     return fields
 
 
@@ -246,4 +250,5 @@ def recorded_plan(ms: ModelService) -> Plan | None:
         gpu_count=status["gpuCount"],
         node_selector=dict(status.get("nodeSelector") or {}),
         fell_back_to_cpu=bool(status.get("fellBackToCPU")),
+        cache=CacheMount.from_status(status.get("modelCache")),
     )

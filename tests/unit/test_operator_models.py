@@ -257,6 +257,9 @@ RULE_CASES = {
         [{"accelerator": "auto", "fallbackToCPU": True}, {"accelerator": "cpu", "fallbackToCPU": False}],
         {"accelerator": "hopper", "fallbackToCPU": True}),
     models.SPEC_RULES[3]["message"]: (
+        [{"revision": "v1"}, {"cache": {"modelCache": "bge"}}, {"revision": "v1", "cache": {"sizeLimit": "1Gi"}}],
+        {"revision": "v1", "cache": {"modelCache": "bge"}}),
+    models.SPEC_RULES[4]["message"]: (
         [{"task": "rerank", "engine": "reranker"}, {"task": "embed", "engine": "tei"}],
         {"task": "embed", "engine": "reranker"}),
     "defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)": (
@@ -265,6 +268,9 @@ RULE_CASES = {
     "set either sizeLimit (emptyDir) or existingClaim (PersistentVolumeClaim), not both": (
         [{"cache": {"sizeLimit": "10Gi"}}, {"cache": {"existingClaim": "models"}}],
         {"cache": {"sizeLimit": "10Gi", "existingClaim": "models"}}),
+    models.CACHE_RULES[1]["message"]: (
+        [{"cache": {"modelCache": "bge", "sizeLimit": "1Gi"}}, {"cache": {"existingClaim": "models"}}],
+        {"cache": {"modelCache": "bge", "existingClaim": "models"}}),
     models.LABEL_KEY_MESSAGE: (
         [{"nodeSelector": {"pool": "gpu", "example.com/zone": "a", "kubernetes.io/hostname": "n-1",
                            "a" * 63: "", f"{'b' * 253}/{'c' * 63}": "x"}}, {"nodeSelector": {}}],
@@ -402,7 +408,9 @@ values = {
         "effect": st.sampled_from(["NoSchedule", "NoExecute"]),
         "tolerationSeconds": st.just(30)}), max_size=2),
     "cache": st.fixed_dictionaries({}, optional={"sizeLimit": st.sampled_from(["10Gi", "ten"]),
-                                                 "existingClaim": st.sampled_from(["models", "Bad_Name"])}),
+                                                 "existingClaim": st.sampled_from(["models", "Bad_Name"]),
+                                                 "modelCache": st.sampled_from(["bge", "Bad_Name"])}),
+    "revision": st.sampled_from(["main", ""]),
     "engineArgs": st.fixed_dictionaries({}, optional={
         "maxBatchTokens": st.integers(0, 4), "pooling": st.sampled_from(["mean", "max"]),
         "defaultPrompt": st.just("q: "), "defaultPromptName": st.just("query")}),
