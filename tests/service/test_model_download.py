@@ -260,3 +260,13 @@ def test_the_reranker_serves_the_downloaded_model_offline(hub, tmp_path, tmp_pat
         assert len(answer.json()["results"]) == 2
     finally:
         backend.stop()
+
+
+def test_the_stand_in_serves_snapshot_download(hub, tmp_path):
+    """The stand-in's tree listing, as huggingface_hub's own snapshot_download reads it."""
+    from huggingface_hub import snapshot_download
+
+    hub.add_repo("org/small", {**SMALL, "1_Pooling/config.json": b"{}"})
+    path = snapshot_download("org/small", cache_dir=tmp_path / "hub", endpoint=hub.url,
+                             token=False, allow_patterns=["*.json", "1_Pooling/*"])
+    assert sorted(files_of(path)) == ["1_Pooling/config.json", "config.json", "tokenizer.json"]
