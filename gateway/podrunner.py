@@ -6,7 +6,11 @@ Running and Ready, starts the real reranker (`python -m reranker`) on a free loo
 that pod's own container environment (so the operator's RERANKER_* settings run for real), with
 the settings that name places overridden: RERANKER_MODEL (a small local model, e.g. from
 reranker.testing), RERANKER_HOST (127.0.0.1), RERANKER_PORT and HF_HOME (the pod's cache volume
-path becomes a folder under `log_dir`); RERANKER_THREADS is 1 unless the pod sets it. Once the process answers /health it writes
+path becomes a folder under `log_dir`); RERANKER_THREADS is 1 unless the pod sets it.
+A pod that mounts a PersistentVolumeClaim bound to a hostPath (or local) PersistentVolume, as a
+ModelCache's users do, keeps its own RERANKER_MODEL when it lies on that volume: the path is
+mapped to the volume's folder on this machine, as a kubelet would mount it, and the reranker
+loads what the cache's download put there. Once the process answers /health it writes
 `{"<namespace>/<pod>": "127.0.0.1:<port>"}` into the gateway's address override file
 (GATEWAY_ADDRESS_OVERRIDES); a pod that goes away, or stops being ready, loses its entry and its
 process. The tests of tests/cluster and `make demo` share it; nothing in the gateway imports it.
@@ -170,13 +174,39 @@ class LocalPodRunner:
 
     # in the pool ----------------------------------------------------------------------------
 
+    def _volume_folders(self, pod: dict) -> dict[str, str]:
+        """{mount path: local folder} of the pod's claims bound to hostPath or local volumes."""
+        core = kubernetes.client.CoreV1Api(self.client)
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
+        folders = {}
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            if mount["name"] not in claims:
+                continue
+            claim = core.read_namespaced_persistent_volume_claim(claims[mount["name"]], self.namespace)
+            volume = core.read_persistent_volume(claim.spec.volume_name) if claim.spec.volume_name else None
+            source = volume and (volume.spec.host_path or volume.spec.local)
+            if source is not None:
+                folders[mount["mountPath"]] = source.path
+        return folders
+
+    def _model(self, pod: dict, env: dict[str, str]) -> str:
+        """The pod's RERANKER_MODEL mapped onto this machine when it lies on a mounted volume,
+        else the runner's local model."""
+        wanted = env.get("RERANKER_MODEL", "")
+        for mount, folder in self._volume_folders(pod).items():
+            if wanted == mount or wanted.startswith(mount.rstrip("/") + "/"):
+                return folder + wanted[len(mount.rstrip("/")):]
+        return self.model_dir
+
     def _start_pod(self, name: str, pod: dict) -> None:
-        port = free_port()
-        env = {"RERANKER_THREADS": "1", **pod_env(pod), "RERANKER_MODEL": self.model_dir,
-               "RERANKER_HOST": "127.0.0.1", "RERANKER_PORT": str(port),
-               "HF_HOME": str(self.log_dir / "hf-home"), "HF_HUB_OFFLINE": "1"}
         started: RunningPod | None = None
         try:
+            port = free_port()
+            env = {"RERANKER_THREADS": "1", **pod_env(pod)}
+            env.update({"RERANKER_MODEL": self._model(pod, env),
+                        "RERANKER_HOST": "127.0.0.1", "RERANKER_PORT": str(port),
+                        "HF_HOME": str(self.log_dir / "hf-home"), "HF_HUB_OFFLINE": "1"})
             begun = time.monotonic()
             backend = start_process("reranker", env, port, log=self.log_dir / f"{name}.log",
                                     timeout=self.start_timeout)

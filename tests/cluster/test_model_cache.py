@@ -10,14 +10,20 @@ command runs against the local Hub stand-in). Traffic never goes to a kwok pod's
 """
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from control_plane import ROOT, Cluster, KubectlError, wait_for
+from modelservice.hubtesting import HubServer, files_of
+from test_gateway import admin_client
 from test_operator import API, Operator, condition
 
 pytestmark = pytest.mark.cluster
@@ -37,9 +43,18 @@ def crds(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def hub() -> Iterator[HubServer]:
+    """The Hub stand-in on 127.0.0.1 (modelservice.hubtesting): the Jobs' HF_ENDPOINT."""
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, crds: None, hub: HubServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", namespace="mcache-*",
-                  env={"MODELSERVICE_DOWNLOADER_IMAGE": DOWNLOADER_IMAGE, "MODELSERVICE_RESYNC_SECONDS": "5"})
+                  env={"MODELSERVICE_DOWNLOADER_IMAGE": DOWNLOADER_IMAGE, "MODELSERVICE_RESYNC_SECONDS": "5",
+                       "MODELSERVICE_HF_ENDPOINT": hub.url})
     op.start()
     try:
         yield op
@@ -280,3 +295,80 @@ def test_bad_caches_are_refused_at_apply_naming_the_field(cluster, crds, ns, man
     with pytest.raises(KubectlError) as refused:
         cluster.apply(manifest, ns)
     assert field in refused.value.stderr and words in refused.value.stderr, refused.value.stderr
+
+
+def run_job_here(cluster: Cluster, ns: str, job: dict[str, Any], folders: dict[str, Path], tmp: Path) -> dict:
+    """Runs the download Job's container as a kubelet would, but on this machine: its command
+    with its env (Secret references resolved) and its mounts mapped to local folders
+    (`folders`: mount path -> folder; /tmp, an emptyDir, to a fresh one). Returns the
+    termination message it wrote."""
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            data = cluster.get("secret", ref["name"], "-n", ns)["data"]
+            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
+    folders = {**folders, "/tmp": tmp / "emptydir-tmp"}
+    folders["/tmp"].mkdir(parents=True, exist_ok=True)
+
+    def local(value: str) -> str:
+        for mount, folder in folders.items():
+            if value == mount or value.startswith(mount + "/"):
+                return str(folder) + value[len(mount):]
+        return value
+    assert container["command"][0] == "python"
+    termination = tmp / "termination-log"
+    proc = subprocess.run([sys.executable, *container["command"][1:], *map(local, container["args"]),
+                           "--termination-log", str(termination)],
+                          env={k: v for k, v in cluster.env.items() if k in ("PATH", "PYTHONPATH")}
+                          | {k: local(v) for k, v in env.items()},
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(termination.read_text())
+
+
+def test_the_jobs_own_command_fills_the_volume_and_new_replicas_fetch_nothing(cluster, operator, hub, ns,
+                                                                               volumes, tmp_path):
+    """The Job the operator made, run for real against the Hub stand-in (a private repository: the
+    token comes from the Secret the ModelCache names), fills the volume's folder; the local pod
+    runner then starts the real reranker of each ModelService pod from that folder, offline, and
+    the Hub sees no request from any replica."""
+    from gateway.podrunner import LocalPodRunner
+    from reranker.testing import shared_tiny_model
+
+    hub.add_repo(QWEN, files_of(shared_tiny_model(tmp_path / "model")), token="hf_test")
+    folder = volumes.for_claim("modelcache-qwen")
+    cluster.kubectl("create", "secret", "generic", "hf", "-n", ns, "--from-literal=token=hf_test")
+    cluster.apply(modelcache("qwen", model=QWEN, hfTokenSecretRef={"name": "hf"}), ns)
+    (job,) = wait_for("the download Job", lambda: jobs(cluster, ns), timeout=30)
+    hub.reset_counters()
+    result = run_job_here(cluster, ns, job, {"/models": folder}, tmp_path)
+    fetched = sum(hub.body_bytes.values())
+    assert result["bytes"] > 0 and fetched >= result["bytes"], (result, fetched)
+    cached(cluster, ns, "qwen", operator)
+
+    hub.reset_counters()
+    cluster.apply(reranker("rr", "qwen"), ns)
+    runner = LocalPodRunner(admin_client(cluster), ns, ["rr"], tmp_path / "no-model-here",
+                            tmp_path / "overrides.json", tmp_path).start()
+    try:
+        def serving(count: int):
+            return len(runner.running) == count and list(runner.running.values())
+        (first,) = wait_for("the reranker of rr's pod", lambda: serving(1), timeout=180)
+        assert first.env["RERANKER_MODEL"] == f"{folder}/models/Qwen--Qwen3-Reranker-0.6B/main"
+        assert first.env["HF_HUB_OFFLINE"] == "1"
+        cluster.kubectl("scale", "modelservice", "rr", "-n", ns, "--replicas=2")
+        replicas = wait_for("a second replica's reranker", lambda: serving(2), timeout=180)
+        for replica in replicas:
+            answer = httpx.post(f"http://{replica.backend.address}/v1/rerank",
+                                json={"query": "q", "documents": ["a", "b"]}, timeout=30)
+            assert answer.status_code == 200 and len(answer.json()["results"]) == 2
+    finally:
+        runner.stop()
+    assert hub.requests == {} and sum(hub.body_bytes.values()) == 0, hub.log
+    print(f"\nmodel cache bytes: the download Job fetched {fetched:,} ({result['files']} files, "
+          f"{result['bytes']:,} on disk); each new replica with the cache fetched 0 "
+          f"(without it, each would fetch the same {result['bytes']:,} from the Hub at start)")
