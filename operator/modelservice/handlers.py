@@ -325,6 +325,22 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         raise kopf.TemporaryError(f"{APPLY_FAILED}: {failure.message}", delay=apply_backoff(retry)) from None
 
 
+def cache_moved(kube: Kube, ms: ModelService, plan: Plan) -> bool:
+    """Whether the ModelCache a recorded plan mounts now offers another revision (or is gone):
+    the plan is then no longer current although the generation is the same, and a child that
+    holds the new revision must not be "put back" to the old one. A reconcile (the cache's roll,
+    or the resync's) records the new one."""
+    ref = ms.spec.cache.model_cache if ms.spec.cache is not None else None
+    if ref is None:
+        return False
+    body = kube.get_modelcache(ms.namespace or "default", ref)
+    try:
+        mount = cache_mount(parse_modelcache(body)) if body is not None else None
+    except ValidationError:
+        mount = None
+    return mount != plan.cache
+
+
 def _owner_name(child: Mapping[str, Any]) -> str | None:
     for ref in child.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == "ModelService" and ref.get("apiVersion", "").startswith(GROUP + "/"):
@@ -349,8 +365,8 @@ def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
     except ValidationError:
         return  # an invalid spec is the ModelService handler's to report
     plan = recorded_plan(ms)
-    if plan is None:
-        return  # the ModelService handler has not finished this generation: it owns the next step
+    if plan is None or cache_moved(kube, ms, plan):
+        return  # the ModelService handler (or the cache's roll) has not finished: it owns the next step
     kind = child.get("kind")
     if kind == "NetworkPolicy":
         ensure_network_policy(kube, body, ms, network_policy, None if event_type == "DELETED" else child, logger)
@@ -381,6 +397,14 @@ def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | loggi
         return True
     plan = recorded_plan(ms)
     if plan is None:
+        return True
+    if cache_moved(kube, ms, plan):
+        # A ModelCache event was missed (the operator was down or cut off when a revision became
+        # complete): plan again now, as the cache's handler would have.
+        try:
+            reconcile(kube, body, logger, network_policy)
+        except (kopf.TemporaryError, kopf.PermanentError, ApplyFailed) as exc:
+            logger.warning("%s/%s: its ModelCache moved on; reconcile: %s", namespace, name, exc)
         return True
     deployment = kube.get_deployment(namespace, name)
     service = kube.get_service(namespace, name)

@@ -14,6 +14,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -222,6 +223,10 @@ def test_a_new_revision_is_fetched_before_the_pods_roll_to_it(cluster, operator,
         dep = cluster.get("deployment", "rr", "-n", ns)
         return dep if env_of(dep)["RERANKER_MODEL"].endswith("/v2") else None
     wait_for("the pods rolled to v2", rolled, timeout=60)
+    # ... and stay there: the child handlers and the resync (every 5 s here) must take v2 as the
+    # plan, not "put back" the Deployment of the revision the status recorded before the roll.
+    time.sleep(6)
+    assert env_of(cluster.get("deployment", "rr", "-n", ns))["RERANKER_MODEL"].endswith("/v2")
     # The ReplicaSet of v2 was made only once the v2 download was complete.
     sets = cluster.get("replicasets", "-n", ns, "-l", "serving.embedding-images.io/modelservice=rr")["items"]
     newest = max(sets, key=lambda s: s["metadata"]["creationTimestamp"])
