@@ -1,12 +1,14 @@
-"""The chart's `engineArgs` schema, generated from the ModelService CRD's.
+"""The chart's `engineArgs` and `modelCache` schemas, generated from the CRDs'.
 
 values.schema.json (charts/embedding-images) must accept exactly the engine arguments the CRD
 accepts, with the same bounds and the same CEL rules, or a value that installs in one mode fails
-in the other. This module writes the CRD's `engineArgs` (from `crd.build_crd()`, so from the
-pydantic models) into both model sections of values.schema.json, as JSON Schema draft-07. Run
-from the repository root:
+in the other. This module writes the ModelService CRD's `engineArgs` (from `crd.build_crd()`, so
+from the pydantic models) into both model sections of values.schema.json, as JSON Schema
+draft-07, and their `modelCache` block from the ModelCache CRD's fields it sets (size, storage
+class, access mode, retention; `enabled` and the empty defaults are the chart's). Run from the
+repository root:
 
-    python -m modelservice.values_schema          # rewrite the engineArgs of values.schema.json
+    python -m modelservice.values_schema          # rewrite those blocks of values.schema.json
     python -m modelservice.values_schema --check  # exit 1 when the file is out of date
 
 tests/chart/test_schema_sync.py fails when the committed file differs from the output.
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .crd import build_crd
+from .crd import build_cache_crd, build_crd
 
 VALUES_SCHEMA_PATH = Path("charts/embedding-images/values.schema.json")
 COMPONENTS = ("embedding", "reranker")
@@ -57,9 +59,9 @@ def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def crd_spec_property(name: str) -> dict[str, Any]:
-    """One property of the ModelService spec, as the generated CRD defines it."""
-    (version,) = [v for v in build_crd()["spec"]["versions"] if v.get("storage")]
+def crd_spec_property(name: str, crd: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One property of a CRD's spec (default: the ModelService's), as the generated CRD defines it."""
+    (version,) = [v for v in (crd or build_crd())["spec"]["versions"] if v.get("storage")]
     return version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][name]
 
 
@@ -68,11 +70,50 @@ def expected_engine_args() -> dict[str, Any]:
     return to_json_schema(crd_spec_property("engineArgs"))
 
 
+def _or_empty(node: dict[str, Any]) -> dict[str, Any]:
+    """A CRD string field as a chart value whose empty string means unset (the chart leaves it out)."""
+    out = {k: v for k, v in node.items() if k != "minLength"}
+    if "pattern" in out:
+        out["pattern"] = f"^$|{out['pattern']}"
+    return out
+
+
+def expected_model_cache() -> dict[str, Any]:
+    """The JSON Schema of a model section's modelCache block: the ModelCache CRD's size,
+    storageClassName, accessMode and retention (their enums and patterns), with the chart's
+    `enabled` switch; size and storageClassName may be empty (off, or the cluster's default)."""
+    crd = build_cache_crd()
+
+    def field(name: str) -> dict[str, Any]:
+        # Their only CEL rules are `self == oldSelf` (immutable): transitions, which a values file has none of.
+        node = crd_spec_property(name, crd)
+        assert all(r["rule"] == "self == oldSelf" for r in node.get("x-kubernetes-validations", ())), node
+        return to_json_schema({k: v for k, v in node.items() if k != "x-kubernetes-validations"})
+
+    size = field("size")
+    size = _or_empty({"type": ["string", "integer"], **{k: v for k, v in size.items() if k != "type"}})
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "A ModelCache for the model (with the operator), or the chart's own claim and download "
+                       "Job (without it): the files fetched once, served read-only at /models.",
+        "properties": {
+            "enabled": {"type": "boolean", "description": "Serve the model from a volume it is fetched into once."},
+            "size": {**size, "description": size["description"] + " Required when enabled."},
+            "storageClassName": _or_empty(field("storageClassName")),
+            "accessMode": field("accessMode"),
+            "retention": field("retention"),
+        },
+    }
+
+
 def render_values_schema(current: str) -> str:
-    """values.schema.json's text with both model sections' engineArgs replaced."""
+    """values.schema.json's text with both model sections' generated blocks replaced."""
     schema = json.loads(current)
     for component in COMPONENTS:
-        schema["properties"][component]["properties"]["engineArgs"] = expected_engine_args()
+        section = schema["properties"][component]["properties"]
+        section["engineArgs"] = expected_engine_args()
+        section["modelCache"] = expected_model_cache()
     return json.dumps(schema, indent=2) + "\n"
 
 
@@ -96,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} is out of date: run `{COMMAND}`", file=sys.stderr)
         return 1
     path.write_text(text)
-    print(f"wrote engineArgs of {', '.join(COMPONENTS)} into {path}")
+    print(f"wrote engineArgs and modelCache of {', '.join(COMPONENTS)} into {path}")
     return 0
 
 

@@ -7,11 +7,18 @@ operator's input), operator.enabled=false gives the chart's own Deployment and S
 operator's pure build functions (modelservice.resources) turn the ModelService into theirs.
 The two renderers must agree on the WHOLE objects, less the differences listed in INTENDED, each
 with the reason it is meant; anything else either renderer adds, drops or changes fails here.
+
+A model with modelCache: the operator-mode render holds a ModelCache besides the ModelService. The
+operator's claim and download Job for it (modelservice.cache) are compared with the chart-only
+claim and Job hooks, and its Deployment is built for a plan whose cache is what the ModelService
+mounts once that download completed (cache.build_cache_status, then cache.cache_mount).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
+import json
 from typing import Any, Callable, NamedTuple
 
 import pytest
@@ -31,6 +38,7 @@ AFFINITY = {
 # Values that only the chart-only mode renders (values.yaml says so for each); the keys are named
 # here so that INTENDED can drop exactly them.
 POD_LABEL, POD_ANNOTATION, COMMON_ANNOTATION = "example.com/pod-label", "example.com/pod-note", "example.com/note"
+HOSTNAME = "kubernetes.io/hostname"
 
 INPUTS = {
     "embedding-cpu": {"embedding": {"accelerator": "cpu"}},
@@ -86,6 +94,30 @@ INPUTS = {
                           "extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
                                                {"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
         "embedding": {"accelerator": "cpu"}, "reranker": {"accelerator": "cpu"}},
+    # Model caches: a node named for ReadWriteOnce (as the README says to do without the operator),
+    # a token, a class, an endpoint; ReadWriteMany; ReadWriteOnce on whatever node the download
+    # lands; the reranker engine, whose revision only a cache can pin.
+    "model-cache-embedding-one-node": {
+        "commonLabels": {"team": "search"}, "commonAnnotations": {COMMON_ANNOTATION: "on"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"hfEndpoint": "https://hub.example.internal"},
+        "embedding": {"accelerator": "cpu", "revision": "v1.0", "hfTokenSecretRef": {"name": "hf"},
+                      "nodeSelector": {HOSTNAME: "node-a"},
+                      "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+                      "modelCache": {"enabled": True, "size": "20Gi", "storageClassName": "fast-ssd"}},
+        "reranker": {"enabled": False},
+    },
+    "model-cache-reranker-many-nodes": {
+        "embedding": {"enabled": False},
+        "reranker": {"accelerator": "ampere-80", "revision": "refs/pr/3", "replicas": 2,
+                     "modelCache": {"enabled": True, "size": "8Gi", "accessMode": "ReadWriteMany"}},
+    },
+    "model-cache-any-node": {
+        "embedding": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": 21474836480},
+                      "cache": {"sizeLimit": "1Gi"}},
+        "reranker": {"model": "BAAI/bge-reranker-v2-m3", "accelerator": "cpu",
+                     "modelCache": {"enabled": True, "size": "4Gi"}},
+    },
     "chart-only-values": {
         "commonAnnotations": {COMMON_ANNOTATION: "on"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -121,10 +153,20 @@ POD_LABELS = ("spec", "template", "metadata", "labels")
 POD_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR_SELECTOR = "serving.embedding-images.io/modelservice"
+CACHE_KINDS = ("Job", "PersistentVolumeClaim")
+HOOKS = ("helm.sh/hook", "helm.sh/hook-weight", "helm.sh/hook-delete-policy")
+HOOK_ANNOTATIONS = {"Job": HOOKS + ("helm.sh/hook-output-log-policy",),
+                    "PersistentVolumeClaim": HOOKS + ("helm.sh/resource-policy",)}
 
 
 def _autoscaled(values: dict) -> bool:
     return bool(values.get("autoscaling", {}).get("enabled"))
+
+
+def _pinned_by_the_download(values: dict) -> bool:
+    cache = values.get("modelCache", {})
+    return (bool(cache.get("enabled")) and cache.get("accessMode", "ReadWriteOnce") == "ReadWriteOnce"
+            and HOSTNAME not in values.get("nodeSelector", {}))
 
 
 INTENDED = (
@@ -163,6 +205,31 @@ INTENDED = (
     # With autoscaling, the chart leaves replicas to the HorizontalPodAutoscaler, which scales the
     # Deployment; with the operator, it scales the ModelService, whose replicas the operator copies.
     Intended("Deployment", ("spec", "replicas"), Side.BOTH, "autoscaling owns replicas", _autoscaled),
+    # --- model caches: the operator's claim and download Job, the chart's hooks ---
+    *(Intended(kind, path + (MANAGED_BY,), Side.BOTH, "managed-by names the applier")
+      for kind, path in (("Job", LABELS), ("Job", POD_LABELS), ("PersistentVolumeClaim", LABELS))),
+    # The operator labels a cache's children with their own instance (the ModelCache) and none of
+    # the ModelCache's labels; the chart labels every object of the release alike.
+    *(Intended(kind, path + (label,), side, why)
+      for kind, path in (("Job", LABELS), ("Job", POD_LABELS), ("PersistentVolumeClaim", LABELS))
+      for label, side, why in (("app.kubernetes.io/instance", Side.BOTH, "instance: the release vs the ModelCache"),
+                               ("helm.sh/chart", Side.CHART, "the chart's labels"),
+                               ("app.kubernetes.io/version", Side.CHART, "the chart's labels"),
+                               ("team", Side.CHART, "commonLabels: the chart's objects"))),
+    # Helm orders what the operator does itself: the claim before the Job before the Deployment
+    # (hooks and weights), the claim kept, the Job replaced at every install and upgrade.
+    *(Intended(kind, ("metadata", "annotations", key), Side.CHART, "Helm's hook annotations")
+      for kind in CACHE_KINDS for key in HOOK_ANNOTATIONS[kind]),
+    *(Intended(kind, ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART, "commonAnnotations: the chart's objects")
+      for kind in CACHE_KINDS),
+    # The chart's Job has one name per model, so before-hook-creation replaces the previous one;
+    # the operator's names what it fetches (a revision change is a new Job, never two at once).
+    Intended("Job", ("metadata", "name"), Side.BOTH, "the chart's Job is replaced, the operator's is per revision"),
+    Intended("Job", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART, "imagePullSecrets: the chart's pods"),
+    # ReadWriteOnce: the operator pins the pods to the node the download ran on (status.nodeName),
+    # which Helm cannot know; without the operator the values name the node (README, "Model cache").
+    Intended("Deployment", ("spec", "template", "spec", "nodeSelector", HOSTNAME), Side.OPERATOR,
+             "the download's node, known only to the operator", _pinned_by_the_download),
 )
 
 
@@ -190,24 +257,64 @@ def without_intended(kind: str, side: Side, obj: dict, values: dict) -> tuple[di
     return obj, dropped
 
 
-def operator_build(ms: dict) -> tuple[dict, dict]:
-    """The operator's Deployment and Service for a ModelService body (as the API would hand it)."""
+def operator_build(ms: dict, mount=None) -> tuple[dict, dict]:
+    """The operator's Deployment and Service for a ModelService body (as the API would hand it),
+    and with `mount` (a CacheMount) what it renders once its ModelCache is complete (as
+    handlers.with_cache does)."""
     from modelservice import resources
+    from modelservice.models import parse_modelservice
+    from modelservice.plan import build_plan
 
-    return resources.build_children(ms)
+    parsed = parse_modelservice(ms)
+    plan = build_plan(parsed.spec)
+    if mount is not None:
+        plan = dataclasses.replace(plan, cache=mount)
+    return resources.build_deployment(parsed, plan), resources.build_service(parsed)
+
+
+def operator_args(with_operator):
+    """The operator's parsed command line in a render."""
+    from modelservice.__main__ import parse_args
+
+    (operator,) = [d for d in with_operator.kinds("Deployment") if d["metadata"]["name"].endswith("-operator")]
+    return parse_args(operator["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def operator_network_policy(ms: dict, with_operator) -> dict | None:
     """The operator's NetworkPolicy for a ModelService, with the defaults that the operator's
     command line in the same render gives it."""
-    from modelservice.__main__ import parse_args
     from modelservice.models import parse_modelservice
     from modelservice.resources import NetworkPolicyDefaults, build_network_policy
 
-    (operator,) = [d for d in with_operator.kinds("Deployment") if d["metadata"]["name"].endswith("-operator")]
-    args = parse_args(operator["spec"]["template"]["spec"]["containers"][0]["args"])
+    args = operator_args(with_operator)
     defaults = NetworkPolicyDefaults(args.network_policy, args.network_policy_same_namespace, args.network_policy_peers)
     return build_network_policy(parse_modelservice(ms), defaults)
+
+
+DOWNLOAD_NODE = "node-of-the-download"
+
+
+def operator_cache(cache_body: dict, with_operator, user: str):
+    """The operator's claim and download Job for a ModelCache body (with the image and Hub of its
+    command line in the same render), and what a ModelService naming it mounts once the download
+    completed: cache.build_cache_status over the complete Job and its pod, which ran where the
+    Job's nodeSelector put it (DOWNLOAD_NODE when it names no node)."""
+    from modelservice.cache import build_cache_status, build_claim, build_download_job, cache_mount
+    from modelservice.models import parse_modelcache
+
+    args = operator_args(with_operator)
+    assert args.downloader_image, "the chart gives the operator no --downloader-image"
+    cache = parse_modelcache(cache_body)
+    job = build_download_job(cache, image=args.downloader_image, hf_endpoint=args.hf_endpoint)
+    node = (cache.spec.node_selector or {}).get(HOSTNAME, DOWNLOAD_NODE)
+    result = json.dumps({"commit": "0" * 40, "bytes": 1, "files": 1})
+    pod = {"spec": {"nodeName": node}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "download", "state": {"terminated": {"exitCode": 0, "message": result}}}]}}
+    done = {**job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    status = build_cache_status(cache, now="2026-01-01T00:00:00Z", job=done, pods=[pod], users=[user])
+    mount = cache_mount(dataclasses.replace(cache, status=status))
+    assert mount is not None, status
+    return mount, {"Job": job, "PersistentVolumeClaim": build_claim(cache)}
 
 
 def without_operator_only_peers(policy: dict, with_operator) -> dict:
@@ -259,9 +366,15 @@ def pairs(render) -> dict[str, list[Pair]]:
         for ms in modelservices:
             name = ms["metadata"]["name"]
             section = "embedding" if ms["spec"]["task"] == "embed" else "reranker"
-            deployment, service = operator_build(ms)
-            operator = {"Deployment": deployment, "Service": service}
+            cache_name = ms["spec"].get("cache", {}).get("modelCache")
+            mount, cache_children = (operator_cache(with_operator.get("ModelCache", cache_name), with_operator, name)
+                                     if cache_name else (None, {}))
+            deployment, service = operator_build(ms, mount)
+            operator = {"Deployment": deployment, "Service": service, **cache_children}
             chart = {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}
+            if cache_name:
+                chart["Job"] = without.get("Job", f"{cache_name}-download")
+                chart["PersistentVolumeClaim"] = without.get("PersistentVolumeClaim", f"modelcache-{cache_name}")
             policy = operator_network_policy(ms, with_operator)
             assert (policy is None) == (name not in without.names("NetworkPolicy")), (input_name, name)
             if policy is not None:
@@ -269,6 +382,8 @@ def pairs(render) -> dict[str, list[Pair]]:
                 chart["NetworkPolicy"] = without.get("NetworkPolicy", name)
             out[input_name].append(Pair(name, values.get(section, {}), ms, operator, chart))
         assert len(without.kinds("Deployment")) == len(modelservices), input_name
+        caches = with_operator.kinds("ModelCache")
+        assert len(without.kinds("Job")) == len(without.kinds("PersistentVolumeClaim")) == len(caches), input_name
     return out
 
 
@@ -340,6 +455,21 @@ def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):
     set_engine_args = {arg for spec in specs for arg in spec.get("engineArgs", {})}
     assert fields <= set_fields, f"no parity input sets {sorted(fields - set_fields)}"
     assert engine_args <= set_engine_args, f"no parity input sets engineArgs {sorted(engine_args - set_engine_args)}"
+
+
+def test_parity_inputs_set_every_field_of_the_modelcache_spec(pairs, render):
+    """Likewise for the ModelCache the chart renders, whose spec the chart-only claim and Job are
+    built from: a new field fails here until an input sets it (or the chart maps it)."""
+    from modelservice.crd import build_cache_crd
+
+    (version,) = build_cache_crd()["spec"]["versions"]
+    fields = set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+    set_fields = set()
+    for input_name, values in INPUTS.items():
+        if any(p.modelservice["spec"].get("cache", {}).get("modelCache") for p in pairs[input_name]):
+            set_fields |= {f for c in both_modes(render, values)[0].kinds("ModelCache") for f in c["spec"]}
+    # retention DeleteWhenUnused needs the operator, which the chart-only mode refuses by name.
+    assert fields - {"retention"} <= set_fields, f"no parity input sets {sorted(fields - set_fields)}"
 
 
 def test_parity_inputs_cover_every_variant_family_and_affinity(pairs):

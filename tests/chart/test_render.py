@@ -84,6 +84,17 @@ def rules_of(obj: dict) -> dict[str, set[str]]:
     return found
 
 
+def assert_model_cache_rules(rules: dict[str, set[str]]) -> None:
+    """ModelCaches as kopf handles them, their claims and download Jobs written, and their pods
+    only listed (the downloader's termination message): never a pod write."""
+    assert rules["modelcaches"] == {"get", "list", "watch", "patch", "update"}
+    assert rules["modelcaches/status"] == {"get", "patch", "update"}
+    assert rules["modelcaches/finalizers"] == {"update"}
+    assert rules["persistentvolumeclaims"] == {"get", "list", "watch", "create", "patch", "delete"}
+    assert rules["jobs"] == {"get", "list", "watch", "create", "patch", "delete"}
+    assert rules["pods"] == {"list", "watch"}
+
+
 def test_cluster_wide_rbac_is_one_clusterrole(render):
     out = render(sets=NO_CRD + ["operator.clusterWide=true"])
     assert out.kinds("Role") == [] and out.kinds("RoleBinding") == []
@@ -93,6 +104,7 @@ def test_cluster_wide_rbac_is_one_clusterrole(render):
     assert "patch" in rules["modelservices/status"]
     assert {"create", "patch", "delete"} <= rules["deployments"] and {"create", "patch", "delete"} <= rules["services"]
     assert rules["networkpolicies"] == {"get", "list", "watch", "create", "patch", "delete"}
+    assert_model_cache_rules(rules)
     assert rules["nodes"] == {"get", "list", "watch"}
     assert rules["events"] == {"create"}
     binding = out.get("ClusterRoleBinding", "rel-embedding-images-operator")
@@ -106,6 +118,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
     for role in roles:
         assert "modelservices" in rules_of(role) and "deployments" in rules_of(role)
         assert rules_of(role)["networkpolicies"] == {"get", "list", "watch", "create", "patch", "delete"}
+        assert_model_cache_rules(rules_of(role))
     bindings = [b for b in out.kinds("RoleBinding") if b["metadata"]["name"] == "rel-embedding-images-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
@@ -144,7 +157,8 @@ def may(out, verb: str, group: str, resource: str, namespace: str, sa: tuple[str
 
 
 WRITES = [("create", "apps", "deployments"), ("patch", "apps", "deployments"),
-          ("delete", "apps", "deployments"), ("create", "", "services")]
+          ("delete", "apps", "deployments"), ("create", "", "services"),
+          ("create", "batch", "jobs"), ("create", "", "persistentvolumeclaims")]
 
 
 @pytest.mark.parametrize("verb, group, resource", WRITES)
@@ -738,3 +752,73 @@ def test_gateway_rolls_when_its_settings_or_scope_change(render):
     assert checksum("gateway.scaleFromZeroTimeout=60") != base
     assert checksum("operator.watchNamespaces={team-a}") != base
     assert checksum("reranker.replicas=3") == base
+
+
+# --- model cache ---------------------------------------------------------------------------------
+
+CACHED = {"modelCache": {"enabled": True, "size": "20Gi"}}
+
+
+def test_operator_runs_downloads_from_its_own_image_and_hub(render):
+    args = container(render(sets=NO_CRD).get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--downloader-image=ghcr.io/embedding-images/operator:0.1.0" in args
+    assert not [a for a in args if a.startswith("--hf-endpoint")]
+    out = render(values={"operator": {"hfEndpoint": "https://hub.example", "image": {"digest": "sha256:" + "a" * 64}}},
+                 sets=NO_CRD)
+    args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+    assert "--hf-endpoint=https://hub.example" in args
+    assert f"--downloader-image=ghcr.io/embedding-images/operator@sha256:{'a' * 64}" in args
+
+
+def test_model_cache_with_the_operator_is_a_modelcache_named_in_the_modelservice(render):
+    values = {"reranker": {"revision": "v2", "hfTokenSecretRef": {"name": "hf"}, **CACHED}}
+    out = render(values=values, sets=NO_CRD)
+    name = "rel-embedding-images-reranker"
+    cache = out.get("ModelCache", name)
+    assert cache["spec"] == {"model": "Qwen/Qwen3-Reranker-0.6B", "revision": "v2", "size": "20Gi",
+                             "accessMode": "ReadWriteOnce", "retention": "Keep", "hfTokenSecretRef": {"name": "hf"}}
+    spec = out.get("ModelService", name)["spec"]
+    assert spec["cache"]["modelCache"] == name
+    assert "revision" not in spec and "hfTokenSecretRef" not in spec, "the download's, not the pods'"
+    assert out.names("ModelCache") == [name]
+    # The CRD is not served by `helm template`: a hook, before the ModelService, also on an upgrade.
+    assert cache["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    served = render(values=values, sets=NO_CRD, extra=["--api-versions", "serving.embedding-images.io/v1alpha1/ModelCache"])
+    assert "annotations" not in served.get("ModelCache", name)["metadata"]
+
+
+def test_model_cache_without_the_operator_orders_claim_job_then_deployment(render):
+    out = render(values={"embedding": CACHED}, sets=PLAIN)
+    name = "rel-embedding-images-embedding"
+    claim = out.get("PersistentVolumeClaim", f"modelcache-{name}")["metadata"]["annotations"]
+    job = out.get("Job", f"{name}-download")["metadata"]["annotations"]
+    assert claim["helm.sh/hook"] == job["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(claim["helm.sh/hook-weight"]) < int(job["helm.sh/hook-weight"])
+    assert claim["helm.sh/resource-policy"] == "keep" and claim["helm.sh/hook-delete-policy"] == "hook-failed"
+    assert job["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert "helm.sh/hook" not in (out.get("Deployment", name)["metadata"].get("annotations") or {})
+    assert out.names("Job") == [f"{name}-download"], "only the cached model downloads"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"embedding": {"modelCache": {"enabled": True}}}, "embedding.modelCache.enabled=true needs embedding.modelCache.size"),
+    ({"embedding": {**CACHED, "cache": {"existingClaim": "mine"}}},
+     'embedding.modelCache.enabled=true and embedding.cache.existingClaim="mine": set one of them'),
+    ({"embedding": {**CACHED, "model": "local-model"}}, "needs a Hugging Face model id (org/name) in embedding.model"),
+    ({"embedding": {**CACHED, "name": "e" * 53}}, "a ModelCache name has at most 52"),
+    ({"operator": {"enabled": False}, "embedding": {"modelCache": {**CACHED["modelCache"], "retention": "DeleteWhenUnused"}}},
+     "embedding.modelCache.retention=DeleteWhenUnused needs the operator"),
+])
+def test_model_cache_values_it_cannot_take_fail_naming_them(render_error, values, message):
+    assert message in render_error(values=values, sets=NO_CRD)
+
+
+def test_model_cache_size_must_be_a_quantity(render_error):
+    err = render_error(values={"embedding": {"modelCache": {"enabled": True, "size": "lots"}}}, sets=NO_CRD)
+    assert "modelCache/size" in err or "modelCache.size" in err
+
+
+def test_model_cache_pins_a_reranker_revision(render):
+    out = render(values={"reranker": {"revision": "v2", **CACHED}}, sets=PLAIN)
+    env = {e["name"]: e.get("value") for e in container(out.get("Deployment", "rel-embedding-images-reranker"))["env"]}
+    assert env["RERANKER_MODEL"] == "/models/models/Qwen--Qwen3-Reranker-0.6B/v2" and env["HF_HUB_OFFLINE"] == "1"

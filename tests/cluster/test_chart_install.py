@@ -190,6 +190,14 @@ NEEDED = [
     ("patch", "deployments.apps", NS),
     ("delete", "services", NS),
     ("create", "events", NS),
+    ("watch", "modelcaches.serving.embedding-images.io", NS),
+    ("patch", "modelcaches.serving.embedding-images.io/status", NS),
+    ("update", "modelcaches.serving.embedding-images.io/finalizers", NS),
+    ("create", "persistentvolumeclaims", NS),
+    ("delete", "persistentvolumeclaims", NS),
+    ("create", "jobs.batch", NS),
+    ("delete", "jobs.batch", NS),
+    ("list", "pods", NS),
     ("list", "nodes", None),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
 ]
@@ -213,6 +221,10 @@ FORBIDDEN = [
     ("create", "services", "kube-system"),
     ("create", "deployments.apps", "default"),
     ("patch", "modelservices.serving.embedding-images.io/status", "kube-system"),
+    # Download Jobs run pods, so they are as strong as Deployments: only where the operator serves.
+    ("create", "jobs.batch", "kube-system"),
+    ("create", "persistentvolumeclaims", "kube-system"),
+    ("delete", "pods", NS),
 ]
 
 

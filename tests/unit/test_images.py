@@ -365,11 +365,13 @@ def test_operator_image_runs_the_charts_command(chart_containers):
     # behaves like that install: the same settings once parsed, whichever defaults are spelled out,
     # but for the NetworkPolicy peers (the gateway's and the operator's pods in the release
     # namespace) and the gateway's pods read for autoscaling, which name the release; the image
-    # admits none and reads no gateway.
+    # admits none and reads no gateway. Nor can an image name itself: the chart gives the operator
+    # its own image reference for the download Jobs (--downloader-image); the image gives none.
     [cluster_wide] = [c for c in containers(render(*OPERATOR_ONLY, "--set", "operator.clusterWide=true")).values()
                       if c["image"].startswith("ghcr.io/embedding-images/operator:")]
     chart, image_args = vars(parse_args(cluster_wide["args"])), vars(parse_args(list(image.final.last("CMD").value)))
-    for release_bound, unset in (("network_policy_peers", ()), ("gateway_namespace", None), ("gateway_selector", None)):
+    for release_bound, unset in (("network_policy_peers", ()), ("gateway_namespace", None), ("gateway_selector", None),
+                                   ("downloader_image", None)):
         assert image_args.pop(release_bound) == unset
         chart.pop(release_bound)
     assert chart == image_args

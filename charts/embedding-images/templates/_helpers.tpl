@@ -245,8 +245,8 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- end -}}
 {{- /* engine arguments the resolved engine does not understand are refused, as the operator does */ -}}
 {{- $ea := default dict $v.engineArgs -}}
-{{- if and (eq $engine "reranker") $v.revision -}}
-{{- fail (printf "%s.revision is not a setting of the reranker engine: clear it, and pin the model with a local path in the cache volume or an image with the model baked in" $c) -}}
+{{- if and (eq $engine "reranker") $v.revision (not ($v.modelCache | default dict).enabled) -}}
+{{- fail (printf "%s.revision is not a setting of the reranker engine: clear it, or pin the model with %s.modelCache (the download fetches the revision)" $c $c) -}}
 {{- end -}}
 {{- $foreign := list "maxLength" "maxDocuments" "instruction" "promptCacheTokens" -}}
 {{- if eq $engine "reranker" -}}
@@ -274,21 +274,61 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count | toJson -}}
 {{- end -}}
 
+{{/* The CRDs the chart renders, plural -> kind (files/crd-<plural>.yaml, templates/crds/<plural>.yaml). */}}
+{{- define "embedding-images.crd.kinds" -}}
+{{- dict "modelservices" "ModelService" "modelcaches" "ModelCache" | toJson -}}
+{{- end -}}
+
 {{/*
-When the ModelService CRD is already in the cluster and not this release's (kept by an uninstalled
+When the CRD of `plural` is already in the cluster and not this release's (kept by an uninstalled
 release, owned by a release in another namespace, or applied with kubectl), says who has it;
 empty otherwise. Helm refuses to install an object another release owns, so the CRD template
 leaves such a CRD alone. `helm template` has no cluster: always empty there.
+Argument: dict "root" $ "plural" modelservices|modelcaches.
 */}}
 {{- define "embedding-images.crd.foreignOwner" -}}
-{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "modelservices.serving.embedding-images.io" -}}
+{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" (printf "%s.serving.embedding-images.io" .plural) -}}
 {{- if $crd -}}
 {{- $ann := default dict $crd.metadata.annotations -}}
 {{- $name := index $ann "meta.helm.sh/release-name" | default "" -}}
 {{- $ns := index $ann "meta.helm.sh/release-namespace" | default "" -}}
-{{- if not (and (eq $name .Release.Name) (eq $ns .Release.Namespace)) -}}
+{{- if not (and (eq $name .root.Release.Name) (eq $ns .root.Release.Namespace)) -}}
 {{- if $name -}}release "{{ $name }}" in namespace "{{ $ns }}"{{- else -}}no Helm release (applied outside Helm){{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+One of the chart's CRDs. Its single source is files/crd-<plural>.yaml (generated from the
+operator's models); this only adds labels and, unless crds.keep is false, the
+`helm.sh/resource-policy: keep` annotation so `helm uninstall` never deletes the CRD and with it
+every object of its kind in the cluster. A CRD that is already in the cluster and belongs to
+something else (embedding-images.crd.foreignOwner) is left as it is, and NOTES say so.
+Argument: dict "root" $ "plural" modelservices|modelcaches.
+*/}}
+{{- define "embedding-images.crd" -}}
+{{- $root := .root -}}
+{{- if and $root.Values.crds.enabled (not (include "embedding-images.crd.foreignOwner" .)) -}}
+{{- $file := printf "files/crd-%s.yaml" .plural -}}
+{{- $raw := $root.Files.Get $file -}}
+{{- if not $raw -}}
+{{- fail (printf "crds.enabled=true but %s is missing from the chart" $file) -}}
+{{- end -}}
+{{- $crd := fromYaml $raw -}}
+{{- if hasKey $crd "Error" -}}
+{{- fail (printf "%s is not valid YAML: %s" $file $crd.Error) -}}
+{{- end -}}
+{{- $meta := $crd.metadata -}}
+{{- $labels := merge (include "embedding-images.labels" (dict "root" $root "component" "crd") | fromYaml) (default dict $meta.labels) -}}
+{{- $annotations := merge (deepCopy (default dict $root.Values.commonAnnotations)) (default dict $meta.annotations) -}}
+{{- if $root.Values.crds.keep -}}
+{{- $_ := set $annotations "helm.sh/resource-policy" "keep" -}}
+{{- end -}}
+{{- $_ := set $meta "labels" $labels -}}
+{{- if $annotations -}}
+{{- $_ := set $meta "annotations" $annotations -}}
+{{- end -}}
+{{- toYaml $crd -}}
 {{- end -}}
 {{- end -}}
 
@@ -328,7 +368,13 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- if not $v.autoscaling.enabled -}}
 {{- $_ := set $spec "replicas" (int $v.replicas) -}}
 {{- end -}}
-{{- range $key := list "revision" "image" "runtimeClassName" "resources" "nodeSelector" "tolerations" "affinity" "env" "hfTokenSecretRef" -}}
+{{- $modelCache := include "embedding-images.model.cacheSpec" . -}}
+{{- /* with a model cache, the revision and the token are the download's (the pods run offline) */ -}}
+{{- $keys := list "image" "runtimeClassName" "resources" "nodeSelector" "tolerations" "affinity" "env" -}}
+{{- if not $modelCache -}}
+{{- $keys = concat $keys (list "revision" "hfTokenSecretRef") -}}
+{{- end -}}
+{{- range $key := $keys -}}
 {{- with index $v $key -}}
 {{- $_ := set $spec $key . -}}
 {{- end -}}
@@ -354,6 +400,9 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- $_ := set $spec "gpu" . -}}
 {{- end -}}
 {{- $cache := dict -}}
+{{- if $modelCache -}}
+{{- $_ := set $cache "modelCache" (include "embedding-images.model.fullname" .) -}}
+{{- end -}}
 {{- if $v.cache.existingClaim -}}
 {{- $_ := set $cache "existingClaim" $v.cache.existingClaim -}}
 {{- else if $v.cache.sizeLimit -}}
@@ -363,6 +412,61 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- $_ := set $spec "cache" . -}}
 {{- end -}}
 {{- toYaml $spec -}}
+{{- end -}}
+
+{{/*
+The ModelCache spec of a model section as JSON (the chart-only claim and download Job are built
+from it too), or empty when <component>.modelCache is off. Fails on values a cache cannot take.
+The cache is named like the model's ModelService. Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.cacheSpec" -}}
+{{- $c := .component -}}
+{{- $v := index .root.Values $c -}}
+{{- $mc := $v.modelCache | default dict -}}
+{{- if $mc.enabled -}}
+{{- $name := include "embedding-images.model.fullname" . -}}
+{{- if not $mc.size -}}
+{{- fail (printf "%s.modelCache.enabled=true needs %s.modelCache.size, the size of the volume the model is fetched into (e.g. 20Gi; room for every revision kept)" $c $c) -}}
+{{- end -}}
+{{- if $v.cache.existingClaim -}}
+{{- fail (printf "%s.modelCache.enabled=true and %s.cache.existingClaim=%q: set one of them (with a model cache, the files come from its volume)" $c $c $v.cache.existingClaim) -}}
+{{- end -}}
+{{- if not (regexMatch `^[A-Za-z0-9][-\w.]*/[-\w.]+$` $v.model) -}}
+{{- fail (printf "%s.modelCache.enabled=true needs a Hugging Face model id (org/name) in %s.model, not %q" $c $c $v.model) -}}
+{{- end -}}
+{{- if gt (len $name) 52 -}}
+{{- fail (printf "%s.modelCache: the cache is named after the model, %s (%d characters), and a ModelCache name has at most 52 (its download Job is named after it): set a shorter %s.name" $c $name (len $name) $c) -}}
+{{- end -}}
+{{- if and (eq $mc.retention "DeleteWhenUnused") (not .root.Values.operator.enabled) -}}
+{{- fail (printf "%s.modelCache.retention=DeleteWhenUnused needs the operator (it deletes the volume when no ModelService uses it); with operator.enabled=false the claim is kept: use Keep" $c) -}}
+{{- end -}}
+{{- $spec := dict "model" $v.model "size" (include "embedding-images.scalar" $mc.size) "accessMode" $mc.accessMode "retention" $mc.retention -}}
+{{- /* the download runs where the model may run: with ReadWriteOnce its node is the model's */ -}}
+{{- range $key := list "revision" "hfTokenSecretRef" "nodeSelector" "tolerations" -}}
+{{- with index $v $key -}}
+{{- $_ := set $spec $key . -}}
+{{- end -}}
+{{- end -}}
+{{- with $mc.storageClassName -}}
+{{- $_ := set $spec "storageClassName" . -}}
+{{- end -}}
+{{- toJson $spec -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where the pods find a cached model: /models/<modelservice.download.model_path(model, revision)>,
+i.e. /models/models/<org>--<name>/<revision, each '/' as '--'> (revision main when unset, the
+ModelCache's default). Argument: the cacheSpec dict.
+*/}}
+{{- define "embedding-images.model.cachePath" -}}
+{{- $parts := splitn "/" 2 .model -}}
+{{- printf "/models/models/%s--%s/%s" $parts._0 $parts._1 (default "main" .revision | replace "/" "--") -}}
+{{- end -}}
+
+{{/* The claim of a model cache (modelservice.cache.claim_name). Argument: the cache's name. */}}
+{{- define "embedding-images.model.cacheClaim" -}}
+{{- printf "modelcache-%s" . -}}
 {{- end -}}
 
 {{/*

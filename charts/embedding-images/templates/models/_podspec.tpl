@@ -13,6 +13,12 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $containerPort := ternary 8080 8000 $tei -}}
 {{- $gpu := and $r.variant $r.variant.gpu -}}
 {{- $ea := default dict $v.engineArgs -}}
+{{- /* with a model cache (CacheMount): its claim read-only at /models, the model's directory there */ -}}
+{{- $modelCache := include "embedding-images.model.cacheSpec" (dict "root" $root "component" .component) | default "{}" | fromJson -}}
+{{- $source := $v.model -}}
+{{- if $modelCache -}}
+{{- $source = include "embedding-images.model.cachePath" $modelCache -}}
+{{- end -}}
 {{- /* node pinning: the product when named, else the architecture's compute capability */ -}}
 {{- $nodeSelector := dict -}}
 {{- if $gpu -}}
@@ -48,8 +54,8 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $env := list -}}
 {{- $args := list -}}
 {{- if $tei -}}
-{{- $args = list "--model-id" $v.model "--port" (toString $containerPort) "--hostname" "0.0.0.0" -}}
-{{- with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end -}}
+{{- $args = list "--model-id" $source "--port" (toString $containerPort) "--hostname" "0.0.0.0" -}}
+{{- if not $modelCache }}{{ with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end }}{{ end -}}
 {{- range $flag := list (list "--max-batch-tokens" "maxBatchTokens") (list "--max-client-batch-size" "maxClientBatchSize") (list "--max-concurrent-requests" "maxConcurrentRequests") (list "--pooling" "pooling") (list "--dtype" "dtype") }}
 {{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
 {{- end -}}
@@ -60,7 +66,7 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $env = append $env (dict "name" "HUGGINGFACE_HUB_CACHE" "value" "/data") -}}
 {{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "API_KEY" .) | fromJson) }}{{ end -}}
 {{- else -}}
-{{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $v.model) -}}
+{{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $source) -}}
 {{- $env = append $env (dict "name" "RERANKER_HOST" "value" "0.0.0.0") -}}
 {{- $env = append $env (dict "name" "RERANKER_PORT" "value" (toString $containerPort)) -}}
 {{- $env = append $env (dict "name" "RERANKER_DEVICE" "value" (ternary "cuda" "cpu" $gpu)) -}}
@@ -70,8 +76,13 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "RERANKER_API_KEY" .) | fromJson) }}{{ end -}}
 {{- $env = append $env (dict "name" "HF_HOME" "value" "/data") -}}
 {{- end -}}
+{{- if $modelCache -}}
+{{- /* every file is on the read-only volume: the pods never ask the Hub (nor need its token) */ -}}
+{{- $env = append $env (dict "name" "HF_HUB_OFFLINE" "value" "1") -}}
+{{- else -}}
 {{- with $v.hfTokenSecretRef -}}
 {{- $env = append $env (include "embedding-images.secretEnv" (list "HF_TOKEN" .) | fromJson) -}}
+{{- end -}}
 {{- end -}}
 {{- $env = concat $env (default list $v.env) -}}
 {{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
@@ -150,6 +161,11 @@ containers:
         mountPath: /data
       - name: tmp
         mountPath: /tmp
+      {{- if $modelCache }}
+      - name: models
+        mountPath: /models
+        readOnly: true
+      {{- end }}
 volumes:
   - name: cache
     {{- if $v.cache.existingClaim }}
@@ -163,4 +179,10 @@ volumes:
     {{- end }}
   - name: tmp
     emptyDir: {}
+  {{- if $modelCache }}
+  - name: models
+    persistentVolumeClaim:
+      claimName: {{ include "embedding-images.model.cacheClaim" (include "embedding-images.model.fullname" (dict "root" $root "component" .component)) }}
+      readOnly: true
+  {{- end }}
 {{- end -}}
