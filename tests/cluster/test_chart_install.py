@@ -361,3 +361,50 @@ def test_uninstall_removes_everything_but_the_kept_crd(release, operator):
     assert kubectl("get", "clusterrole", SA, check=False).returncode != 0
     assert kubectl("get", "clusterrolebinding", SA, check=False).returncode != 0
     assert get_json("crd", CRD)["metadata"]["name"] == CRD, "the CRD must survive uninstall"
+
+
+def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(chart_cluster, tmp_path):
+    """Without the operator, `helm install --wait` runs the claim and the download Job as hooks and
+    creates the reranker's Deployment only after the Job completed (kwok completes its pod; the
+    download itself is tested for real in tests/service/test_model_download.py); the Deployment
+    mounts the claim read-only and runs offline; uninstall keeps the claim and its files."""
+    ns, release = f"{NS}-cache", "cached"
+    name = f"{release}-embedding-images-reranker"
+    claim = f"modelcache-{name}"
+    pv = f"{ns}-{claim}"
+    kubectl("create", "namespace", ns, check=False)
+    kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "cache-test",
+                 "hostPath": {"path": str(tmp_path / "volume")}, "claimRef": {"namespace": ns, "name": claim}}}))
+    values = {"operator": {"enabled": False}, "embedding": {"enabled": False},
+              "reranker": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": "1Gi",
+                                                                "storageClassName": "cache-test"}}}
+    try:
+        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
+                    "--wait", "--timeout", "120s", check=False)
+        assert proc.returncode == 0, proc.stderr
+        (job,) = get_json("jobs", "-n", ns)["items"]
+        assert job["status"]["succeeded"] == 1
+        assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "modelservice.download"]
+        dep = get_json("deployment", name, "-n", ns)
+        assert dep["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
+        spec = dep["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HF_HUB_OFFLINE"] == "1"
+        assert env["RERANKER_MODEL"] == "/models/models/Qwen--Qwen3-Reranker-0.6B/main"
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in spec["volumes"]
+        assert get_json("pvc", claim, "-n", ns)["status"]["phase"] == "Bound"
+        # An upgrade runs the hooks again (the download finds its files complete) and keeps the claim.
+        proc = helm("upgrade", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
+                    "--wait", "--timeout", "120s", check=False)
+        assert proc.returncode == 0, proc.stderr
+        helm("uninstall", release, "-n", ns, "--wait", "--timeout", "60s")
+        assert get_json("pvc", claim, "-n", ns)["metadata"]["name"] == claim   # kept: the files stay
+    finally:
+        helm("uninstall", release, "-n", ns, "--ignore-not-found", check=False)
+        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+        kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
