@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="image of the download Jobs: the operator's own, which holds "
                             "`python -m modelservice.download` (env MODELSERVICE_DOWNLOADER_IMAGE; the chart "
                             "sets it)")
+    cache.add_argument("--downloader-pull-secrets", metavar="NAME,...",
+                       type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+                       default=os.environ.get("MODELSERVICE_DOWNLOADER_PULL_SECRETS", ""),
+                       help="Secrets of the ModelCache's namespace that pull the downloader image (the "
+                            "chart passes its imagePullSecrets; env MODELSERVICE_DOWNLOADER_PULL_SECRETS)")
     cache.add_argument("--hf-endpoint", metavar="URL", default=os.environ.get("MODELSERVICE_HF_ENDPOINT"),
                        help="the Hub the download Jobs fetch from (their HF_ENDPOINT), e.g. a mirror; "
                             "unset: huggingface.co (env MODELSERVICE_HF_ENDPOINT)")
@@ -117,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
                        address_overrides=args.address_overrides,
-                       download=caching.DownloadSettings(image=args.downloader_image,
-                                                         hf_endpoint=args.hf_endpoint)),
+                       download=caching.DownloadSettings(
+                           image=args.downloader_image, hf_endpoint=args.hf_endpoint,
+                           pull_secrets=tuple(args.downloader_pull_secrets))),
     )
     return 0
 

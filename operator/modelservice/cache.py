@@ -121,8 +121,10 @@ def fetch_revision(cache: ModelCache) -> str:
     return cache.spec.revision
 
 
-def build_download_job(cache: ModelCache, *, image: str, hf_endpoint: str | None = None) -> dict[str, Any]:
-    """The download Job of the cache's revision (see the module docstring)."""
+def build_download_job(cache: ModelCache, *, image: str, hf_endpoint: str | None = None,
+                       pull_secrets: Sequence[str] = ()) -> dict[str, Any]:
+    """The download Job of the cache's revision (see the module docstring); `pull_secrets` name
+    the Secrets (in the cache's namespace) that pull the operator's image when it is private."""
     spec = cache.spec
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": "/tmp/hf"},
@@ -155,6 +157,8 @@ def build_download_job(cache: ModelCache, *, image: str, hf_endpoint: str | None
         "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name(cache.name)}},
                     {"name": "tmp", "emptyDir": {}}],
     }
+    if pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

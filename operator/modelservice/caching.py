@@ -37,11 +37,13 @@ MOUNT_FIELDS = ("path", "nodeName", "claimName")
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    """The download Jobs' image (the operator's own: --downloader-image) and the Hub's address
-    (--hf-endpoint, for a mirror; unset: huggingface.co)."""
+    """The download Jobs' image (the operator's own: --downloader-image), the Secrets that pull it
+    (--downloader-pull-secrets) and the Hub's address (--hf-endpoint, for a mirror; unset:
+    huggingface.co)."""
 
     image: str | None = None
     hf_endpoint: str | None = None
+    pull_secrets: tuple[str, ...] = ()
 
 
 def now() -> str:
@@ -119,7 +121,8 @@ def reconcile_cache(kube: Kube, body: Mapping[str, Any], logger: logging.Logger 
     if job is None and not is_complete(cache):
         if settings.image is None:
             return _write(kube, cache, _no_image_status(cache))
-        desired = build_download_job(cache, image=settings.image, hf_endpoint=settings.hf_endpoint)
+        desired = build_download_job(cache, image=settings.image, hf_endpoint=settings.hf_endpoint,
+                                     pull_secrets=settings.pull_secrets)
         kopf.adopt([desired], owner=body)  # type: ignore[arg-type]
         try:
             job = kube.apply(desired)

@@ -225,7 +225,6 @@ INTENDED = (
     # The chart's Job has one name per model, so before-hook-creation replaces the previous one;
     # the operator's names what it fetches (a revision change is a new Job, never two at once).
     Intended("Job", ("metadata", "name"), Side.BOTH, "the chart's Job is replaced, the operator's is per revision"),
-    Intended("Job", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART, "imagePullSecrets: the chart's pods"),
     # ReadWriteOnce: the operator pins the pods to the node the download ran on (status.nodeName),
     # which Helm cannot know; without the operator the values name the node (README, "Model cache").
     Intended("Deployment", ("spec", "template", "spec", "nodeSelector", HOSTNAME), Side.OPERATOR,
@@ -305,7 +304,8 @@ def operator_cache(cache_body: dict, with_operator, user: str):
     args = operator_args(with_operator)
     assert args.downloader_image, "the chart gives the operator no --downloader-image"
     cache = parse_modelcache(cache_body)
-    job = build_download_job(cache, image=args.downloader_image, hf_endpoint=args.hf_endpoint)
+    job = build_download_job(cache, image=args.downloader_image, hf_endpoint=args.hf_endpoint,
+                             pull_secrets=tuple(args.downloader_pull_secrets))
     node = (cache.spec.node_selector or {}).get(HOSTNAME, DOWNLOAD_NODE)
     result = json.dumps({"commit": "0" * 40, "bytes": 1, "files": 1})
     pod = {"spec": {"nodeName": node}, "status": {"phase": "Succeeded", "containerStatuses": [
