@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import yaml
 
 from . import models
-from .crd import build_crd
+from .crd import build_cache_crd, build_crd
 from .models import QUANTITY_PATTERN
 
 REFERENCE_PATH = Path("docs/modelservice-reference.md")
@@ -195,6 +195,31 @@ def render_reference() -> str:
         build_columns_table(version["additionalPrinterColumns"]),
         "\nThe `scale` subresource maps `spec.replicas` and `status.replicas` "
         "(`kubectl scale modelservice NAME --replicas=N`, HorizontalPodAutoscaler).\n",
+        render_cache_reference(),
+    ])
+
+
+def render_cache_reference() -> str:
+    """The ModelCache part of docs/modelservice-reference.md."""
+    crd = build_cache_crd()
+    (version,) = crd["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    spec, status = schema["properties"]["spec"], schema["properties"]["status"]
+    names = crd["spec"]["names"]
+    return "".join([
+        "\n# ModelCache reference\n\n",
+        f"`apiVersion: {models.GROUP}/{models.VERSION}`, `kind: {models.CACHE_KIND}` "
+        f"({crd['spec']['scope']}; short name `{names['shortNames'][0]}`). {schema['description']} "
+        "How it works: operator/modelservice/README.md, \"Model cache\".\n\n",
+        "## spec\n\n", spec["description"].split(" Field reference")[0], "\n\n",
+        build_field_table(spec, "spec"),
+        "\n## Validation\n\n",
+        "Besides the types and limits above, the API server refuses at `kubectl apply`:\n\n",
+        build_rules_table(schema, ""),
+        "\n## status\n\n", status["description"], "\n\n",
+        build_field_table(status, "status"),
+        "\n## kubectl get columns\n\n",
+        build_columns_table(version["additionalPrinterColumns"]),
     ])
 
 
