@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOC = ROOT / "docs" / "modelservice-reference.md"
 CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CACHE_CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelcaches.yaml"
 VARIANTS = yaml.safe_load((ROOT / "charts" / "embedding-images" / "files" / "variants.yaml").read_text())
 REGENERATE = "run `python -m modelservice.reference` from the repository root and commit the result"
 
@@ -68,7 +69,8 @@ def test_reference_documents_every_field_of_the_crd():
 
 
 def test_reference_states_defaults_limits_and_rules_as_the_crd_does():
-    rows = {row[0].strip("`"): row for row in table_rows(DOC.read_text()) if row and row[0].startswith("`")}
+    doc, cache_doc = DOC.read_text().split("\n# ModelCache reference", 1)
+    rows = {row[0].strip("`"): row for row in table_rows(doc) if row and row[0].startswith("`")}
     # field | type | default | values | description
     assert rows["spec.task"][2] == "required" and rows["spec.model"][2] == "required"
     assert rows["spec.port"][2] == "`8080`" and rows["spec.port"][3] == "1 to 65535"
@@ -78,12 +80,21 @@ def test_reference_states_defaults_limits_and_rules_as_the_crd_does():
     assert rows["spec.cache.sizeLimit"][1] == "quantity"
     (version,) = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    validation = DOC.read_text().split("## Validation", 1)[1].split("\n## ", 1)[0]
+    validation = doc.split("## Validation", 1)[1].split("\n## ", 1)[0]
     for rule in spec["x-kubernetes-validations"]:
         assert rule["message"] in validation, f"CEL rule not documented: {rule['message']}"
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    shown = [row[0] for row in table_rows(DOC.read_text().split("## kubectl get columns", 1)[1])[2:]]
+    shown = [row[0] for row in table_rows(doc.split("## kubectl get columns", 1)[1])[2:]]
     assert shown == columns
+    # The ModelCache part, from its own CRD: the immutable fields and its columns.
+    (version,) = yaml.safe_load(CACHE_CRD_FILE.read_text())["spec"]["versions"]
+    cache_rows = {row[0].strip("`"): row for row in table_rows(cache_doc) if row and row[0].startswith("`")}
+    assert cache_rows["spec.size"][2] == "required" and cache_rows["spec.retention"][2] == "`Keep`"
+    cache_validation = cache_doc.split("## Validation", 1)[1].split("\n## ", 1)[0]
+    for field in ("model", "storageClassName", "accessMode"):
+        assert f"{field} is immutable" in cache_validation
+    shown = [row[0] for row in table_rows(cache_doc.split("## kubectl get columns", 1)[1])[2:]]
+    assert shown == [c["name"] for c in version["additionalPrinterColumns"]]
 
 
 def test_readme_spec_block_lists_each_top_level_field_and_links_the_reference():
