@@ -29,6 +29,7 @@ from .cache import (CACHE_LABEL, build_cache_status, build_claim, build_download
 from .handlers import ApplyFailed, network_policy_defaults, reconcile
 from .kube import Kube, api_failure
 from .models import CACHE_PLURAL, GROUP, PLURAL, VERSION, ModelCache, parse_modelcache
+from .scope import SYSTEM_NAMESPACES, namespace_refusal
 
 log = logging.getLogger(__name__)
 # What a ModelService pod mounts from a cache: a change rolls the users.
@@ -64,6 +65,8 @@ def _invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
     old = body.get("status") or {}
     old_cond = next((c for c in old.get("conditions") or [] if c.get("type") == "Cached"), {})
     status = {k: v for k, v in old.items() if k != "conditions"}
+    if body["metadata"].get("generation") is not None:
+        status["observedGeneration"] = body["metadata"]["generation"]
     status["conditions"] = [{"type": "Cached", "status": "False", "reason": "InvalidSpec", "message": message,
                              "lastTransitionTime": old_cond.get("lastTransitionTime") if old_cond.get("status") == "False"
                              else now()}]
@@ -180,6 +183,14 @@ def _run(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.L
 @kopf.on.update(GROUP, VERSION, CACHE_PLURAL)
 def reconcile_modelcache(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int = 0,
                          **_: Any) -> None:
+    refusal = namespace_refusal(body["metadata"]["namespace"], memo.get("refused_namespaces", SYSTEM_NAMESPACES))
+    if refusal is not None:  # no claim or Job in a refused namespace
+        status = _invalid_status(body, refusal.message)
+        status["conditions"][0]["reason"] = refusal.reason
+        if status != (body.get("status") or {}):
+            memo.kube.replace_cache_status(body["metadata"]["namespace"], body["metadata"]["name"], status)
+        kopf.warn(body, reason=refusal.reason, message=refusal.message)
+        return
     try:
         _run(memo.kube, body, logger, memo)
     except ApplyFailed as failure:
@@ -189,6 +200,8 @@ def reconcile_modelcache(body: kopf.Body, memo: kopf.Memo, logger: logging.Logge
 
 def _reconcile_named(kube: Kube, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter,
                      memo: Mapping[str, Any]) -> None:
+    if namespace_refusal(namespace, memo.get("refused_namespaces", SYSTEM_NAMESPACES)) is not None:
+        return
     body = kube.get_modelcache(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
@@ -211,6 +224,8 @@ def modelservice_cache_event(event: Mapping[str, Any], body: kopf.Body, memo: ko
     """A ModelService appeared, changed or went: the caches it names, or was a user of, recount
     their users (DeleteWhenUnused acts on the count)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if namespace_refusal(namespace, memo.get("refused_namespaces", SYSTEM_NAMESPACES)) is not None:
+        return  # nothing is read or applied in a refused namespace
     named = None if event.get("type") == "DELETED" else _named_cache(body)
     try:
         caches = memo.kube.list_modelcaches(namespace)

@@ -54,6 +54,7 @@ def hub() -> Iterator[HubServer]:
 def operator(cluster: Cluster, crds: None, hub: HubServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", namespace="mcache-*",
+                  refused="mcache-refused-*",
                   env={"MODELSERVICE_DOWNLOADER_IMAGE": DOWNLOADER_IMAGE, "MODELSERVICE_RESYNC_SECONDS": "5",
                        "MODELSERVICE_HF_ENDPOINT": hub.url})
     op.start()
@@ -377,3 +378,16 @@ def test_the_jobs_own_command_fills_the_volume_and_new_replicas_fetch_nothing(cl
     print(f"\nmodel cache bytes: the download Job fetched {fetched:,} ({result['files']} files, "
           f"{result['bytes']:,} on disk); each new replica with the cache fetched 0 "
           f"(without it, each would fetch the same {result['bytes']:,} from the Hub at start)")
+
+
+def test_a_cache_in_a_refused_namespace_gets_no_claim_and_no_job(cluster, operator):
+    """As a ModelService there is refused (test_operator.py): nothing is created in it."""
+    name = f"mcache-refused-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        cluster.apply(modelcache("qwen", model=QWEN), name)
+        cache = cached(cluster, name, "qwen", operator, reason="NamespaceRefused", timeout=30)
+        assert name in cache["status"]["conditions"][0]["message"]
+        assert cluster.get("jobs,pvc", "-n", name)["items"] == []
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

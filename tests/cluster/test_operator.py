@@ -45,19 +45,20 @@ class Operator:
     (the cluster's by default), with `env` added to its environment."""
 
     def __init__(self, cluster: Cluster, log: Path, namespace: str = "msvc-*", kubeconfig: Path | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, refused: str = f"{REFUSED}-*"):
         self.cluster = cluster
         self.log = log
         self.namespace = namespace
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.env = env or {}
+        self.refused = refused
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelservice", f"--namespace={self.namespace}", "--verbose",
-             f"--refused-namespaces=kube-system,kube-public,kube-node-lease,{REFUSED}-*"],
+             f"--refused-namespaces=kube-system,kube-public,kube-node-lease,{self.refused}"],
             env={**self.cluster.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env},
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -262,7 +263,8 @@ def test_a_modelservice_in_a_refused_namespace_is_refused_visibly(cluster, opera
             if e["reason"] == "NamespaceRefused" and e["type"] == "Warning"
             and e["involvedObject"]["name"] == "emb"], timeout=30)
         assert name in events[0]["message"]
-        assert f"NamespaceRefused: the operator does not serve ModelServices in namespace {name}" in operator.tail()
+        assert f"NamespaceRefused: the operator does not serve ModelServices in namespace {name}" in \
+            operator.log.read_text(errors="replace")
         assert cluster.get("deployments,services", "-n", name)["items"] == []
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
