@@ -142,10 +142,11 @@ def built_images(podman_tools) -> dict[str, BuiltImage]:
 class Container:
     """One image started with its own config through `buildah run` (see the module docstring).
 
-    `args` replaces the image's CMD, as a pod's `args` does; `env` is added to the image's."""
+    `args` replaces the image's CMD, as a pod's `args` does, and `command` its ENTRYPOINT, as a
+    pod's `command` does; `env` is added to the image's."""
 
     def __init__(self, ref: str, log: Path, *, args: list[str] | None = None, env: dict[str, str] | None = None,
-                 volumes: tuple[str, ...] = ()):
+                 volumes: tuple[str, ...] = (), command: list[str] | None = None):
         self.config = image_config(ref)
         self.log = log
         self.name = subprocess.run(["buildah", "from", "--pull=never", ref], capture_output=True, text=True,
@@ -157,7 +158,8 @@ class Container:
             self.argv += ["--env", f"{key}={value}"]
         for volume in volumes:
             self.argv += ["-v", volume]
-        self.argv += [self.name, "--", *self.config.entrypoint, *(self.config.cmd if args is None else args)]
+        entrypoint = self.config.entrypoint if command is None else command
+        self.argv += [self.name, "--", *entrypoint, *(self.config.cmd if args is None and command is None else args or [])]
         self.proc: subprocess.Popen | None = None
 
     def run(self, timeout: float = 120) -> subprocess.CompletedProcess:

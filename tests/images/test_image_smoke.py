@@ -247,3 +247,38 @@ def test_operator_image_reconciles_a_modelservice_and_stops_on_sigterm(built_ima
     finally:
         cluster.kubectl("delete", "modelservices", "--all", "-n", ns, "--wait=true", "--timeout=60s", check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_operator_image_runs_the_download_job_of_a_model_cache(built_images, container, tmp_path):
+    """The download Job the operator builds (modelservice.cache.build_download_job), its command,
+    args and env as they are, run from the operator image against the Hub stand-in on 127.0.0.1:
+    the model's files land on the mounted volume, at the path the ModelService pods load."""
+    from modelservice.cache import build_download_job
+    from modelservice.download import model_path
+    from modelservice.hubtesting import HubServer, files_of
+    from modelservice.models import parse_modelcache
+    from reranker.testing import MINILM_DIR
+
+    image = built_images["operator"]
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)   # the pod's fsGroup makes it the Job's; here the image's user writes it
+    with HubServer() as hub:
+        hub.add_repo(model, files_of(MINILM_DIR))
+        cache = parse_modelcache({"metadata": {"name": "minilm", "namespace": "ml"},
+                                  "spec": {"model": model, "size": "1Gi"}})
+        (spec,) = build_download_job(cache, image=image.ref, hf_endpoint=hub.url)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in spec["env"]}
+        (models_mount,) = [m for m in spec["volumeMounts"] if m["name"] == "models"]
+        # The kubelet gives the Job a termination-message file; here it lies on the volume.
+        ran = container(image.ref, command=spec["command"],
+                        args=[*spec["args"], "--termination-log", f"{models_mount['mountPath']}/termination-log"],
+                        env=env, volumes=(f"{volume}:{models_mount['mountPath']}", f"{tmp_path}:/tmp")).run(timeout=300)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        fetched = sum(hub.body_bytes.values())
+    result = json.loads((volume / "termination-log").read_text())
+    files = volume / model_path(model, "main")
+    assert json.loads((files / "config.json").read_text())["model_type"] == "bert"
+    assert (files / "model.safetensors").stat().st_size == (MINILM_DIR / "model.safetensors").stat().st_size
+    assert result["bytes"] > 0 and fetched >= result["bytes"]
