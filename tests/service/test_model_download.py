@@ -270,3 +270,29 @@ def test_the_stand_in_serves_snapshot_download(hub, tmp_path):
     path = snapshot_download("org/small", cache_dir=tmp_path / "hub", endpoint=hub.url,
                              token=False, allow_patterns=["*.json", "1_Pooling/*"])
     assert sorted(files_of(path)) == ["1_Pooling/config.json", "config.json", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("case", ["no-token", "missing-file"])
+def test_the_downloaders_failure_is_the_caches_download_failed_message(hub, tmp_path, case):
+    """What a failed Job's pod leaves in its termination message (this real run's) is what the
+    user reads in the ModelCache's Cached condition, with how to retry."""
+    from modelservice.cache import build_cache_status, job_name
+    from modelservice.models import parse_modelcache
+
+    if case == "no-token":
+        hub.add_repo("org/private", SMALL, token="secret")
+        model, fix = "org/private", "spec.hfTokenSecretRef"
+    else:
+        hub.add_repo("org/broken", SMALL, missing=("tokenizer.json",))
+        model, fix = "org/broken", "'tokenizer.json'"
+    rc, failure, log = run(hub, tmp_path, model)
+    assert rc == 2, log
+    cache = parse_modelcache({"metadata": {"name": "c", "namespace": "ml"}, "spec": {"model": model, "size": "1Gi"}})
+    pod = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {},
+           "status": {"phase": "Failed", "containerStatuses": [{"name": "download", "state": {"terminated": {
+               "exitCode": rc, "message": json.dumps(failure)}}}]}}
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    (cond,) = build_cache_status(cache, now="2026-01-01T00:00:00Z", job=job, pods=[pod])["conditions"]
+    assert (cond["status"], cond["reason"]) == ("False", "DownloadFailed")
+    assert failure["message"] in cond["message"] and fix in cond["message"]
+    assert f"kubectl delete job -n ml {job_name(cache)}" in cond["message"]
