@@ -91,7 +91,10 @@ class BackendResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
-        return await self.content.read()
+        content = self.content
+        if content.is_eof():
+            return content.read_nowait()  # all here (small answers come with their head)
+        return await content.read()
 
 
 class Connection(BaseProtocol):

@@ -47,7 +47,8 @@ def answer(body: bytes = OK_BODY, status: int = 200, *headers: str) -> bytes:
 
 
 async def ok(request: Request, writer: asyncio.StreamWriter) -> bool:
-    writer.write(answer())
+    data = answer()
+    writer.write(data[:data.index(b"\r\n\r\n") + 4] if request.method == "HEAD" else data)
     await writer.drain()
     return True
 
@@ -362,3 +363,7 @@ def test_the_request_goes_out_with_the_clients_headers_only(gateway, raw_backend
     # A GET without a body has no Content-Length.
     assert httpx.get(f"{gw.url}/models/m/get", headers=client_headers).status_code == 200
     assert sorted(backend.requests[1].headers) == sorted([("host", backend.address), *forwarded])
+    # The answer to a HEAD has a Content-Length and no body.
+    assert httpx.head(f"{gw.url}/models/m/head").status_code == 200
+    fine = httpx.get(f"{gw.url}/models/m/get")
+    assert (fine.status_code, fine.content) == (200, OK_BODY)
