@@ -162,6 +162,12 @@ class Connection(BaseProtocol):
     def time_out(self) -> None:
         self.fail(asyncio.TimeoutError())
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp's StreamReader calls this after each read below its low-water mark, paused or
+        # not; parsing and the socket only ever wait when pause_reading() paused them.
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:

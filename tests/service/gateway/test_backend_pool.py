@@ -225,6 +225,25 @@ def test_a_chunked_answer_is_relayed_intact_and_its_connection_reused(gateway, r
     assert idle(gw) == 1
 
 
+def test_a_large_answer_is_streamed_intact_through_the_read_pauses(gateway, raw_backend):
+    """16 MB, far over the parser's buffer: reading from the backend pauses and resumes as the
+    client takes the answer."""
+    body = bytes(range(256)) * (1 << 16)
+
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        writer.write(body)
+        await writer.drain()
+        return True
+
+    backend = raw_backend(respond)
+    gw = gateway([(MODEL, [backend.address])])
+    for _ in range(2):
+        relayed = httpx.get(f"{gw.url}/models/m/large")
+        assert relayed.status_code == 200 and relayed.content == body
+    assert backend.connections == 1
+
+
 def test_a_close_delimited_answer_is_relayed_intact(gateway, raw_backend):
     """No Content-Length and `Connection: close`: the body is what comes until the backend
     closes, and that connection is not reused."""
