@@ -130,6 +130,17 @@ def raw_backend():
         backend.stop()
 
 
+@pytest.fixture
+def behind_gateway(gateway, raw_backend):
+    """A gateway whose one model, `m`, is served by a RawBackend answering with `respond`."""
+
+    def start(respond: Respond = ok, **settings):
+        backend = raw_backend(respond)
+        return backend, gateway([(MODEL, [backend.address])], **settings)
+
+    return start
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -145,7 +156,7 @@ def idle(gw) -> int:
     return gw.call(lambda: gw.server.app[FORWARDER].pool.idle_count())
 
 
-def test_an_answer_refused_over_the_limit_leaves_its_connection_unused(gateway, raw_backend):
+def test_an_answer_refused_over_the_limit_leaves_its_connection_unused(behind_gateway):
     """A 4 MB error answer is refused past read_bounded's 64 KiB: its connection, with most of
     the answer still to come, is closed, and the next request gets its own answer."""
     big_error = answer(b'{"error": "' + b"x" * (4 << 20) + b'"}', 400)
@@ -155,8 +166,7 @@ def test_an_answer_refused_over_the_limit_leaves_its_connection_unused(gateway, 
         await writer.drain()
         return True
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     refused = httpx.post(f"{gw.url}/v1/embeddings", content=b'{"model": "m", "input": "big"}')
     assert refused.status_code == 502 and "over" in refused.json()["error"]["message"]
     for _ in range(3):
@@ -166,7 +176,7 @@ def test_an_answer_refused_over_the_limit_leaves_its_connection_unused(gateway, 
     assert in_flight(gw) == 0
 
 
-def test_an_answer_its_client_left_leaves_its_connection_unused(gateway, raw_backend):
+def test_an_answer_its_client_left_leaves_its_connection_unused(behind_gateway):
     """A client that goes away from a streamed answer: the gateway stops reading it at its
     next chunk and closes the connection; the request counts as in flight until then."""
     size = 8 << 20
@@ -183,8 +193,7 @@ def test_an_answer_its_client_left_leaves_its_connection_unused(gateway, raw_bac
         await writer.drain()
         return True
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     with httpx.Client() as client:
         with client.stream("GET", f"{gw.url}/models/m/big") as streamed:
             assert streamed.status_code == 200
@@ -199,7 +208,7 @@ def test_an_answer_its_client_left_leaves_its_connection_unused(gateway, raw_bac
     assert backend.connections == 2
 
 
-def test_a_chunked_answer_is_relayed_intact_and_its_connection_reused(gateway, raw_backend):
+def test_a_chunked_answer_is_relayed_intact_and_its_connection_reused(behind_gateway):
     chunks = [b"first,", b"x" * 300_000, b"", b"y" * (1 << 20), b",last"]
 
     async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
@@ -214,8 +223,7 @@ def test_a_chunked_answer_is_relayed_intact_and_its_connection_reused(gateway, r
         await writer.drain()
         return True
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     for _ in range(3):
         relayed = httpx.get(f"{gw.url}/models/m/chunked")
         assert relayed.status_code == 200
@@ -225,7 +233,7 @@ def test_a_chunked_answer_is_relayed_intact_and_its_connection_reused(gateway, r
     assert idle(gw) == 1
 
 
-def test_a_large_answer_is_streamed_intact_through_the_read_pauses(gateway, raw_backend):
+def test_a_large_answer_is_streamed_intact_through_the_read_pauses(behind_gateway):
     """16 MB, far over the parser's buffer: reading from the backend pauses and resumes as the
     client takes the answer."""
     body = bytes(range(256)) * (1 << 16)
@@ -236,15 +244,14 @@ def test_a_large_answer_is_streamed_intact_through_the_read_pauses(gateway, raw_
         await writer.drain()
         return True
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     for _ in range(2):
         relayed = httpx.get(f"{gw.url}/models/m/large")
         assert relayed.status_code == 200 and relayed.content == body
     assert backend.connections == 1
 
 
-def test_a_close_delimited_answer_is_relayed_intact(gateway, raw_backend):
+def test_a_close_delimited_answer_is_relayed_intact(behind_gateway):
     """No Content-Length and `Connection: close`: the body is what comes until the backend
     closes, and that connection is not reused."""
     body = b"z" * 200_000 + b"end"
@@ -258,8 +265,7 @@ def test_a_close_delimited_answer_is_relayed_intact(gateway, raw_backend):
         await writer.drain()
         return False
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     for _ in range(3):
         relayed = httpx.post(f"{gw.url}/models/m/close", content=b"{}")
         assert (relayed.status_code, relayed.content) == (200, body)
@@ -267,7 +273,7 @@ def test_a_close_delimited_answer_is_relayed_intact(gateway, raw_backend):
     assert idle(gw) == 0
 
 
-def test_a_keep_alive_connection_the_backend_closed_is_not_an_error(gateway, raw_backend):
+def test_a_keep_alive_connection_the_backend_closed_is_not_an_error(behind_gateway):
     """Closed while idle, the connection leaves the pool; closed as the next request reached
     it (the keep-alive race: the backend reads the request and closes without a byte of
     answer), the request is sent again on a new connection."""
@@ -282,8 +288,7 @@ def test_a_keep_alive_connection_the_backend_closed_is_not_an_error(gateway, raw
             return False  # the second connection closes on its second request, unanswered
         return await ok(request, writer)
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     assert httpx.get(f"{gw.url}/models/m/close-after").status_code == 200
     wait_until(lambda: backend.open == 0)
     wait_until(lambda: idle(gw) == 0)
@@ -325,7 +330,7 @@ def test_the_pool_keeps_a_bounded_number_of_idle_connections_for_a_bounded_time(
     assert (idle_later, open_later) == (0, 0)
 
 
-def test_an_answer_cut_short_is_a_502_or_a_cut_stream(gateway, raw_backend):
+def test_an_answer_cut_short_is_a_502_or_a_cut_stream(behind_gateway):
     async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
         size = 1000 if request.path == "/small" else 4 << 20
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode()
@@ -333,8 +338,7 @@ def test_an_answer_cut_short_is_a_502_or_a_cut_stream(gateway, raw_backend):
         await writer.drain()
         return False
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])])
+    backend, gw = behind_gateway(respond)
     small = httpx.get(f"{gw.url}/models/m/small")
     assert small.status_code == 502 and small.json()["type"] == "bad_gateway"
     with pytest.raises(httpx.RemoteProtocolError):  # streamed: the status was already sent
@@ -342,7 +346,7 @@ def test_an_answer_cut_short_is_a_502_or_a_cut_stream(gateway, raw_backend):
     assert in_flight(gw) == 0
 
 
-def test_an_answer_that_stalls_is_a_504_and_its_connection_is_closed(gateway, raw_backend):
+def test_an_answer_that_stalls_is_a_504_and_its_connection_is_closed(behind_gateway):
     async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
         if request.path != "/stall":
             return await ok(request, writer)
@@ -352,8 +356,7 @@ def test_an_answer_that_stalls_is_a_504_and_its_connection_is_closed(gateway, ra
         writer.write(b"s" * 96)
         return True
 
-    backend = raw_backend(respond)
-    gw = gateway([(MODEL, [backend.address])], request_timeout=0.5)
+    backend, gw = behind_gateway(respond, request_timeout=0.5)
     started = time.monotonic()
     stalled = httpx.get(f"{gw.url}/models/m/stall", timeout=10)
     assert stalled.status_code == 504 and time.monotonic() - started < 2
@@ -363,9 +366,8 @@ def test_an_answer_that_stalls_is_a_504_and_its_connection_is_closed(gateway, ra
     assert in_flight(gw) == 0
 
 
-def test_the_request_goes_out_with_the_clients_headers_only(gateway, raw_backend):
-    backend = raw_backend()
-    gw = gateway([(MODEL, [backend.address])])
+def test_the_request_goes_out_with_the_clients_headers_only(behind_gateway):
+    backend, gw = behind_gateway()
     client_headers = {"X-Custom": "v", "Content-Type": "text/plain", "User-Agent": "test/1",
                       "Accept": "*/*", "Accept-Encoding": "identity"}
     sent = httpx.post(f"{gw.url}/models/m/echo%20this?a=1&b=2", content=b"payload",
