@@ -25,10 +25,10 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from .auth import ApiKeys
+from .backend import BackendError, BackendResponse
 from .dialects import (
     Dialect,
     TeiRerank,
@@ -87,7 +87,7 @@ def route(dialect: Dialect, label: str) -> Callable[[Handler], Handler]:
                 response = await handler(request)
             except GatewayError as error:
                 response = _error_or_abort(request, dialect, error)
-            except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
+            except (ConnectionResetError, BackendError) as exc:
                 # The client went away, or the backend broke off a streamed answer.
                 log.info("%s %s: connection lost: %s", request.method, request.path, exc)
                 response = _error_or_abort(request, dialect, BadGateway("connection lost"))
@@ -172,7 +172,7 @@ def resolve(request: web.Request, name: str, task: str | None) -> ModelInfo:
     return info
 
 
-async def relay(request: web.Request, response: aiohttp.ClientResponse) -> web.StreamResponse:
+async def relay(request: web.Request, response: BackendResponse) -> web.StreamResponse:
     """The backend's answer, as is: read whole when small and of known length, else streamed."""
     headers = returned_headers(response.headers)
     length = response.content_length
@@ -187,7 +187,7 @@ async def relay(request: web.Request, response: aiohttp.ClientResponse) -> web.S
     return out
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: BackendResponse, limit: int) -> bytes:
     """A backend's answer read whole, refused past `limit` bytes (a translated answer must be
     parsed, so it cannot be streamed)."""
     chunks = []
@@ -211,7 +211,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if info.engine != "tei":
         raise UnknownModel(f"model {request[MODEL]!r} is not served by TEI")
 
-    async def answer(response: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def answer(response: BackendResponse) -> web.StreamResponse:
         if response.status >= 400:
             return openai_error_from_backend(
                 response.status, await read_bounded(response, ERROR_BODY_BYTES)
@@ -237,7 +237,7 @@ def rerank_handler(path: str, version: str) -> Handler:
 
         translated = TeiRerank(parsed, version)
 
-        async def answer(response: aiohttp.ClientResponse) -> web.StreamResponse:
+        async def answer(response: BackendResponse) -> web.StreamResponse:
             raw = await read_bounded(
                 response, settings.max_body_bytes if response.status < 400 else ERROR_BODY_BYTES
             )

@@ -8,8 +8,12 @@ a 503. Only endpoints the registry holds are ever used. The backend's answer is 
 callback while the request still counts as in flight, so a streamed answer is counted until its
 last byte.
 
-The client session has no global connection limit: a slow model holding many connections never
+Requests go out through backend.py's pool of keep-alive connections (a plain asyncio HTTP/1.1
+client with aiohttp's response parser: a third of the gateway's CPU per request was aiohttp's
+client session). The pool has no connection limit: a slow model holding many connections never
 makes a request to another model wait for one (the per-model cap bounds each model instead).
+GATEWAY_REQUEST_TIMEOUT bounds each attempt up to the answer's last byte, GATEWAY_CONNECT_TIMEOUT
+its connect; either is a 504.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, Mapping, TypeVar
 
-import aiohttp
-
-from .errors import BadGateway, GatewayTimeout, Overloaded
+from .backend import BackendError, BackendPool, BackendResponse, Unreachable
+from .errors import BadGateway, BadRequest, GatewayTimeout, Overloaded
 from .registry import Endpoint, ModelInfo, Registry
 from .scaling import Scaler
 from .settings import Settings
@@ -52,22 +55,14 @@ class Forwarder:
         self.settings = settings
         self.registry = registry
         self.scaler = scaler
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: BackendPool | None = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(
-                total=self.settings.request_timeout, connect=self.settings.connect_timeout
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self.pool = BackendPool(self.settings.connect_timeout)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            self.pool.close()
 
     async def send(
         self,
@@ -76,7 +71,7 @@ class Forwarder:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
-        answer: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+        answer: Callable[[BackendResponse], Awaitable[T]],
     ) -> T:
         """Send the request to the model and return what `answer` makes of the response.
 
@@ -94,7 +89,9 @@ class Forwarder:
             await self.registry.wait_for_endpoint(
                 key, self.settings.scale_from_zero_timeout, self.scaler
             )
-        assert self.session is not None
+        pool = self.pool
+        assert pool is not None
+        timeout = self.settings.request_timeout
         tried: list[Endpoint] = []
         while True:
             endpoint = self.registry.pick(key, exclude=tried)
@@ -104,27 +101,28 @@ class Forwarder:
                     f"({len(tried)} tried)"
                 )
             last_chance = bool(tried) or len(self.registry.endpoints(key)) < 2
+            try:
+                exchange = pool.request(endpoint.address, method, path, headers, body, timeout)
+            except ValueError as exc:
+                raise BadRequest(f"the request cannot be forwarded: {exc}") from None
             with self.registry.lease(key, endpoint):
                 try:
-                    async with self.session.request(
-                        method, f"http://{endpoint.address}{path}", data=body, headers=headers
-                    ) as response:
+                    async with exchange as response:
                         if response.status == 503 and not last_chance:
                             tried.append(endpoint)
                             continue
                         return await answer(response)
-                except aiohttp.ClientConnectorError:
+                except Unreachable:
                     if last_chance:
                         raise BadGateway(
                             f"model {str(key)!r}: the connection to its pod was refused"
                         ) from None
                     tried.append(endpoint)
-                except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                except asyncio.TimeoutError:
                     raise GatewayTimeout(
-                        f"model {str(key)!r} did not answer within "
-                        f"{self.settings.request_timeout:g} s"
+                        f"model {str(key)!r} did not answer within {timeout:g} s"
                     ) from None
-                except aiohttp.ClientError as exc:
+                except BackendError as exc:
                     raise BadGateway(
                         f"model {str(key)!r}: its pod broke the connection "
                         f"({type(exc).__name__})"
