@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema,
-                      field_validator, model_validator)
+                      create_model, field_validator, model_validator)
 from pydantic.alias_generators import to_camel
 
 from .variants import AUTO, CPU, load_table
@@ -629,26 +629,33 @@ class ModelService:
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
-def check_name(name: str) -> str:
-    """NAME_RULE in Python: `name` when it is a DNS-1035 label, else ValueError with its message."""
-    if len(name) > NAME_MAX or not re.match(NAME_PATTERN, name):
-        raise ValueError(NAME_RULE["message"])
+def _dns_label(name: str, max_length: int, rule: Mapping[str, str]) -> str:
+    if len(name) > max_length or not re.match(NAME_PATTERN, name):
+        raise ValueError(rule["message"])
     return name
 
 
-class _Metadata(BaseModel):
-    """The metadata fields the operator judges (the rest is the API server's)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-    name: Annotated[str, AfterValidator(check_name)]
+def check_name(name: str) -> str:
+    """NAME_RULE in Python: `name` when it is a DNS-1035 label, else ValueError with its message."""
+    return _dns_label(name, NAME_MAX, NAME_RULE)
 
 
-class _Body(BaseModel):
-    """What parse_modelservice validates: error locations start with metadata or spec."""
+def _body_model(kind: str, check: Any, spec: type) -> type[BaseModel]:
+    """What parse_modelservice / parse_modelcache validate: the metadata fields the operator judges
+    (the name; the rest is the API server's) and the spec, so that error locations start with
+    metadata or spec."""
+    config = ConfigDict(extra="ignore", strict=True)
+    metadata = create_model(f"_{kind}Metadata", __config__=config,
+                            name=(Annotated[str, AfterValidator(check)], ...))
+    return create_model(f"_{kind}Body", __config__=config, metadata=(metadata, ...), spec=(spec, ...))
 
-    model_config = ConfigDict(extra="ignore", strict=True)
-    metadata: _Metadata
-    spec: ModelServiceSpec
+
+def _validate(model: type[BaseModel], body: Mapping[str, Any]) -> Any:
+    meta = body.get("metadata") or {}
+    return model.model_validate({"metadata": {"name": meta.get("name")}, "spec": dict(body.get("spec") or {})})
+
+
+_Body = _body_model("ModelService", check_name, ModelServiceSpec)
 
 
 def parse_modelservice(body: Mapping[str, Any]) -> ModelService:
@@ -656,7 +663,7 @@ def parse_modelservice(body: Mapping[str, Any]) -> ModelService:
     renders it) -> ModelService. Raises pydantic.ValidationError for an invalid name or spec
     (error locations ("metadata", "name"), ("spec", ...))."""
     meta = body.get("metadata") or {}
-    valid = _Body.model_validate({"metadata": {"name": meta.get("name")}, "spec": dict(body.get("spec") or {})})
+    valid = _validate(_Body, body)
     return ModelService(
         name=meta["name"],
         namespace=meta.get("namespace"),
@@ -780,27 +787,16 @@ class ModelCache:
 
 def check_cache_name(name: str) -> str:
     """CACHE_NAME_RULE in Python."""
-    if len(name) > CACHE_NAME_MAX or not re.match(NAME_PATTERN, name):
-        raise ValueError(CACHE_NAME_RULE["message"])
-    return name
+    return _dns_label(name, CACHE_NAME_MAX, CACHE_NAME_RULE)
 
 
-class _CacheMetadata(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    name: Annotated[str, AfterValidator(check_cache_name)]
-
-
-class _CacheBody(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    metadata: _CacheMetadata
-    spec: ModelCacheSpec
+_CacheBody = _body_model("ModelCache", check_cache_name, ModelCacheSpec)
 
 
 def parse_modelcache(body: Mapping[str, Any]) -> ModelCache:
     """A ModelCache body -> ModelCache; pydantic.ValidationError for an invalid name or spec."""
     meta = body.get("metadata") or {}
-    valid = _CacheBody.model_validate({"metadata": {"name": meta.get("name")},
-                                       "spec": dict(body.get("spec") or {})})
+    valid = _validate(_CacheBody, body)
     return ModelCache(name=meta["name"], namespace=meta.get("namespace"), spec=valid.spec,
                       generation=meta.get("generation"), uid=meta.get("uid"),
                       status=dict(body.get("status") or {}))

@@ -169,57 +169,45 @@ def render_spec_summary() -> str:
     return build_field_table(spec, "spec", nested=False)
 
 
-def render_reference() -> str:
-    """docs/modelservice-reference.md."""
-    version = _crd_version()
-    schema = version["schema"]["openAPIV3Schema"]
-    spec, status = schema["properties"]["spec"], schema["properties"]["status"]
-    crd = build_crd()
-    names = crd["spec"]["names"]
-    return "".join([
-        HEADER,
-        "\n# ModelService reference\n\n",
-        f"`apiVersion: {models.GROUP}/{models.VERSION}`, `kind: {models.KIND}` "
-        f"({crd['spec']['scope']}; short name `{names['shortNames'][0]}`, category "
-        f"`{names['categories'][0]}`). {schema['description']}\n\n",
-        "`kubectl explain modelservice.spec --recursive` shows the same fields from the cluster.\n\n",
-        "## spec\n\n", spec["description"].split(" Field reference")[0], "\n\n",
-        build_field_table(spec, "spec"),
-        "\n## Validation\n\n",
-        "Besides the types and limits above, the API server refuses these combinations at "
-        "`kubectl apply`, and the operator refuses them with the same message:\n\n",
-        build_rules_table(schema, ""),
-        "\n## status\n\n", status["description"], "\n\n",
-        build_field_table(status, "status"),
-        "\n## kubectl get columns\n\n",
-        build_columns_table(version["additionalPrinterColumns"]),
-        "\nThe `scale` subresource maps `spec.replicas` and `status.replicas` "
-        "(`kubectl scale modelservice NAME --replicas=N`, HorizontalPodAutoscaler).\n",
-        render_cache_reference(),
-    ])
-
-
-def render_cache_reference() -> str:
-    """The ModelCache part of docs/modelservice-reference.md."""
-    crd = build_cache_crd()
+def _render_resource(crd: dict[str, Any], *, about: str, validation: str, tail: str = "") -> str:
+    """One resource's part of the reference: what it is (`about` after the CRD's description),
+    its spec, the rules (`validation` introduces them), its status and kubectl columns."""
     (version,) = crd["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
     spec, status = schema["properties"]["spec"], schema["properties"]["status"]
     names = crd["spec"]["names"]
     return "".join([
-        "\n# ModelCache reference\n\n",
-        f"`apiVersion: {models.GROUP}/{models.VERSION}`, `kind: {models.CACHE_KIND}` "
-        f"({crd['spec']['scope']}; short name `{names['shortNames'][0]}`). {schema['description']} "
-        "How it works: operator/modelservice/README.md, \"Model cache\".\n\n",
+        f"\n# {names['kind']} reference\n\n",
+        f"`apiVersion: {models.GROUP}/{models.VERSION}`, `kind: {names['kind']}` "
+        f"({crd['spec']['scope']}; short name `{names['shortNames'][0]}`, category "
+        f"`{names['categories'][0]}`). {schema['description']}{about}\n\n",
         "## spec\n\n", spec["description"].split(" Field reference")[0], "\n\n",
         build_field_table(spec, "spec"),
-        "\n## Validation\n\n",
-        "Besides the types and limits above, the API server refuses at `kubectl apply`:\n\n",
+        "\n## Validation\n\n", validation, "\n\n",
         build_rules_table(schema, ""),
         "\n## status\n\n", status["description"], "\n\n",
         build_field_table(status, "status"),
         "\n## kubectl get columns\n\n",
         build_columns_table(version["additionalPrinterColumns"]),
+        tail,
+    ])
+
+
+def render_reference() -> str:
+    """docs/modelservice-reference.md: ModelService, then ModelCache."""
+    return "".join([
+        HEADER,
+        _render_resource(
+            build_crd(),
+            about="\n\n`kubectl explain modelservice.spec --recursive` shows the same fields from the cluster.",
+            validation="Besides the types and limits above, the API server refuses these combinations at "
+                       "`kubectl apply`, and the operator refuses them with the same message:",
+            tail="\nThe `scale` subresource maps `spec.replicas` and `status.replicas` "
+                 "(`kubectl scale modelservice NAME --replicas=N`, HorizontalPodAutoscaler).\n"),
+        _render_resource(
+            build_cache_crd(),
+            about=" How it works: operator/modelservice/README.md, \"Model cache\".",
+            validation="Besides the types and limits above, the API server refuses at `kubectl apply`:"),
     ])
 
 
