@@ -439,12 +439,19 @@ async def run_sources(settings: Any, registry: Registry,
 
 # --- scale from zero -----------------------------------------------------------------------------
 
+# Reads and conditional writes of a scale that keeps changing under the gateway (status writes
+# bump the resourceVersion too) before it gives up; each round trip is a few milliseconds.
+SCALE_ATTEMPTS = 5
+
+
 class KubeScaler:
     """Scale from zero through the ModelService's scale subresource.
 
     `scale_from_zero(key)` reads the scale and, only while its replicas are 0, writes 1 with a
     JSON patch whose `test` of the resourceVersion it read makes the write conditional on the
-    server: a user (or the other gateway replica) who set replicas meanwhile is never overridden. Calls for a model
+    server: a user (or the other gateway replica) who set replicas meanwhile is never overridden;
+    a conflict that changed only something else (the operator writing the status) is read again
+    and retried, up to SCALE_ATTEMPTS times. Calls for a model
     whose write is in flight wait for it instead of writing again, and once replicas is 1 later
     calls read it and write nothing: one write per model while the scale-up is pending. A
     failure (403, 404, the API unreachable) is logged, not raised: the held requests then time
@@ -472,22 +479,32 @@ class KubeScaler:
     def _scale(self, key: ModelKey) -> None:
         custom = self._custom
         try:
-            scale = json.loads(custom.get_namespaced_custom_object_scale(
-                GROUP, VERSION, key.namespace, PLURAL, key.name, _preload_content=False).data)
-            if (scale.get("spec") or {}).get("replicas", 0) != 0:   # 0 is left out of the JSON
+            for _ in range(SCALE_ATTEMPTS):
+                scale = json.loads(custom.get_namespaced_custom_object_scale(
+                    GROUP, VERSION, key.namespace, PLURAL, key.name, _preload_content=False).data)
+                if (scale.get("spec") or {}).get("replicas", 0) != 0:   # 0 is left out of the JSON
+                    return
+                try:
+                    custom.patch_namespaced_custom_object_scale(
+                        GROUP, VERSION, key.namespace, PLURAL, key.name,
+                        [{"op": "test", "path": "/metadata/resourceVersion",
+                          "value": scale["metadata"]["resourceVersion"]},
+                         {"op": "add", "path": "/spec/replicas", "value": 1}],
+                        _content_type="application/json-patch+json", _preload_content=False)
+                except ApiException as exc:
+                    if exc.status not in (409, 422):
+                        raise
+                    # Changed since it was read: by someone setting replicas (read again: not 0,
+                    # nothing to do), or only by a status write (the operator's), which must
+                    # not cost the held requests their scale-up: read again and retry.
+                    log.info("scale from zero of %s: changed meanwhile, reading it again", key)
+                    continue
+                self.writes += 1
+                log.info("scale from zero: %s replicas 0 -> 1", key)
                 return
-            custom.patch_namespaced_custom_object_scale(
-                GROUP, VERSION, key.namespace, PLURAL, key.name,
-                [{"op": "test", "path": "/metadata/resourceVersion",
-                  "value": scale["metadata"]["resourceVersion"]},
-                 {"op": "add", "path": "/spec/replicas", "value": 1}],
-                _content_type="application/json-patch+json", _preload_content=False)
-            self.writes += 1
-            log.info("scale from zero: %s replicas 0 -> 1", key)
+            log.warning("scale from zero of %s: changed under %d attempts in a row, not written",
+                        key, SCALE_ATTEMPTS)
         except ApiException as exc:
-            if exc.status in (409, 422):   # changed since it was read: someone set replicas first
-                log.info("scale from zero of %s: changed meanwhile, not written", key)
-                return
             log.warning("scale from zero of %s failed: %s", key, _describe(exc))
         except Exception as exc:
             log.warning("scale from zero of %s failed: %s", key, _describe(exc))

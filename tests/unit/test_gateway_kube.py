@@ -4,12 +4,15 @@ address override. The same code against the real control plane: tests/cluster/te
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from gateway import kube
 from gateway.kube import AddressOverrides, PodAddress, Sources, model_info, ready_addresses
@@ -159,3 +162,41 @@ def test_without_the_override_pods_keep_their_own_addresses():
     overrides = AddressOverrides(None)
     assert not overrides.reload_if_changed()
     assert overrides.endpoints(NS, [PodAddress("m-1", "10.0.0.1:8080")]) == [Endpoint("m-1", "10.0.0.1:8080")]
+
+
+class ScaleApi:
+    """The scale subresource as KubeScaler reads and patches it; `changes` are what other writers
+    do between its read and its patch (each bumps the resourceVersion, as any write does)."""
+
+    def __init__(self, changes):
+        self.replicas, self.version, self.changes, self.patches = 0, 1, list(changes), []
+
+    def get_namespaced_custom_object_scale(self, *args, **kwargs):
+        spec = {"replicas": self.replicas} if self.replicas else {}    # 0 is left out, as served
+        return SimpleNamespace(data=json.dumps({"metadata": {"resourceVersion": str(self.version)}, "spec": spec}))
+
+    def patch_namespaced_custom_object_scale(self, group, version, namespace, plural, name, patch, **kwargs):
+        if self.changes:
+            change = self.changes.pop(0)
+            self.version += 1
+            if change == "replicas":
+                self.replicas = 3
+        self.patches.append(patch)
+        if patch[0]["value"] != str(self.version):
+            raise ApiException(status=422, reason="the test of resourceVersion failed")
+        self.replicas = patch[1]["value"]
+
+
+@pytest.mark.parametrize("changes, writes, replicas", [
+    ([], 1, 1),
+    (["status", "status"], 1, 1),   # the operator wrote the status meanwhile: read again, write
+    (["replicas"], 0, 3),           # someone chose a count meanwhile: never overridden
+    (["status"] * 5, 0, 0),         # changing without end: gives up after SCALE_ATTEMPTS
+])
+def test_scale_from_zero_retries_a_conflict_only_while_replicas_are_still_zero(monkeypatch, changes, writes, replicas):
+    api = ScaleApi(changes)
+    monkeypatch.setattr(kube.KubeScaler, "_custom", property(lambda self: api))
+    scaler = kube.KubeScaler()
+    asyncio.run(scaler.scale_from_zero(ModelKey("ns", "m")))
+    assert (scaler.writes, api.replicas) == (writes, replicas)
+    assert len(api.patches) == (1 if replicas == 3 else min(len(changes) + 1, kube.SCALE_ATTEMPTS))
