@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .download import model_path
-from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelCache
+from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelCache, build_condition
 
 CACHE_LABEL = "serving.embedding-images.io/modelcache"
 MOUNT_PATH = "/models"
@@ -206,17 +206,6 @@ def _newest_first(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "", reverse=True)
 
 
-def _condition(ok: bool, reason: str, message: str, generation: int | None,
-               old: Mapping[str, Any], now: str) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    since = old.get("lastTransitionTime") if old.get("status") == status else None
-    cond = {"type": "Cached", "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or now}
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
-
-
 # Status fields that describe the complete revision on the volume: carried over while another
 # one downloads, dropped when the volume goes.
 COMPLETE_FIELDS = ("revision", "commit", "path", "bytes", "files", "nodeName")
@@ -247,7 +236,7 @@ def build_cache_status(cache: ModelCache, *, now: str, job: Mapping[str, Any] | 
     logs = f"kubectl logs -n {cache.namespace or 'default'} job/{name}"
 
     def cond(ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return _condition(ok, reason, message, cache.generation, old_cond, now)
+        return build_condition("Cached", ok, reason, message, cache.generation, old_cond, now)
 
     if spec.retention == "DeleteWhenUnused" and not users:
         condition = cond(False, UNUSED, "no ModelService names this cache; with retention DeleteWhenUnused "

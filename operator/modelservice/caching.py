@@ -28,7 +28,7 @@ from .cache import (CACHE_LABEL, build_cache_status, build_claim, build_download
                     job_name)
 from .handlers import ApplyFailed, network_policy_defaults, reconcile
 from .kube import Kube, api_failure
-from .models import CACHE_PLURAL, GROUP, PLURAL, VERSION, ModelCache, parse_modelcache
+from .models import CACHE_PLURAL, GROUP, PLURAL, VERSION, ModelCache, build_condition, parse_modelcache
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,15 @@ def _named_cache(body: Mapping[str, Any]) -> str | None:
     return (((body.get("spec") or {}).get("cache") or {}).get("modelCache"))
 
 
-def _invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
+def _invalid_status(body: Mapping[str, Any], message: str, reason: str = "InvalidSpec") -> dict[str, Any]:
+    """A cache the operator does not act on: the status it had, with Cached False and why."""
     old = body.get("status") or {}
-    old_cond = next((c for c in old.get("conditions") or [] if c.get("type") == "Cached"), {})
+    old_cond = next((c for c in old.get("conditions") or [] if c.get("type") == "Cached"), None)
     status = {k: v for k, v in old.items() if k != "conditions"}
-    if body["metadata"].get("generation") is not None:
-        status["observedGeneration"] = body["metadata"]["generation"]
-    status["conditions"] = [{"type": "Cached", "status": "False", "reason": "InvalidSpec", "message": message,
-                             "lastTransitionTime": old_cond.get("lastTransitionTime") if old_cond.get("status") == "False"
-                             else now()}]
+    generation = body["metadata"].get("generation")
+    if generation is not None:
+        status["observedGeneration"] = generation
+    status["conditions"] = [build_condition("Cached", False, reason, message, generation, old_cond, now())]
     return status
 
 
@@ -185,8 +185,7 @@ def reconcile_modelcache(body: kopf.Body, memo: kopf.Memo, logger: logging.Logge
                          **_: Any) -> None:
     refusal = namespace_refusal(body["metadata"]["namespace"], memo.get("refused_namespaces", SYSTEM_NAMESPACES))
     if refusal is not None:  # no claim or Job in a refused namespace
-        status = _invalid_status(body, refusal.message)
-        status["conditions"][0]["reason"] = refusal.reason
+        status = _invalid_status(body, refusal.message, refusal.reason)
         if status != (body.get("status") or {}):
             memo.kube.replace_cache_status(body["metadata"]["namespace"], body["metadata"]["name"], status)
         kopf.warn(body, reason=refusal.reason, message=refusal.message)

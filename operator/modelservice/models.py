@@ -564,6 +564,19 @@ class Condition(_Model):
     last_transition_time: Optional[str] = None
 
 
+def build_condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
+                    old: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """A condition as the API stores it; its lastTransitionTime moves only when its status does
+    (`old`: the condition of that type the object had, if any)."""
+    status = "True" if ok else "False"
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    cond = {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since or now}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
 class AutoscalingStatus(_Model):
     """The autoscaler's last account: written when its decision or reason changes, and with a
     changed demand at most every STATUS_EVERY_S seconds."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .cache import CacheMount
-from .models import ModelService
+from .models import ModelService, build_condition
 from .plan import Plan, PlanError
 from .resources import build_endpoint, build_selector
 
@@ -38,17 +38,6 @@ PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "Unschedulable", "Dep
                    "ServiceMissing", "ScaledToZero")
 # The status fields that record a plan; a status built from a PlanError carries them over.
 PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU", "modelCache")
-
-
-def _condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
-               old: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    cond = {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or now}
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
 
 
 def _deployment_condition(deployment: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
@@ -150,7 +139,7 @@ def _build_status(
     conditions: list[dict[str, Any]]
 
     def cond(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return _condition(type_, ok, reason, message, generation, old_conditions.get(type_), now)
+        return build_condition(type_, ok, reason, message, generation, old_conditions.get(type_), now)
 
     if error is not None:
         running = deployment is not None
