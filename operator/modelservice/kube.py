@@ -62,6 +62,7 @@ def _json(response: Any) -> dict[str, Any]:
 
 
 def _missing_is_none(read: Any) -> dict[str, Any] | None:
+    """What `read()` returns, or None when the API answers 404 (the object does not exist)."""
     try:
         return read()
     except ApiException as exc:
@@ -102,28 +103,13 @@ class Kube:
         raise ValueError(f"the operator does not apply {obj['kind']}")
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _missing_is_none(lambda: _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)))
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _missing_is_none(lambda: _json(self.core.read_namespaced_service(name, namespace, _preload_content=False)))
 
     def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.networking.read_namespaced_network_policy(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _missing_is_none(lambda: _json(self.networking.read_namespaced_network_policy(name, namespace, _preload_content=False)))
 
     def delete_network_policy(self, namespace: str, name: str, uid: str) -> None:
         """Deletes a NetworkPolicy only while it is the object `uid` names (a precondition), so
@@ -143,13 +129,8 @@ class Kube:
                                                    _preload_content=False)).get("items", [])
 
     def get_modelservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _missing_is_none(lambda: _json(self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _preload_content=False)))
 
     def get_modelcache(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _missing_is_none(lambda: _json(self.custom.get_namespaced_custom_object(
