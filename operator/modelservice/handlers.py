@@ -39,7 +39,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -246,6 +246,17 @@ def with_cache(kube: Kube, ms: ModelService, plan: Plan) -> Plan:
     return dataclasses.replace(plan, cache=mount)
 
 
+def plan_failed(kube: Kube, ms: ModelService, error: PlanError, retry_s: float) -> NoReturn:
+    """Reports a spec that cannot be planned (the status, with the Deployment an earlier plan left)
+    and ends the reconcile: retried after `retry_s` when it may heal by itself, else at the next
+    spec change."""
+    write_status(kube, ms, build_status(ms, now=now(), error=error,
+                                        deployment=kube.get_deployment(ms.namespace, ms.name)))
+    if error.retry:
+        raise kopf.TemporaryError(error.message, delay=retry_s) from error
+    raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter,
               network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
     """Makes the children and the status match the ModelService (`network_policy`: the
@@ -270,19 +281,11 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
     try:
         plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"))
     except PlanError as error:
-        write_status(kube, ms, build_status(ms, now=now(), error=error,
-                                            deployment=kube.get_deployment(namespace, name)))
-        if error.retry:
-            raise kopf.TemporaryError(error.message, delay=RETRY_NODES_S) from error
-        raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
+        plan_failed(kube, ms, error, RETRY_NODES_S)
     try:
         plan = with_cache(kube, ms, plan)
     except PlanError as error:
-        write_status(kube, ms, build_status(ms, now=now(), error=error,
-                                            deployment=kube.get_deployment(namespace, name)))
-        if error.retry:
-            raise kopf.TemporaryError(error.message, delay=RETRY_CACHE_S) from error
-        raise kopf.PermanentError(f"{error.reason}: {error.message}") from error
+        plan_failed(kube, ms, error, RETRY_CACHE_S)
     try:
         live = apply_children(kube, body, ms, plan, network_policy, logger)
     except ApplyFailed as failure:
