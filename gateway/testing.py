@@ -63,7 +63,10 @@ def free_port() -> int:
 @dataclass
 class TeiBehaviour:
     """What the stand-in serves and how: its model type, a delay before each answer, a status
-    to answer every scoring request with instead (e.g. 503), and the requests it received."""
+    to answer every scoring request with instead (e.g. 503), and the requests it received
+    (unless `record` is off: the stand-in in a process of its own keeps none, since nobody can
+    read them there and a list of every request of a benchmark, thousands a second, slows the
+    process's garbage collections as it grows)."""
 
     kind: str = "embedding"  # "embedding" | "reranker"
     model_id: str = "tei-stand-in"
@@ -72,6 +75,7 @@ class TeiBehaviour:
     delay: float = 0.0
     fail_status: int | None = None
     received: list[tuple[str, Any]] = field(default_factory=list)
+    record: bool = True
 
 
 class _TeiError(Exception):
@@ -142,7 +146,8 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
             raise _TeiError(422, "body: not valid JSON", "Validation") from None
         if not isinstance(body, dict):
             raise _TeiError(422, "body: expected a JSON object", "Validation")
-        b.received.append((request.path, body))
+        if b.record:
+            b.received.append((request.path, body))
         if b.delay:
             await asyncio.sleep(b.delay)
         if b.fail_status is not None:
@@ -427,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = None
-    web.run_app(tei_app(kind=args.kind, delay=args.delay), host="127.0.0.1", port=args.port,
+    web.run_app(tei_app(kind=args.kind, delay=args.delay, record=False), host="127.0.0.1",
+                port=args.port,
                 access_log=None, print=None, loop=loop)
     return 0
 
