@@ -3,21 +3,32 @@
 The backend is the TEI stand-in (gateway/testing.py) in a process of its own, answering
 `POST /v1/embeddings` for one short text at once, so what the "through the gateway" figures
 add is the gateway's own cost. The gateway runs as `python -m gateway` with a models file
-naming that backend. Closed-loop clients (aiohttp on uvloop, in this process) send the same
-request body back to back at each of 1, 16 and 64 concurrent clients, straight to the backend
-and through the gateway by model name. Each path gets `--seconds` at each concurrency, in
+naming that backend. Closed-loop clients send the same request body back to back at each of
+1, 16 and 64 concurrent clients (one keep-alive connection each), straight to the backend and
+through the gateway by model name. Each path gets `--seconds` at each concurrency, in
 `--rounds` slices taken in the order direct, gateway, gateway, direct, ... so that background
-load on a shared machine falls on both alike; each slice opens its connections in a warm-up
-that is not measured.
+load on a shared machine falls on both alike; connections are opened and warmed before each
+path's first slice, outside the measured time.
 
-    .venv/bin/python benchmarks/gateway_bench.py
+The clients (`--client`):
+- `wrk` (default): wrk, the C load generator (Debian/Ubuntu: `apt-get install wrk`), one
+  thread. It needs a fraction of the CPU a Python client needs per request, so on a small
+  machine the load generator does not take the cores the gateway is measured on; each slice
+  must be a whole number of seconds (`--seconds` a multiple of `--rounds`).
+- `python`: closed-loop aiohttp clients on uvloop in this process (the benchmark's client
+  before wrk; kept to compare). On 2 cores it takes about as much CPU per request as the
+  backend, and more per request through the gateway than direct (its loop wakes for fewer
+  answers at a time), so the ratio it gives is lower than the gateway's cost alone explains.
+
+    .venv/bin/python benchmarks/gateway_bench.py [--client wrk|python]
 
 Prints a table and writes JSON (default benchmarks/results/gateway.json) with direct_rps and
 gateway_rps (maps by concurrency), added_latency_p50_ms and added_latency_p99_ms (gateway minus
-direct, at 16 clients), failed_requests (any non-200 or error, both paths),
+direct, at 16 clients), failed_requests (any status over 399 or error, both paths),
 gateway_peak_rss_mb (the gateway process's VmHWM), and, to say where the CPU goes,
 cpu_us_per_request (CPU time of the client, the backend and the gateway process per answered
-request, by path and concurrency) and load_average (the machine's 1-minute load average
+request, by path and concurrency), idle_cores (the machine's idle CPU, in cores, while each
+path ran at each concurrency), client and load_average (the machine's 1-minute load average
 before and after).
 """
 
@@ -25,11 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import statistics
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +56,29 @@ from gateway.testing import free_port, start_process, start_tei_process, write_m
 from reporting import Column, Table, finish  # noqa: E402  (benchmarks/ is the script's own folder)
 
 CONCURRENCY = (1, 16, 64)
-WARM_UP_SECONDS = 0.3
+WARM_UP_SECONDS = 1
 # The same body both ways: the backend ignores `model`, the gateway routes by it.
 BODY = {"model": "bench", "input": "a short text"}
+# wrk's script: the request, and at the end one line with what the Python side needs (every
+# distinct latency in microseconds with its count, so slices merge into exact percentiles).
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = %s
+wrk.headers["Content-Type"] = "application/json"
+function done(summary, latency, requests)
+  local parts = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    parts[#parts + 1] = string.format("[%%d,%%d]", value, count)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '\\n%s {"duration_us":%%d,"requests":%%d,"errors":%%d,"latency_us":[%%s]}\\n',
+    summary.duration, summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    table.concat(parts, ",")))
+end
+"""
+WRK_RESULT = "WRK-RESULT"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,63 +87,157 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_seconds() -> float:
+    """Idle CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+
+
 @dataclass
 class Sample:
     """What one path measured at one concurrency, summed over its slices."""
 
-    latencies: list[float] = field(default_factory=list)
+    latency_us: Counter = field(default_factory=Counter)  # latency (us) -> answers
     failures: int = 0
     seconds: float = 0.0
+    idle: float = 0.0  # idle CPU seconds of the machine meanwhile
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
 
     @property
+    def answered(self) -> int:
+        return self.latency_us.total()
+
+    @property
     def rps(self) -> float:
-        return len(self.latencies) / self.seconds
+        return self.answered / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        """The latency below which q % of the answers came (the nearest-rank method)."""
+        rank = max(1, round(q / 100 * self.answered))
+        seen = 0
+        for value in sorted(self.latency_us):
+            seen += self.latency_us[value]
+            if seen >= rank:
+                return value / 1000
+        return float("nan")
 
     def cpu_us_per_request(self) -> dict[str, float]:
-        return {name: round(spent / len(self.latencies) * 1e6, 1)
-                for name, spent in self.cpu.items()}
+        return {name: round(spent / self.answered * 1e6, 1) for name, spent in self.cpu.items()}
 
 
-async def load(url: str, clients: int, seconds: float, processes: dict[str, int],
-               sample: Sample) -> None:
-    """Add to `sample` the latencies of every request answered 200 within `seconds` (after a
-    warm-up), the failures, and the CPU each of `processes` spent meanwhile."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def client(stop_at: float, latencies: list[float]) -> int:
-            failures = 0
-            while time.perf_counter() < stop_at:
+class Measured:
+    """Around one measured slice: the CPU the `processes` and the client spent, the machine's
+    idle time, added to `sample`."""
+
+    def __init__(self, sample: Sample, processes: dict[str, int]):
+        self.sample = sample
+        self.processes = processes
+
+    def __enter__(self) -> "Measured":
+        self.before = {name: cpu_seconds(pid) for name, pid in self.processes.items()}
+        self.idle = idle_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sample = self.sample
+        sample.idle += idle_seconds() - self.idle
+        for name, pid in self.processes.items():
+            sample.cpu[name] = sample.cpu.get(name, 0.0) + cpu_seconds(pid) - self.before[name]
+
+
+class PythonClients:
+    """Closed-loop aiohttp clients on uvloop in this process."""
+
+    name = "python (aiohttp on uvloop, in the benchmark's process)"
+
+    def __init__(self) -> None:
+        try:
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
+
+    def warm_up(self, url: str, clients: int) -> None:
+        asyncio.run(self._load(url, clients, WARM_UP_SECONDS, None, {}))
+
+    def measure(self, url: str, clients: int, seconds: float, processes: dict[str, int],
+                sample: Sample) -> None:
+        asyncio.run(self._load(url, clients, seconds, sample, processes))
+
+    async def _load(self, url: str, clients: int, seconds: float, sample: Sample | None,
+                    processes: dict[str, int]) -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def client(stop_at: float, latencies: Counter) -> int:
+                failures = 0
+                while time.perf_counter() < stop_at:
+                    started = time.perf_counter()
+                    try:
+                        async with session.post(url, json=BODY) as response:
+                            await response.read()
+                            ok = response.status < 400
+                    except aiohttp.ClientError:
+                        ok = False
+                    if ok:
+                        latencies[round((time.perf_counter() - started) * 1e6)] += 1
+                    else:
+                        failures += 1
+                return failures
+
+            # Open the connections (one each) outside the measured time.
+            await asyncio.gather(*(client(time.perf_counter() + 0.1, Counter())
+                                   for _ in range(clients)))
+            if sample is None:
+                stop_at = time.perf_counter() + seconds
+                await asyncio.gather(*(client(stop_at, Counter()) for _ in range(clients)))
+                return
+            with Measured(sample, {**processes, "client": os.getpid()}):
                 started = time.perf_counter()
-                try:
-                    async with session.post(url, json=BODY) as response:
-                        await response.read()
-                        ok = response.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    failures += 1
-            return failures
-
-        warm_up: list[float] = []
-        stop_at = time.perf_counter() + WARM_UP_SECONDS
-        sample.failures += sum(await asyncio.gather(*(client(stop_at, warm_up)
-                                                      for _ in range(clients))))
-        before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-        started = time.perf_counter()
-        stop_at = started + seconds
-        sample.failures += sum(await asyncio.gather(*(client(stop_at, sample.latencies)
-                                                      for _ in range(clients))))
-        sample.seconds += time.perf_counter() - started
-        for name, pid in processes.items():
-            sample.cpu[name] = sample.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
+                stop_at = started + seconds
+                sample.failures += sum(await asyncio.gather(
+                    *(client(stop_at, sample.latency_us) for _ in range(clients))))
+                sample.seconds += time.perf_counter() - started
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
-        else values[0]
+class WrkClients:
+    """wrk, one thread, `clients` connections each with one request at a time."""
+
+    def __init__(self, binary: str, script: Path):
+        self.binary = binary
+        self.script = script
+        script.write_text(WRK_SCRIPT % (json.dumps(json.dumps(BODY)), WRK_RESULT))
+        version = subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
+        self.name = f"{' '.join(version.split()[:2])} (1 thread)"
+
+    def _run(self, url: str, clients: int, seconds: int) -> dict:
+        """wrk's result line, parsed."""
+        process = subprocess.Popen(
+            [self.binary, "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s",
+             "-s", str(self.script), url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = process.communicate()
+        lines = [line for line in out.splitlines() if line.startswith(WRK_RESULT)]
+        if process.returncode != 0 or not lines:
+            raise RuntimeError(f"wrk failed (exit {process.returncode}):\n{out}")
+        return json.loads(lines[-1][len(WRK_RESULT):])
+
+    def warm_up(self, url: str, clients: int) -> None:
+        self._run(url, clients, WARM_UP_SECONDS)
+
+    def measure(self, url: str, clients: int, seconds: float, processes: dict[str, int],
+                sample: Sample) -> None:
+        # wrk's CPU: what this process's reaped children used grew by it.
+        children = os.times()
+        with Measured(sample, processes):
+            result = self._run(url, clients, int(seconds))
+        after = os.times()
+        sample.cpu["client"] = sample.cpu.get("client", 0.0) + (
+            after.children_user + after.children_system
+            - children.children_user - children.children_system)
+        sample.seconds += result["duration_us"] / 1e6
+        sample.failures += result["errors"]
+        for value, count in result["latency_us"]:
+            sample.latency_us[value] += count
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -121,20 +249,28 @@ def peak_rss_mb(pid: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0,
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk",
+                        help="the load generator (default wrk)")
+    parser.add_argument("--seconds", type=float, default=8.0,
                         help="measured seconds per concurrency and path")
     parser.add_argument("--rounds", type=int, default=4,
                         help="slices per concurrency and path, alternating their order")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gateway.json")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    slice_seconds = args.seconds / args.rounds
+    if args.client == "wrk":
+        binary = shutil.which("wrk")
+        if binary is None:
+            parser.error("--client wrk: wrk is not installed (Debian/Ubuntu: apt-get install "
+                         "wrk), or use --client python")
+        if slice_seconds < 1 or slice_seconds != int(slice_seconds):
+            parser.error(f"--client wrk: --seconds {args.seconds:g} / --rounds {args.rounds} "
+                         "must be a whole number of seconds, at least 1 (wrk's -d)")
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
+        client = (WrkClients(binary, Path(tmp) / "bench.lua") if args.client == "wrk"
+                  else PythonClients())
         backend = start_tei_process("embedding")
         port = free_port()
         models = write_models_file(Path(tmp) / "models.json", [
@@ -146,21 +282,20 @@ def main(argv: list[str] | None = None) -> int:
                                             "GATEWAY_LOG_LEVEL": "warning"}, port)
         try:
             paths = {
-                "direct": (f"{backend.url}/v1/embeddings",
-                           {"client": os.getpid(), "backend": backend.process.pid}),
+                "direct": (f"{backend.url}/v1/embeddings", {"backend": backend.process.pid}),
                 "gateway": (f"{gateway.url}/v1/embeddings",
-                            {"client": os.getpid(), "backend": backend.process.pid,
-                             "gateway": gateway.process.pid}),
+                            {"backend": backend.process.pid, "gateway": gateway.process.pid}),
             }
             results: dict[tuple[str, int], Sample] = {}
             for clients in CONCURRENCY:
+                for url, _ in paths.values():
+                    client.warm_up(url, clients)
                 for round_ in range(args.rounds):
                     order = ("direct", "gateway") if round_ % 2 == 0 else ("gateway", "direct")
                     for path in order:
                         url, processes = paths[path]
                         sample = results.setdefault((path, clients), Sample())
-                        asyncio.run(load(url, clients, args.seconds / args.rounds, processes,
-                                         sample))
+                        client.measure(url, clients, slice_seconds, processes, sample)
             rss = peak_rss_mb(gateway.process.pid)
         finally:
             gateway.stop()
@@ -171,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return results[path, clients].rps
 
     def ms(path, clients, q):
-        return percentile(results[path, clients].latencies, q) * 1000
+        return results[path, clients].percentile_ms(q)
 
     report = {
         "direct_rps": {str(c): round(rps("direct", c), 1) for c in CONCURRENCY},
@@ -184,21 +319,29 @@ def main(argv: list[str] | None = None) -> int:
             path: {str(c): results[path, c].cpu_us_per_request() for c in CONCURRENCY}
             for path in paths
         },
+        "idle_cores": {
+            path: {str(c): round(results[path, c].idle / results[path, c].seconds, 2)
+                   for c in CONCURRENCY}
+            for path in paths
+        },
+        "client": client.name,
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "cpu_count": os.cpu_count(),
     }
     table = Table(
         [Column("clients", 7), Column("direct rps", 11, before=" | "),
-         Column("gateway rps", 12, before=" | "), Column("direct p50 ms", 13, before=" | "),
-         Column("gateway p50 ms", 14, before=" | "), Column("direct p99 ms", 13, before=" | "),
-         Column("gateway p99 ms", 14, before=" | ")],
+         Column("gateway rps", 12, before=" | "), Column("gw/direct", 9, before=" | "),
+         Column("direct p50 ms", 13, before=" | "), Column("gateway p50 ms", 14, before=" | "),
+         Column("direct p99 ms", 13, before=" | "), Column("gateway p99 ms", 14, before=" | ")],
         [[str(c), f"{rps('direct', c):.0f}", f"{rps('gateway', c):.0f}",
+          f"{rps('gateway', c) / rps('direct', c):.0%}",
           f"{ms('direct', c, 50):.2f}", f"{ms('gateway', c, 50):.2f}",
           f"{ms('direct', c, 99):.2f}", f"{ms('gateway', c, 99):.2f}"] for c in CONCURRENCY],
     )
     cpu = report["cpu_us_per_request"]
-    finish(args.out, report, title="Gateway vs direct, POST /v1/embeddings (TEI stand-in)",
-           table=table, notes=[
+    idle = report["idle_cores"]
+    finish(args.out, report, title="Gateway vs direct, POST /v1/embeddings (TEI stand-in), "
+           f"client: {client.name}", table=table, notes=[
                f"added latency at 16 clients: p50 {report['added_latency_p50_ms']:.2f} ms, "
                f"p99 {report['added_latency_p99_ms']:.2f} ms",
                f"failed requests: {report['failed_requests']}; gateway peak RSS "
@@ -206,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                "CPU us per request at 64 clients: direct " + ", ".join(
                    f"{k} {v:.0f}" for k, v in cpu["direct"]["64"].items()) + "; gateway " +
                ", ".join(f"{k} {v:.0f}" for k, v in cpu["gateway"]["64"].items()),
+               f"idle cores at 64 clients: direct {idle['direct']['64']:.2f}, gateway "
+               f"{idle['gateway']['64']:.2f} (of {os.cpu_count()})",
                f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after"])
     return 0
 
