@@ -7,8 +7,10 @@ naming that backend. Closed-loop clients send the same request body back to back
 1, 16 and 64 concurrent clients (one keep-alive connection each), straight to the backend and
 through the gateway by model name. Each path gets `--seconds` at each concurrency, in
 `--rounds` slices taken in the order direct, gateway, gateway, direct, ... so that background
-load on a shared machine falls on both alike; connections are opened and warmed before each
-path's first slice, outside the measured time.
+load on a shared machine falls on both alike. Each path is warmed for 1 s at each concurrency
+before its first slice, outside the measured time (the gateway's connections to the backend
+stay open from then on); the Python clients open theirs before each slice's clock starts, wrk
+opens its own at the start of each slice.
 
 The clients (`--client`):
 - `wrk` (default): wrk, the C load generator (Debian/Ubuntu: `apt-get install wrk`), one
