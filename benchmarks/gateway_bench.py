@@ -26,7 +26,8 @@ The clients (`--client`):
 
 Prints a table and writes JSON (default benchmarks/results/gateway.json) with direct_rps and
 gateway_rps (maps by concurrency), added_latency_p50_ms and added_latency_p99_ms (gateway minus
-direct, at 16 clients), failed_requests (any status over 399 or error, both paths),
+direct, at 16 clients), failed_requests (any status over 399 or error, both paths, warm-ups
+included),
 gateway_peak_rss_mb (the gateway process's VmHWM), and, to say where the CPU goes,
 cpu_us_per_request (CPU time of the client, the backend and the gateway process per answered
 request, by path and concurrency), idle_cores (the machine's idle CPU, in cores, while each
@@ -159,15 +160,17 @@ class PythonClients:
         except ImportError:
             pass
 
-    def warm_up(self, url: str, clients: int) -> None:
-        asyncio.run(self._load(url, clients, WARM_UP_SECONDS, None, {}))
+    def warm_up(self, url: str, clients: int, sample: Sample) -> None:
+        asyncio.run(self._load(url, clients, WARM_UP_SECONDS, sample, None))
 
     def measure(self, url: str, clients: int, seconds: float, processes: dict[str, int],
                 sample: Sample) -> None:
         asyncio.run(self._load(url, clients, seconds, sample, processes))
 
-    async def _load(self, url: str, clients: int, seconds: float, sample: Sample | None,
-                    processes: dict[str, int]) -> None:
+    async def _load(self, url: str, clients: int, seconds: float, sample: Sample,
+                    processes: dict[str, int] | None) -> None:
+        """`seconds` of load; measured into `sample` unless `processes` is None (a warm-up),
+        its failures counted in `sample` either way."""
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             async def client(stop_at: float, latencies: Counter) -> int:
@@ -187,11 +190,12 @@ class PythonClients:
                 return failures
 
             # Open the connections (one each) outside the measured time.
-            await asyncio.gather(*(client(time.perf_counter() + 0.1, Counter())
-                                   for _ in range(clients)))
-            if sample is None:
+            sample.failures += sum(await asyncio.gather(
+                *(client(time.perf_counter() + 0.1, Counter()) for _ in range(clients))))
+            if processes is None:
                 stop_at = time.perf_counter() + seconds
-                await asyncio.gather(*(client(stop_at, Counter()) for _ in range(clients)))
+                sample.failures += sum(await asyncio.gather(
+                    *(client(stop_at, Counter()) for _ in range(clients))))
                 return
             with Measured(sample, {**processes, "client": os.getpid()}):
                 started = time.perf_counter()
@@ -223,8 +227,8 @@ class WrkClients:
             raise RuntimeError(f"wrk failed (exit {process.returncode}):\n{out}")
         return json.loads(lines[-1][len(WRK_RESULT):])
 
-    def warm_up(self, url: str, clients: int) -> None:
-        self._run(url, clients, WARM_UP_SECONDS)
+    def warm_up(self, url: str, clients: int, sample: Sample) -> None:
+        sample.failures += self._run(url, clients, WARM_UP_SECONDS)["errors"]
 
     def measure(self, url: str, clients: int, seconds: float, processes: dict[str, int],
                 sample: Sample) -> None:
@@ -290,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             results: dict[tuple[str, int], Sample] = {}
             for clients in CONCURRENCY:
-                for url, _ in paths.values():
-                    client.warm_up(url, clients)
+                for path, (url, _) in paths.items():
+                    client.warm_up(url, clients, results.setdefault((path, clients), Sample()))
                 for round_ in range(args.rounds):
                     order = ("direct", "gateway") if round_ % 2 == 0 else ("gateway", "direct")
                     for path in order:
