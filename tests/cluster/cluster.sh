@@ -195,6 +195,12 @@ cmd_up() {
     cmd_down
   fi
   rm -f "$kubeconfig"
+  # kwokctl picks its ports by scanning for free ones: two clusters of this machine (two
+  # checkouts, CI beside a session) created at the same moment pick the same ports and both fail
+  # with "bind: address already in use". One creation at a time, machine-wide, until the
+  # apiserver answers (its ports are then taken, and the next scan skips them).
+  exec 7>"${EMBEDDING_IMAGES_START_LOCK:-/tmp/embedding-images-cluster-start.lock}"
+  flock -w 900 7 || die "another local cluster's start still holds ${EMBEDDING_IMAGES_START_LOCK:-/tmp/embedding-images-cluster-start.lock} after 900 s"
   say "starting kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok (logs: $logs)"
   # kwokctl would download kubectl; the one of tools.sh is used instead. The lock fds are closed
   # for it, or the daemons it starts would hold the locks for as long as they run.
@@ -206,12 +212,13 @@ cmd_up() {
       --kwok-controller-binary "$bin/kwok" \
       --etcd-binary "$bin/etcd" \
       --kubeconfig "$kubeconfig" \
-      --wait 90s >"$state/kwokctl.log" 2>&1 8>&- 9>&-; then
+      --wait 90s >"$state/kwokctl.log" 2>&1 7>&- 8>&- 9>&-; then
     show_logs
     cmd_down >/dev/null 2>&1 || true
     die "kwokctl create cluster failed; its log is $state/kwokctl.log, the components' logs are in $logs"
   fi
   wait_until 60 "the apiserver becoming ready" "$logs/kube-apiserver.log" running
+  exec 7>&-
   kubectl --kubeconfig "$kubeconfig" apply -f "$here/nodes.yaml" >/dev/null
   wait_until 60 "kwok marking the simulated nodes Ready" "$logs/kwok-controller.log" \
     kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node --all --timeout=5s
@@ -288,7 +295,7 @@ cmd_restart_apiserver() {
   cwd="$(readlink "/proc/$pid/cwd")"
   kill -9 "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-  (cd "$cwd" && exec env -i "${envs[@]}" setsid "${args[@]}" </dev/null >>"$logs/kube-apiserver.log" 2>&1 8>&- 9>&-) &
+  (cd "$cwd" && exec env -i "${envs[@]}" setsid "${args[@]}" </dev/null >>"$logs/kube-apiserver.log" 2>&1 7>&- 8>&- 9>&-) &
   printf '%s' "$!" >"$pidfile"  # kwokctl's pid files end without a newline
   wait_until 60 "the restarted kube-apiserver becoming ready" "$logs/kube-apiserver.log" running
   say "kube-apiserver restarted in $((SECONDS - start)) s"
