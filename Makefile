@@ -6,12 +6,13 @@ PYTEST := $(VENV)/bin/pytest
 
 .PHONY: setup test test-unit cluster-up cluster-down tools bench clean demo
 
-## setup: create .venv and install the project with its test dependencies
+## setup: create .venv and install the project with its test dependencies and testkit/ (the
+## test-support package: stand-ins, process helpers, random-weight models; never in an image)
 setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./testkit
 	touch $@
 
 ## test: the whole suite (builds and starts the local control plane and helm on first use)

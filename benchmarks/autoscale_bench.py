@@ -2,7 +2,7 @@
 
 On the local control plane (KUBECONFIG, default .cache/cluster/kubeconfig; start it with
 `tests/cluster/cluster.sh up`) it runs the stack of the autoscaling cluster test
-(gateway/localstack.py: the operator serving one fresh namespace, the local pod runner's reranker
+(testkit/localstack.py: the operator serving one fresh namespace, the local pod runner's reranker
 processes on a tiny model, the gateway; every request on 127.0.0.1) and one reranker
 ModelService with short windows, then plays a trace: idle, a step to --clients closed-loop
 clients, a plateau, a drop to none, idle until the model is at zero replicas; then one request at
@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from reporting import Column, Table, finish  # noqa: E402  (a sibling module)
 
-from gateway.localstack import ClosedLoopLoad, rerank, start_stack  # noqa: E402
+from testkit.localstack import ClosedLoopLoad, rerank, start_stack  # noqa: E402
 
 CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
 GROUP, VERSION, PLURAL = "serving.embedding-images.io", "v1alpha1", "modelservices"
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     kubectl(env, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
     ns = f"asb-{uuid.uuid4().hex[:8]}"
     kubectl(env, "create", "namespace", ns)
-    from reranker.testing import build_qwen3_reranker  # noqa: PLC0415  (torch: only once the cluster answers)
+    from testkit.models import build_qwen3_reranker  # noqa: PLC0415  (torch: only once the cluster answers)
 
     work = Path(tempfile.mkdtemp(prefix="autoscale-bench-"))
     model_dir = build_qwen3_reranker(work / "model", "tiny")

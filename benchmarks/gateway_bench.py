@@ -1,6 +1,6 @@
 """Gateway benchmark: one fast backend measured directly and through the gateway, one run.
 
-The backend is the TEI stand-in (gateway/testing.py) in a process of its own, answering
+The backend is the TEI stand-in (testkit/tei.py) in a process of its own, answering
 `POST /v1/embeddings` for one short text at once, so what the "through the gateway" figures
 add is the gateway's own cost. The gateway runs as `python -m gateway` with a models file
 naming that backend. Closed-loop clients send the same request body back to back at each of
@@ -55,7 +55,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.testing import free_port, start_process, start_tei_process, write_models_file  # noqa: E402
+from testkit.processes import free_port, start_process, write_models_file  # noqa: E402
+
+from testkit.tei import start_tei_process  # noqa: E402
 from reporting import Column, Table, finish  # noqa: E402  (benchmarks/ is the script's own folder)
 
 CONCURRENCY = (1, 16, 64)

@@ -64,7 +64,7 @@ def _run_baseline(model_dir: str, docs: list[str], threads: int, conn) -> None:
     keep_freed_memory()  # the service's allocator setting, for both sides alike
     import torch
 
-    from reranker.testing import OfficialRecipe
+    from testkit.models import OfficialRecipe
 
     torch.set_num_threads(threads)
     recipe = OfficialRecipe(model_dir)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()  # the reference matmul gets the same allocator as both runs
 
-    from reranker.testing import build_qwen3_reranker
+    from testkit.models import build_qwen3_reranker
 
     docs = make_documents(args.docs, args.seed)
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as model_dir:

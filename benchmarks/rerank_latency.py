@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from reranker.engine import sigmoid
     from reranker.model.loader import TransformersEngine
     from reranker.settings import Settings
-    from reranker.testing import OfficialRecipe, build_qwen3_reranker
+    from testkit.models import OfficialRecipe, build_qwen3_reranker
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="rerank-latency-") as model_dir:

@@ -267,7 +267,7 @@ def memory_cases(model: Path, label: str, threads: int, budget: int, many: int) 
 
 def memory_only(args) -> int:
     """The 0.6B-width memory cases alone, at --memory-layers (0: the full 28)."""
-    from reranker.testing import build_qwen3_reranker
+    from testkit.models import build_qwen3_reranker
 
     label = f"0.6b-{args.memory_layers or 28}-layers"
     with tempfile.TemporaryDirectory(prefix="rerank-memory-") as tmp:
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank_load.json")
     args = parser.parse_args(argv)
 
-    from reranker.testing import build_qwen3_reranker
+    from testkit.models import build_qwen3_reranker
 
     if args.memory_only:
         return memory_only(args)

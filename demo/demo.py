@@ -11,7 +11,7 @@
    its unready pods are explained (the scheduler's reason);
 6. `kubectl get modelservices -o wide` and where each model's pods run;
 7. the reranker pods of the CPU reranker examples brought to life: the local pod runner
-   (gateway/podrunner.py) starts the reranker (`python -m reranker`) for each of their ready pods,
+   (testkit/podrunner.py) starts the reranker (`python -m reranker`) for each of their ready pods,
    with the pod's own environment, on a loopback port, and writes the gateway's address override
    (pod -> 127.0.0.1:port). The model is a tiny random-weight Qwen3 reranker with the real Qwen3
    tokenizer, built into .cache/demo (no download; the answers are real computations of a model
@@ -229,7 +229,7 @@ class Demo:
     installed_release: bool = False
     created_crd: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    runner: Any = None              # gateway.podrunner.LocalPodRunner, once started
+    runner: Any = None              # testkit.podrunner.LocalPodRunner, once started
     pod_processes: dict[str, Any] = field(default_factory=dict)  # pod -> its BackendProcess, every one seen
     local_models: list[str] = field(default_factory=list)
 
@@ -505,7 +505,7 @@ class Demo:
             self.progress.say(f"building a random-weight Qwen3 reranker with the real Qwen3 tokenizer "
                               f"into {model.relative_to(ROOT)} (once)")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            from reranker.testing import build_qwen3_reranker  # the builder the tests use
+            from testkit.models import build_qwen3_reranker  # the builder the tests use
 
             build_qwen3_reranker(model, "tiny")
         return model
@@ -537,9 +537,9 @@ class Demo:
         if not self.local_models:
             raise DemoError("examples/ has no reranker ModelService on CPU for the gateway to route to")
         self.progress.step(f"the reranker pods of {', '.join(self.local_models)}: python -m reranker "
-                           f"for each ready pod (gateway/podrunner.py)")
+                           f"for each ready pod (testkit/podrunner.py)")
         model = self.tiny_model()
-        from gateway.podrunner import LocalPodRunner
+        from testkit.podrunner import LocalPodRunner
 
         logs = STATE / "pods"
         logs.mkdir(parents=True, exist_ok=True)
@@ -728,7 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))   # gateway.podrunner and reranker.testing, from this checkout
+    sys.path.insert(0, str(ROOT))   # testkit.podrunner and testkit.models, from this checkout
     if args.port is None:
         port = README_PORT if not port_in_use(README_PORT) else free_port()
     elif port_in_use(args.port):

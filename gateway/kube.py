@@ -21,7 +21,7 @@ Address override (tests and `make demo` only; off by default): `GATEWAY_ADDRESS_
 names a JSON file `{"<namespace>/<pod name>": "127.0.0.1:<port>"}`, re-read when it changes
 (its size and modification time are checked twice a second: a local file, not the API). When it
 is set, a ready pod the file names is routed to that address, and a pod it does not name is not
-routed at all: the local pod runner (gateway/podrunner.py) writes a pod's entry once the process
+routed at all: the local pod runner (testkit/podrunner.py) writes a pod's entry once the process
 standing in for it answers, so a request held while a pod starts goes to that process, never to
 a pod IP that nothing on the machine may reach.
 """
@@ -44,13 +44,13 @@ from .registry import Endpoint, ModelInfo, ModelKey, Registry
 
 log = logging.getLogger("gateway.kube")
 
-# The ModelService API (the operator's modelservice.models holds the same; a unit test checks).
+# The ModelService API (the operator's modelservice.api.models holds the same; a unit test checks).
 GROUP = "serving.embedding-images.io"
 VERSION = "v1alpha1"
 PLURAL = "modelservices"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # A Qwen3-Reranker runs on the reranker engine, everything else on TEI: the operator's
-# modelservice.plan.resolve_engine for engine `auto` (a unit test checks they agree).
+# modelservice.placement.plan.resolve_engine for engine `auto` (a unit test checks they agree).
 QWEN3_RERANKER = re.compile(r"qwen3-reranker", re.IGNORECASE)
 ALL_NAMESPACES = "*"
 # A watch request ends after this many seconds and is reopened from the last resourceVersion, so

@@ -19,26 +19,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .errors import AmbiguousModel, Unavailable, UnknownModel
+from .keys import ModelKey
 
 if TYPE_CHECKING:
     from .scaling import Scaler
 
 TASKS = ("embed", "rerank")
 ENGINES = ("tei", "reranker")
-
-
-class ModelKey(NamedTuple):
-    """One ModelService. A tuple, so that hashing it (several dict look-ups a request) runs in
-    C."""
-
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

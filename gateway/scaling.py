@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .registry import ModelKey
+from .keys import ModelKey
 
 
 class Scaler(Protocol):

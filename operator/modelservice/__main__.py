@@ -17,7 +17,7 @@ import sys
 
 import kopf
 
-from .scope import SYSTEM_NAMESPACES, parse_namespace_list
+from .controller.scope import SYSTEM_NAMESPACES, parse_namespace_list
 
 
 def parse_peers(text: str) -> tuple[dict, ...]:
@@ -25,7 +25,7 @@ def parse_peers(text: str) -> tuple[dict, ...]:
     .extraIngressFrom is (so a bad one stops the operator at start, not each apply)."""
     from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415
 
-    from .models import NetworkPolicyPeer  # noqa: PLC0415
+    from .api.models import NetworkPolicyPeer  # noqa: PLC0415
 
     try:
         peers = TypeAdapter(list[NetworkPolicyPeer]).validate_python(json.loads(text or "[]"))
@@ -35,8 +35,8 @@ def parse_peers(text: str) -> tuple[dict, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from .autoscaler import gateway_urls_of  # noqa: PLC0415
-    from .handlers import DEFAULT_RESYNC_S  # noqa: PLC0415  (the one default; handlers imports kopf's registry)
+    from .autoscaling.loop import gateway_urls_of  # noqa: PLC0415
+    from .controller.handlers import DEFAULT_RESYNC_S  # noqa: PLC0415  (the one default; handlers imports kopf's registry)
 
     parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
     scope = parser.add_mutually_exclusive_group()
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cache = parser.add_argument_group("ModelCache downloads")
     cache.add_argument("--downloader-image", metavar="IMAGE", default=os.environ.get("MODELSERVICE_DOWNLOADER_IMAGE"),
                        help="image of the download Jobs: the operator's own, which holds "
-                            "`python -m modelservice.download` (env MODELSERVICE_DOWNLOADER_IMAGE; the chart "
+                            "`python -m modelservice.cache.download` (env MODELSERVICE_DOWNLOADER_IMAGE; the chart "
                             "sets it)")
     cache.add_argument("--downloader-pull-secrets", metavar="NAME,...",
                        type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import caching, handlers  # noqa: F401  (registers the handlers)
-    from .resources import NetworkPolicyDefaults  # noqa: PLC0415
+    from .cache import handlers as cache_handlers  # noqa: F401  (registers the handlers)
+    from .controller import handlers  # noqa: F401
+    from .placement.builders import NetworkPolicyDefaults  # noqa: PLC0415
 
     logging.getLogger(__name__).info(
         "serving ModelServices of %s; refusing those of: %s",
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
                        address_overrides=args.address_overrides,
-                       download=caching.DownloadSettings(
+                       download=cache_handlers.DownloadSettings(
                            image=args.downloader_image, hf_endpoint=args.hf_endpoint,
                            pull_secrets=tuple(args.downloader_pull_secrets))),
     )

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ModelInfo, ModelKey, Registry
-from modelservice.models import MANAGER
-from modelservice.resources import SELECTOR_LABEL, build_children
+from modelservice.api.models import MANAGER
+from modelservice.placement.builders import SELECTOR_LABEL, build_children
 from reranker.metrics import Metrics
 
 pytestmark = pytest.mark.helm

@@ -4,12 +4,12 @@ NetworkPolicy, from the defaults the chart gives the operator on its command lin
 
 Both renders come from one values dict: operator.enabled=true gives the ModelService (the
 operator's input), operator.enabled=false gives the chart's own Deployment and Service; the
-operator's pure build functions (modelservice.resources) turn the ModelService into theirs.
+operator's pure build functions (modelservice.placement.builders) turn the ModelService into theirs.
 The two renderers must agree on the WHOLE objects, less the differences listed in INTENDED, each
 with the reason it is meant; anything else either renderer adds, drops or changes fails here.
 
 A model with modelCache: the operator-mode render holds a ModelCache besides the ModelService. The
-operator's claim and download Job for it (modelservice.cache) are compared with the chart-only
+operator's claim and download Job for it (modelservice.cache.builders) are compared with the chart-only
 claim and Job hooks, and its Deployment is built for a plan whose cache is what the ModelService
 mounts once that download completed (cache.build_cache_status, then cache.cache_mount).
 """
@@ -260,9 +260,9 @@ def operator_build(ms: dict, mount=None) -> tuple[dict, dict]:
     """The operator's Deployment and Service for a ModelService body (as the API would hand it),
     and with `mount` (a CacheMount) what it renders once its ModelCache is complete (as
     handlers.with_cache does)."""
-    from modelservice import resources
-    from modelservice.models import parse_modelservice
-    from modelservice.plan import build_plan
+    from modelservice.placement import builders as resources
+    from modelservice.api.models import parse_modelservice
+    from modelservice.placement.plan import build_plan
 
     parsed = parse_modelservice(ms)
     plan = build_plan(parsed.spec)
@@ -282,8 +282,8 @@ def operator_args(with_operator):
 def operator_network_policy(ms: dict, with_operator) -> dict | None:
     """The operator's NetworkPolicy for a ModelService, with the defaults that the operator's
     command line in the same render gives it."""
-    from modelservice.models import parse_modelservice
-    from modelservice.resources import NetworkPolicyDefaults, build_network_policy
+    from modelservice.api.models import parse_modelservice
+    from modelservice.placement.builders import NetworkPolicyDefaults, build_network_policy
 
     args = operator_args(with_operator)
     defaults = NetworkPolicyDefaults(args.network_policy, args.network_policy_same_namespace, args.network_policy_peers)
@@ -298,8 +298,8 @@ def operator_cache(cache_body: dict, with_operator, user: str):
     command line in the same render), and what a ModelService naming it mounts once the download
     completed: cache.build_cache_status over the complete Job and its pod, which ran where the
     Job's nodeSelector put it (DOWNLOAD_NODE when it names no node)."""
-    from modelservice.cache import build_cache_status, build_claim, build_download_job, cache_mount
-    from modelservice.models import parse_modelcache
+    from modelservice.cache.builders import build_cache_status, build_claim, build_download_job, cache_mount
+    from modelservice.api.models import parse_modelcache
 
     args = operator_args(with_operator)
     assert args.downloader_image, "the chart gives the operator no --downloader-image"
@@ -444,7 +444,7 @@ OPERATOR_ONLY_FIELDS = {"fallbackToCPU", "networkPolicy", "autoscaling"}
 def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):
     """A new spec field (or engine argument) fails here until an input above sets it, so the chart
     cannot silently render it differently, or not at all."""
-    from modelservice.crd import build_crd
+    from modelservice.api.crd import build_crd
 
     (version,) = build_crd()["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -460,7 +460,7 @@ def test_parity_inputs_set_every_field_of_the_modelservice_spec(pairs):
 def test_parity_inputs_set_every_field_of_the_modelcache_spec(pairs, render):
     """Likewise for the ModelCache the chart renders, whose spec the chart-only claim and Job are
     built from: a new field fails here until an input sets it (or the chart maps it)."""
-    from modelservice.crd import build_cache_crd
+    from modelservice.api.crd import build_cache_crd
 
     (version,) = build_cache_crd()["spec"]["versions"]
     fields = set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])

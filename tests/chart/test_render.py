@@ -628,7 +628,7 @@ def test_gateway_rbac_is_exactly_the_three_rules(render):
 def operator_network_policy(out) -> "NetworkPolicyDefaults":
     """The NetworkPolicy defaults the operator's command line gives it."""
     from modelservice.__main__ import parse_args
-    from modelservice.resources import NetworkPolicyDefaults
+    from modelservice.placement.builders import NetworkPolicyDefaults
 
     (container,) = out.get("Deployment", "rel-embedding-images-operator")["spec"]["template"]["spec"]["containers"]
     args = parse_args(container["args"])

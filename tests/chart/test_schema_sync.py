@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from modelservice import values_schema
-from modelservice.models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS
+from modelservice.api import values_schema
+from modelservice.api.models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS
 
 from .conftest import ROOT
 

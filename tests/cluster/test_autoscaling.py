@@ -4,7 +4,7 @@ The operator (`python -m modelservice`, this namespace only) reads demand from r
 processes that the local pod runner starts for the ModelService's Ready pods, and the requests the
 gateway (`python -m gateway`) holds, both through the address override file; a few closed-loop
 clients send reranks through the gateway. Every request goes to 127.0.0.1, never to a kwok pod IP
-(gateway/localstack.py).
+(testkit/localstack.py).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 
 from control_plane import Cluster, wait_for
-from gateway.localstack import ClosedLoopLoad, Stack, rerank, start_stack
-from modelservice.scrape import parse_metrics
+from testkit.localstack import ClosedLoopLoad, Stack, rerank, start_stack
+from modelservice.autoscaling.demand import parse_metrics
 
 pytestmark = pytest.mark.cluster
 
@@ -31,7 +31,7 @@ DOCUMENTS = [f"Document {i}: Paris is the capital of France, and the Seine runs 
 @pytest.fixture
 def stack(cluster: Cluster, tmp_path) -> Iterator[Stack]:
     from control_plane import ROOT
-    from reranker.testing import shared_tiny_model
+    from testkit.models import shared_tiny_model
 
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT.joinpath(*CRD_FILE_PARTS)))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")

@@ -387,7 +387,7 @@ def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(ch
         assert proc.returncode == 0, proc.stderr
         (job,) = get_json("jobs", "-n", ns)["items"]
         assert job["status"]["succeeded"] == 1
-        assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "modelservice.download"]
+        assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "modelservice.cache.download"]
         dep = get_json("deployment", name, "-n", ns)
         assert dep["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
         spec = dep["spec"]["template"]["spec"]

@@ -275,9 +275,9 @@ def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_
     new pod's process and succeeds. Every request goes to 127.0.0.1."""
     import cohere
 
-    from gateway.podrunner import LocalPodRunner
-    from gateway.testing import free_port, wait_healthy
-    from reranker.testing import shared_tiny_model
+    from testkit.podrunner import LocalPodRunner
+    from testkit.processes import free_port, wait_healthy
+    from testkit.models import shared_tiny_model
 
     model_dir = shared_tiny_model(tmp_path / "models")
     overrides = tmp_path / "overrides.json"

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from control_plane import ROOT, Cluster, KubectlError, wait_for
-from modelservice.hubtesting import HubServer, files_of
+from testkit.hub import HubServer, files_of
 from test_gateway import admin_client
 from test_operator import API, Operator, condition
 
@@ -45,7 +45,7 @@ def crds(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[HubServer]:
-    """The Hub stand-in on 127.0.0.1 (modelservice.hubtesting): the Jobs' HF_ENDPOINT."""
+    """The Hub stand-in on 127.0.0.1 (testkit.hub): the Jobs' HF_ENDPOINT."""
     with HubServer() as server:
         yield server
 
@@ -167,7 +167,7 @@ def test_pods_wait_for_the_cache_then_mount_it_read_only_and_run_offline(cluster
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == DOWNLOADER_IMAGE
-    assert container["command"] == ["python", "-m", "modelservice.download"]
+    assert container["command"] == ["python", "-m", "modelservice.cache.download"]
     assert container["args"] == ["--model", QWEN, "--revision", "main", "--dir", "/models"]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in container["env"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -342,8 +342,8 @@ def test_the_jobs_own_command_fills_the_volume_and_new_replicas_fetch_nothing(cl
     token comes from the Secret the ModelCache names), fills the volume's folder; the local pod
     runner then starts the real reranker of each ModelService pod from that folder, offline, and
     the Hub sees no request from any replica."""
-    from gateway.podrunner import LocalPodRunner
-    from reranker.testing import shared_tiny_model
+    from testkit.podrunner import LocalPodRunner
+    from testkit.models import shared_tiny_model
 
     hub.add_repo(QWEN, files_of(shared_tiny_model(tmp_path / "model")), token="hf_test")
     folder = volumes.for_claim("modelcache-qwen")

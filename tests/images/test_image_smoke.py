@@ -143,8 +143,8 @@ def test_no_build_settings_secret_or_mount_in_any_layer_or_the_history(name, bui
 # --- started for real -------------------------------------------------------------------------
 
 def model_copy(tmp_path: Path) -> Path:
-    """The tiny Qwen3 reranker of reranker.testing, files readable by the image's user."""
-    from reranker.testing import shared_tiny_model  # noqa: PLC0415
+    """The tiny Qwen3 reranker of testkit.models, files readable by the image's user."""
+    from testkit.models import shared_tiny_model  # noqa: PLC0415
 
     dest = tmp_path / "tiny-qwen3"
     shutil.copytree(shared_tiny_model(tmp_path / "build"), dest, symlinks=False)
@@ -250,14 +250,14 @@ def test_operator_image_reconciles_a_modelservice_and_stops_on_sigterm(built_ima
 
 
 def test_operator_image_runs_the_download_job_of_a_model_cache(built_images, container, tmp_path):
-    """The download Job the operator builds (modelservice.cache.build_download_job), its command,
+    """The download Job the operator builds (modelservice.cache.builders.build_download_job), its command,
     args and env as they are, run from the operator image against the Hub stand-in on 127.0.0.1:
     the model's files land on the mounted volume, at the path the ModelService pods load."""
-    from modelservice.cache import build_download_job
-    from modelservice.download import model_path
-    from modelservice.hubtesting import HubServer, files_of
-    from modelservice.models import parse_modelcache
-    from reranker.testing import MINILM_DIR
+    from modelservice.cache.builders import build_download_job
+    from modelservice.cache.download import model_path
+    from testkit.hub import HubServer, files_of
+    from modelservice.api.models import parse_modelcache
+    from testkit.models import MINILM_DIR
 
     image = built_images["operator"]
     model = "sentence-transformers/all-MiniLM-L6-v2"

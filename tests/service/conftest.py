@@ -2,7 +2,7 @@
 
 `serve(settings, engine=None)` starts `create_app(settings, engine)` under uvicorn in a thread
 on a free 127.0.0.1 port and returns its base URL; servers stop at the end of the test. The
-real engine runs a tiny random Qwen3 model with the real tokenizer (reranker/testing.py);
+real engine runs a tiny random Qwen3 model with the real tokenizer (testkit/models.py);
 `FakeEngine` scores by word overlap, instantly, and can be told to load slowly, fail, or block,
 for the error paths.
 """
@@ -21,7 +21,7 @@ from reranker.engine import EngineInfo
 from reranker.planning import Prepared
 from reranker.server import build_server
 from reranker.settings import Settings
-from reranker.testing import shared_tiny_model
+from testkit.models import shared_tiny_model
 
 
 def free_port() -> int:

@@ -1,5 +1,5 @@
-"""The ModelCache download Job (`python -m modelservice.download`) as a process, with the real
-huggingface_hub client, against the Hub stand-in (modelservice.hubtesting) on 127.0.0.1: what it
+"""The ModelCache download Job (`python -m modelservice.cache.download`) as a process, with the real
+huggingface_hub client, against the Hub stand-in (testkit.hub) on 127.0.0.1: what it
 fetches, what a second run fetches, resuming a cut download, the failure reasons, and the
 reranker loading the result offline.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.testing import start_reranker
-from modelservice.download import model_path, select_files
-from modelservice.hubtesting import HubServer, files_of
-from reranker.testing import MINILM_DIR, shared_tiny_model
+from testkit.processes import start_reranker
+from modelservice.cache.download import model_path, select_files
+from testkit.hub import HubServer, files_of
+from testkit.models import MINILM_DIR, shared_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -55,7 +55,7 @@ def run(hub: HubServer, tmp_path: Path, model: str, revision: str | None = None,
     env.update(HF_ENDPOINT=endpoint or hub.url, HF_HOME=str(tmp_path / "hf-home"))
     if token is not None:
         env["HF_TOKEN"] = token
-    args = [sys.executable, "-m", "modelservice.download", "--model", model,
+    args = [sys.executable, "-m", "modelservice.cache.download", "--model", model,
             "--dir", str(tmp_path / "volume"), "--termination-log", str(term)]
     if revision is not None:
         args += ["--revision", revision]
@@ -276,8 +276,8 @@ def test_the_stand_in_serves_snapshot_download(hub, tmp_path):
 def test_the_downloaders_failure_is_the_caches_download_failed_message(hub, tmp_path, case):
     """What a failed Job's pod leaves in its termination message (this real run's) is what the
     user reads in the ModelCache's Cached condition, with how to retry."""
-    from modelservice.cache import build_cache_status, job_name
-    from modelservice.models import parse_modelcache
+    from modelservice.cache.builders import build_cache_status, job_name
+    from modelservice.api.models import parse_modelcache
 
     if case == "no-token":
         hub.add_repo("org/private", SMALL, token="secret")

@@ -14,7 +14,7 @@ import pytest
 
 from reranker.app import create_app
 from reranker.settings import Settings
-from reranker.testing import MINILM_DIR, shared_cross_encoder
+from testkit.models import MINILM_DIR, shared_cross_encoder
 
 from .conftest import FakeEngine, RunningServer, free_port, wait_ready
 

@@ -93,7 +93,7 @@ def test_crd_schema_check_refuses_a_misspelt_field(crd_schema):
 def test_model_service_is_accepted_by_the_operators_spec_model(path):
     """The operator's pydantic model carries the CRD's CEL rules (cpu without GPUs,
     fallbackToCPU only with auto, ...), which a JSON-schema validator cannot evaluate."""
-    from modelservice.models import parse_spec  # noqa: PLC0415
+    from modelservice.api.models import parse_spec  # noqa: PLC0415
 
     parse_spec(example(path)["spec"])
 
@@ -181,7 +181,7 @@ def expected_image(engine: str, variant: str) -> str:
 def test_operator_plans_each_example_onto_matching_hardware(path):
     """On a cluster with CPU, L4 and H100 nodes the operator runs every example, with the image
     of the architecture its pods are pinned to."""
-    from modelservice.resources import build_children  # noqa: PLC0415
+    from modelservice.placement.builders import build_children  # noqa: PLC0415
 
     doc = example(path)
     deployment, service = build_children(doc, GPU_CLUSTER)
@@ -209,7 +209,7 @@ def test_operator_plans_each_example_onto_matching_hardware(path):
 
 
 def test_gpu_reranker_example_falls_back_to_cpu_without_gpu_nodes():
-    from modelservice.resources import build_children  # noqa: PLC0415
+    from modelservice.placement.builders import build_children  # noqa: PLC0415
 
     [doc] = [example(p) for p in MODEL_SERVICES
              if example(p)["spec"].get("fallbackToCPU") and example(p)["spec"]["task"] == "rerank"]

@@ -17,8 +17,8 @@ from kubernetes.client.exceptions import ApiException
 from gateway import kube
 from gateway.kube import AddressOverrides, PodAddress, Sources, model_info, ready_addresses
 from gateway.registry import Endpoint, ModelKey, Registry
-from modelservice import models as operator_models
-from modelservice.plan import PlanError, resolve_engine
+from modelservice.api import models as operator_models
+from modelservice.placement.plan import PlanError, resolve_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"

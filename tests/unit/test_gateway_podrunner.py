@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from gateway.podrunner import LocalPodRunner, RunningPod
+from testkit.podrunner import LocalPodRunner, RunningPod
 
 
 class Backend:

@@ -541,7 +541,8 @@ def stage_context(image: Image, stage: Stage, dest: Path) -> None:
 
 def test_dockerignore_keeps_the_context_small():
     patterns = context_patterns()
-    for heavy in (".venv/bin/python", ".git/HEAD", ".cache/bin/helm", "tests/unit/test_images.py"):
+    for heavy in (".venv/bin/python", ".git/HEAD", ".cache/bin/helm", "tests/unit/test_images.py",
+                  "testkit/tei.py", "testkit/pyproject.toml"):
         assert dockerignore_excludes(heavy, patterns), heavy
     assert dockerignore_excludes("reranker/__pycache__/x.pyc", patterns)
     assert not dockerignore_excludes("reranker/__init__.py", patterns)
@@ -570,6 +571,13 @@ def test_package_installs_from_the_image_build_context(name, tmp_path):
         if name == "operator":
             table = zf.read("modelservice/variants.yaml")
             assert table == (CHART / "files" / "variants.yaml").read_bytes()
+            # The download Job runs `python -m modelservice.cache.download` from this image.
+            assert "modelservice/cache/download.py" in names
+        # Product code only: no test-support module, nothing that would import one.
+        assert not [n for n in names if n.startswith("testkit/")]
+        importers = [n for n in names if n.endswith(".py")
+                     and re.search(r"^\s*(from|import)\s+testkit\b", zf.read(n).decode(), re.M)]
+        assert not importers, f"shipped modules that import the test-support package: {importers}"
 
 
 def test_fetch_model_without_a_model_bakes_nothing(tmp_path):

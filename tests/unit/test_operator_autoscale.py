@@ -1,4 +1,4 @@
-"""The autoscaling policy (modelservice.autoscale): tables of demand traces and the properties the
+"""The autoscaling policy (modelservice.autoscaling.policy): tables of demand traces and the properties the
 issue asks for, checked with hypothesis over arbitrary traces."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelservice.autoscale import History, Policy, Reason, decide, observe, scaled
+from modelservice.autoscaling.policy import History, Policy, Reason, decide, observe, scaled
 
 STEP = 5.0   # seconds between samples
 

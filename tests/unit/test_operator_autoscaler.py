@@ -1,4 +1,4 @@
-"""The autoscaling loop (modelservice.autoscaler, modelservice.scrape) against a fake API and real
+"""The autoscaling loop (modelservice.autoscaling.loop, modelservice.autoscaling.demand) against a fake API and real
 HTTP metrics servers on 127.0.0.1 (reached through the address override, as on the test cluster)."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelservice.autoscaler import Autoscaler, GatewaySource
-from modelservice.models import parse_modelservice
-from modelservice.plan import Plan
-from modelservice.scrape import AddressOverrides, Scraper, parse_metrics, pod_demand
-from modelservice.status import build_status
+from modelservice.autoscaling.loop import Autoscaler, GatewaySource
+from modelservice.api.models import parse_modelservice
+from modelservice.placement.plan import Plan
+from modelservice.autoscaling.demand import AddressOverrides, Scraper, parse_metrics, pod_demand
+from modelservice.controller.status import build_status
 
 
 class Metrics:

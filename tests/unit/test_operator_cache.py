@@ -1,13 +1,13 @@
 """The ModelCache's pure side: the download Job's name and revision, and the status a user reads
-from the Job and its pods (modelservice.cache)."""
+from the Job and its pods (modelservice.cache.builders)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from modelservice.cache import (build_cache_status, build_download_job, cache_mount, fetch_revision, job_name)
-from modelservice.models import parse_modelcache
+from modelservice.cache.builders import (build_cache_status, build_download_job, cache_mount, fetch_revision, job_name)
+from modelservice.api.models import parse_modelcache
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 COMMIT = "a" * 40

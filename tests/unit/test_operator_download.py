@@ -1,4 +1,4 @@
-"""modelservice.download without a network: model_path, select_files (on real repository
+"""modelservice.cache.download without a network: model_path, select_files (on real repository
 listings and on hypothesis' ones), the failure reasons, the progress lines."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelservice.download import Context, Progress, classify, model_path, select_files
+from modelservice.cache.download import Context, Progress, classify, model_path, select_files
 
 # Repository listings transcribed from the Hub's file trees (main, 2025); the Hub cannot be
 # reached from the test machines.

@@ -1,7 +1,7 @@
 """The ModelService's pydantic model and its CRD schema agree, both ways.
 
 The CRD file (charts/embedding-images/files/crd-modelservices.yaml) is generated from
-modelservice.models; these tests fail when the committed file is stale, when the generator loses a
+modelservice.api.models; these tests fail when the committed file is stale, when the generator loses a
 field, default or enum, and when the API server (the schema, its defaults and its CEL rules,
 evaluated here with cel-python as the API server would) and the operator (pydantic) would judge a
 spec differently.
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from modelservice import crd, models
-from modelservice.variants import load_table
+from modelservice.api import crd, models
+from modelservice.placement.variants import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
@@ -39,7 +39,7 @@ def openapi(doc: dict) -> dict:
 
 def test_committed_crd_is_the_generated_one():
     assert CRD_FILE.read_text() == crd.render_crd(), (
-        "crd-modelservices.yaml is stale: run `python -m modelservice.crd > "
+        "crd-modelservices.yaml is stale: run `python -m modelservice.api.crd > "
         "charts/embedding-images/files/crd-modelservices.yaml`")
 
 
@@ -450,7 +450,7 @@ VALUES_ENGINE_ARGS = jsonschema.Draft7Validator(json.loads(
 @settings(max_examples=100, deadline=None)
 @given(values["engineArgs"])
 def test_values_schema_engine_args_refuse_what_the_crd_refuses(engine_args):
-    """The chart's values.schema.json (modelservice.values_schema writes its CEL rule as JSON
+    """The chart's values.schema.json (modelservice.api.values_schema writes its CEL rule as JSON
     Schema) and the CRD judge engineArgs alike, without the operator in between."""
     spec = {**BASE, "engineArgs": engine_args}
     api_ok = SPEC_VALIDATOR.is_valid(spec) and not cel_refusals(spec)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelservice import plan as planning
-from modelservice.models import parse_spec
-from modelservice.plan import PlanError, build_plan, choose_gpu_nodes, resolve_engine
+from modelservice.placement import plan as planning
+from modelservice.api.models import parse_spec
+from modelservice.placement.plan import PlanError, build_plan, choose_gpu_nodes, resolve_engine
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 

@@ -11,11 +11,11 @@ import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from modelservice import handlers
-from modelservice.kube import ApiFailure, api_failure
-from modelservice.models import parse_modelservice
-from modelservice.resources import NetworkPolicyDefaults
-from modelservice.status import recorded_plan
+from modelservice.controller import handlers
+from modelservice.controller.kube import ApiFailure, api_failure
+from modelservice.api.models import parse_modelservice
+from modelservice.placement.builders import NetworkPolicyDefaults
+from modelservice.controller.status import recorded_plan
 
 
 def deployment_status(ready: int, replicas: int = 1) -> dict:

@@ -15,11 +15,11 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from modelservice.models import ACCELERATORS, parse_modelservice, parse_spec
-from modelservice.plan import build_plan
-from modelservice.resources import (NetworkPolicyDefaults, build_children, build_deployment, build_endpoint,
+from modelservice.api.models import ACCELERATORS, parse_modelservice, parse_spec
+from modelservice.placement.plan import build_plan
+from modelservice.placement.builders import (NetworkPolicyDefaults, build_children, build_deployment, build_endpoint,
                                     build_network_policy, build_selector, build_service, drifted)
-from modelservice.variants import load_table
+from modelservice.placement.variants import load_table
 
 GOLDEN = Path(__file__).parent / "operator_golden"
 TABLE = load_table()
@@ -135,7 +135,7 @@ specs = st.fixed_dictionaries(
 def _buildable(spec: dict):
     """The plan for a spec, or None when the spec is one the operator refuses."""
     from pydantic import ValidationError
-    from modelservice.plan import PlanError
+    from modelservice.placement.plan import PlanError
     try:
         return build_plan(parse_spec(spec))
     except (PlanError, ValidationError):

@@ -10,9 +10,9 @@ import logging
 import kopf
 import pytest
 
-from modelservice import handlers
+from modelservice.controller import handlers
 from modelservice.__main__ import parse_args
-from modelservice.scope import SYSTEM_NAMESPACES, namespace_refusal
+from modelservice.controller.scope import SYSTEM_NAMESPACES, namespace_refusal
 
 
 class RecordingKube:

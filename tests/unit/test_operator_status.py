@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from modelservice.models import parse_modelservice
-from modelservice.plan import Plan, PlanError
-from modelservice.resources import contains
-from modelservice.status import (build_invalid_status, build_status, recorded_plan, status_changed,
+from modelservice.api.models import parse_modelservice
+from modelservice.placement.plan import Plan, PlanError
+from modelservice.placement.builders import contains
+from modelservice.controller.status import (build_invalid_status, build_status, recorded_plan, status_changed,
                                  unschedulable_message)
 from modelservice.__main__ import parse_args
 

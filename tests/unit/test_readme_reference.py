@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from modelservice import reference
+from modelservice.api import reference
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -19,7 +19,7 @@ DOC = ROOT / "docs" / "modelservice-reference.md"
 CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
 CACHE_CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelcaches.yaml"
 VARIANTS = yaml.safe_load((ROOT / "charts" / "embedding-images" / "files" / "variants.yaml").read_text())
-REGENERATE = "run `python -m modelservice.reference` from the repository root and commit the result"
+REGENERATE = "run `python -m modelservice.api.reference` from the repository root and commit the result"
 
 
 def section(text: str, title: str) -> str:
@@ -123,7 +123,7 @@ def test_readme_variant_table_has_every_variant_with_its_images_and_products():
 
 
 def run_generator(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modelservice.reference", "--root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "modelservice.api.reference", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=60)
 
 

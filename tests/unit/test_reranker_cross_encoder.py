@@ -24,7 +24,7 @@ from reranker.model.loader import (
     choose_backend,
 )
 from reranker.settings import Settings
-from reranker.testing import MINILM_DIR, shared_cross_encoder
+from testkit.models import MINILM_DIR, shared_cross_encoder
 
 QUERY = "what is the capital of france"
 DOCS = [

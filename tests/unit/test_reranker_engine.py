@@ -1,6 +1,6 @@
 """Parity: the engine's scores against the model card's recipe, on the same random Qwen3 model.
 
-Real architecture and real Qwen3 tokenizer, random weights (reranker/testing.py); random and
+Real architecture and real Qwen3 tokenizer, random weights (testkit/models.py); random and
 unicode queries and documents, documents long enough to be truncated, duplicates, a query that
 fills the whole budget (refused). Scores must agree within 1e-4, whatever the batching.
 """
@@ -16,7 +16,7 @@ from reranker.engine import sigmoid
 from reranker.errors import InvalidRequest
 from reranker.model.loader import TransformersEngine
 from reranker.settings import Settings
-from reranker.testing import OfficialRecipe, shared_tiny_model
+from testkit.models import OfficialRecipe, shared_tiny_model
 
 TOLERANCE = 1e-4
 # The card pads with `padding=True, max_length=...`, which transformers warns about; it is the card.

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from reranker.errors import InvalidRequest
 from reranker.model.prompt import PROMPT_PREFIX, PROMPT_SUFFIX, Qwen3Prompt
 from reranker.model.textcut import cut
-from reranker.testing import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR
+from testkit.models import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, QWEN_TOKENIZER_DIR
 
 
 @pytest.fixture(scope="module")

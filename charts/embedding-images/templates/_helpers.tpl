@@ -455,7 +455,7 @@ The cache is named like the model's ModelService. Argument: dict "root" $ "compo
 {{- end -}}
 
 {{/*
-Where the pods find a cached model: /models/<modelservice.download.model_path(model, revision)>,
+Where the pods find a cached model: /models/<modelservice.cache.download.model_path(model, revision)>,
 i.e. /models/models/<org>--<name>/<revision, each '/' as '--'> (revision main when unset, the
 ModelCache's default). Argument: the cacheSpec dict.
 */}}
@@ -464,7 +464,7 @@ ModelCache's default). Argument: the cacheSpec dict.
 {{- printf "/models/models/%s--%s/%s" $parts._0 $parts._1 (default "main" .revision | replace "/" "--") -}}
 {{- end -}}
 
-{{/* The claim of a model cache (modelservice.cache.claim_name). Argument: the cache's name. */}}
+{{/* The claim of a model cache (modelservice.cache.builders.claim_name). Argument: the cache's name. */}}
 {{- define "embedding-images.model.cacheClaim" -}}
 {{- printf "modelcache-%s" . -}}
 {{- end -}}

@@ -1,8 +1,8 @@
 """Fixtures for the gateway tests: real processes and servers on 127.0.0.1 only.
 
 Backends (session-wide): the real reranker service (`python -m reranker`) on the tiny Qwen3
-model and on the tiny MiniLM cross-encoder (reranker/testing.py), and the TEI stand-in
-(gateway/testing.py, TEI 1.9.3's OpenAPI schema) as an embedder and as a reranker.
+model and on the tiny MiniLM cross-encoder (testkit/models.py), and the TEI stand-in
+(testkit/tei.py, TEI 1.9.3's OpenAPI schema) as an embedder and as a reranker.
 `gateway(...)` starts the gateway in-process (its own event loop in a thread) over a registry
 the test fills, with settings and a scaler the test chooses.
 """
@@ -18,8 +18,9 @@ from gateway.app import create_app
 from gateway.registry import Endpoint, ModelInfo, ModelKey, Registry
 from gateway.scaling import NoScaler
 from gateway.settings import Settings
-from gateway.testing import ServerThread, TeiBehaviour, start_reranker, tei_app
-from reranker.testing import shared_cross_encoder, shared_tiny_model
+from testkit.processes import ServerThread, start_reranker
+from testkit.tei import TeiBehaviour, tei_app
+from testkit.models import shared_cross_encoder, shared_tiny_model
 
 NAMESPACE = "apps"
 
@@ -119,7 +120,7 @@ def tei_server():
 
 def dead_address() -> str:
     """A loopback port nothing listens on: connections to it are refused."""
-    from gateway.testing import free_port
+    from testkit.processes import free_port
 
     return f"127.0.0.1:{free_port()}"
 

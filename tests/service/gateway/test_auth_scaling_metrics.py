@@ -162,7 +162,7 @@ def test_ready_waits_for_the_registry_to_sync(gateway):
     from gateway.registry import Registry
     from gateway.scaling import NoScaler
     from gateway.settings import Settings
-    from gateway.testing import ServerThread
+    from testkit.processes import ServerThread
 
     registry = Registry("apps")
     server = ServerThread(create_app(Settings(), registry, NoScaler())).start()

@@ -109,7 +109,7 @@ def test_tei_rerank_with_rank_fields_and_raw_scores(backends, gateway):
     answer = httpx.post(f"{gw.url}/v1/rerank", json={
         "model": "bge-reranker", "query": "capital of France", "documents": docs,
         "rank_fields": ["title", "body"], "raw_scores": True}).json()
-    from gateway.testing import tei_rerank_score
+    from testkit.tei import tei_rerank_score
 
     assert [r["index"] for r in answer["results"]] == [1, 0]
     assert answer["results"][0]["relevance_score"] == pytest.approx(

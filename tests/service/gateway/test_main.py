@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cohere
 
-from gateway.testing import free_port, start_process, write_models_file
+from testkit.processes import free_port, start_process, write_models_file
 
 
 def test_python_m_gateway_serves_a_models_file(backends, tmp_path):

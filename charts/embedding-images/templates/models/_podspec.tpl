@@ -1,6 +1,6 @@
 {{/*
 The pod spec of a model workload without the operator: the Go-template twin of the operator's
-pod spec in operator/modelservice/resources.py. tests/chart/test_parity.py renders both from the
+pod spec in operator/modelservice/placement/builders.py. tests/chart/test_parity.py renders both from the
 same values and compares the whole Deployment and Service, less a commented list of intended
 differences, so a change here without the same change there fails the suite.
 Argument: dict "root" $ "component" name "resolved" (embedding-images.model.resolve).

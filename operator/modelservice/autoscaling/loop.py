@@ -1,5 +1,5 @@
 """The autoscaling loop: for each ModelService with spec.autoscaling enabled, read its demand
-(scrape.py), decide (autoscale.py), write spec.replicas, the status and an Event.
+(demand.py), decide (policy.py), write spec.replicas, the status and an Event.
 
 One background thread, like `handlers.Resync`: every second it looks at which ModelServices are
 due (each every spec.autoscaling.scrapeIntervalSeconds) and, for each,
@@ -28,11 +28,12 @@ from typing import Any, Callable, Mapping
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .autoscale import History, Policy, Reason, decide, observe, scaled
-from .kube import Kube
-from .models import DEFAULT_TARGET_REQUESTS, Autoscaling, parse_modelservice
-from .resources import build_selector
-from .scrape import Reading, Scraper, pod_address
+from ..api.models import DEFAULT_TARGET_REQUESTS, Autoscaling, parse_modelservice
+from ..controller.clock import now
+from ..controller.kube import Kube
+from ..placement.builders import build_selector
+from .demand import Reading, Scraper, pod_address
+from .policy import History, Policy, Reason, decide, observe, scaled
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,11 @@ class Autoscaler:
 
     def __init__(self, kube: Kube, scraper: Scraper, gateways: GatewaySource = GatewaySource(),
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], str] | None = None):
-        from .handlers import now as wall_now  # noqa: PLC0415  (handlers imports this module)
-
         self.kube = kube
         self.scraper = scraper
         self.gateways = gateways
         self.clock = clock
-        self.wall = wall or wall_now
+        self.wall = wall or now
         self._models: dict[tuple[str, str], _Model] = {}
         self._tracked: set[tuple[str, str]] = set()
         self._lock = threading.Lock()

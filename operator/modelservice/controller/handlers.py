@@ -1,8 +1,8 @@
 """Thin kopf handlers around one reconcile().
 
 * A ModelService is created, changed, or seen again after a restart: `reconcile()` validates its
-  spec once (models.parse_modelservice), plans (plan.py), builds the Deployment and Service
-  (resources.py), applies them (kube.py: server-side apply, owner references from kopf.adopt) and
+  spec once (models.parse_modelservice), plans (placement/plan.py), builds the Deployment and Service
+  (placement/builders.py), applies them (kube.py: server-side apply, owner references from kopf.adopt) and
   writes the status (status.py) only when it changed. Everything but the API calls and the clock
   is pure and takes the parsed ModelService and the Plan.
 * A ModelService gets a NetworkPolicy as a third child when its spec.networkPolicy.enabled, or
@@ -34,7 +34,6 @@ API failures are retried by kopf.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import random
 import threading
@@ -45,19 +44,47 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .autoscaler import Autoscaler, GatewaySource
+from ..api.models import (
+    GROUP,
+    MANAGER,
+    PLURAL,
+    VERSION,
+    ModelService,
+    parse_modelcache,
+    parse_modelservice,
+)
+from ..autoscaling.demand import AddressOverrides, Scraper
+from ..autoscaling.loop import Autoscaler, GatewaySource
+from ..cache.builders import cache_mount
+from ..placement.builders import (
+    SELECTOR_LABEL,
+    NetworkPolicyDefaults,
+    build_deployment,
+    build_network_policy,
+    build_selector,
+    build_service,
+    drifted,
+)
+from ..placement.plan import (
+    CACHE_MODEL_MISMATCH,
+    CACHE_NOT_FOUND,
+    CACHE_NOT_READY,
+    Plan,
+    PlanError,
+    build_plan,
+    invalid_spec,
+)
+from ..placement.variants import AUTO
+from .clock import now
 from .kube import ApiFailure, Kube, api_failure, load_config
-from .cache import cache_mount
-from .models import GROUP, MANAGER, PLURAL, VERSION, ModelService, parse_modelcache, parse_modelservice
-from .plan import (CACHE_MODEL_MISMATCH, CACHE_NOT_FOUND, CACHE_NOT_READY, Plan, PlanError, build_plan,
-                   invalid_spec)
-from .resources import (SELECTOR_LABEL, NetworkPolicyDefaults, build_deployment, build_network_policy,
-                        build_selector, build_service, drifted)
 from .scope import SYSTEM_NAMESPACES, namespace_refusal
-from .scrape import AddressOverrides, Scraper
-from .status import (build_invalid_status, build_status, recorded_plan, status_changed,
-                     unschedulable_message)
-from .variants import AUTO
+from .status import (
+    build_invalid_status,
+    build_status,
+    recorded_plan,
+    status_changed,
+    unschedulable_message,
+)
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 RETRY_NODES_S = 30
@@ -95,10 +122,6 @@ def apply_backoff(retry: int) -> float:
     return float(min(APPLY_BACKOFF_MAX_S, APPLY_BACKOFF_S * 2 ** min(retry, 16)))
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Progress in annotations only: the status belongs to the ModelService schema, which has no
@@ -119,7 +142,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval),
                          network_policy=network_policy_defaults(memo))
     memo.resync.start()
-    # The autoscaling loop (autoscaler.py); its sources from the command line (__main__).
+    # The autoscaling loop (autoscaling/loop.py); its sources from the command line (__main__).
     memo.autoscaler = Autoscaler(
         memo.kube, Scraper(AddressOverrides(memo.get("address_overrides"))),
         GatewaySource(urls=tuple(memo.get("gateway_metrics_urls") or ()),

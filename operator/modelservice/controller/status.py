@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from .cache import CacheMount
-from .models import ModelService, build_condition
-from .plan import Plan, PlanError
-from .resources import build_endpoint, build_selector
+from ..api.models import ModelService, build_condition
+from ..cache.builders import CacheMount
+from ..placement.builders import build_endpoint, build_selector
+from ..placement.plan import Plan, PlanError
 
 # Ready reasons of a status built from a plan; any other reason is a PlanError's, and such a
 # status only carries over what an earlier plan runs.
@@ -79,7 +79,7 @@ def build_status(
     status = _build_status(ms.name, ms.generation, ms.status, desired=ms.spec.replicas,
                            endpoint=build_endpoint(ms), now=now, plan=plan, error=error,
                            deployment=deployment, service_exists=service_exists, pods=pods)
-    # status.autoscaling is the autoscaler's (autoscaler.py writes it alone); kept while enabled.
+    # status.autoscaling is the autoscaler's (autoscaling/loop.py writes it alone); kept while enabled.
     if ms.spec.autoscaling is not None and ms.spec.autoscaling.enabled and "autoscaling" in ms.status:
         status["autoscaling"] = ms.status["autoscaling"]
     return status

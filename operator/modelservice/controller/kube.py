@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .models import CACHE_PLURAL, GROUP, MANAGER, PLURAL, VERSION
+from ..api.models import CACHE_PLURAL, GROUP, MANAGER, PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"   # JSON is YAML: the client sends the dict as JSON
 JSON_PATCH = "application/json-patch+json"

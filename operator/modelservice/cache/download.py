@@ -1,6 +1,6 @@
 """The ModelCache download Job: fetch one model revision from the Hub onto a volume, once.
 
-    python -m modelservice.download --model ORG/NAME [--revision REV] [--dir /models]
+    python -m modelservice.cache.download --model ORG/NAME [--revision REV] [--dir /models]
                                     [--termination-log /dev/termination-log]
 
 Env: HF_TOKEN (optional; the Secret named by the ModelCache's spec.hfTokenSecretRef),
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-log = logging.getLogger("modelservice.download")
+log = logging.getLogger("modelservice.cache.download")
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -210,9 +210,8 @@ def classify(error: BaseException, ctx: Context) -> DownloadError:
     """The reason and a message that says what to fix, for an exception of the download."""
     if isinstance(error, DownloadError):
         return error
-    from huggingface_hub import errors as hf
-
     import httpx2
+    from huggingface_hub import errors as hf
 
     what = f"{ctx.model}@{ctx.revision}"
     if ctx.token_given:
@@ -464,7 +463,7 @@ def _terminate(path: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m modelservice.download",
+        prog="python -m modelservice.cache.download",
         description="Fetch one model revision from the Hub onto the ModelCache volume.")
     parser.add_argument("--model", required=True, help="ORG/NAME")
     parser.add_argument("--revision", default="main", help="branch, tag or 40-hex commit")

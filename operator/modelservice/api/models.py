@@ -1,7 +1,7 @@
 """The ModelService resource as pydantic models: the one definition of its spec and status.
 
 The CRD's OpenAPI schema (charts/embedding-images/files/crd-modelservices.yaml) is generated from
-these models by `modelservice.crd.build_crd()`; a unit test fails when the committed file and the
+these models by `modelservice.api.crd.build_crd()`; a unit test fails when the committed file and the
 models drift apart. The CEL rules (`x-kubernetes-validations`) sit next to the pydantic
 validators that enforce the same rule in Python, so the API server refuses at `kubectl apply`
 what the operator would refuse anyway.
@@ -14,11 +14,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema,
-                      create_model, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from .variants import AUTO, CPU, load_table
+from ..placement.variants import AUTO, CPU, load_table
 
 GROUP = "serving.embedding-images.io"
 VERSION = "v1alpha1"

@@ -1,7 +1,6 @@
-"""Stand-ins and process helpers for the gateway's tests, benchmark and demo (kopf ships
-kopf/testing.py in the same spirit).
+"""The TEI stand-in, for the gateway's tests, benchmark and demo.
 
-`tei_app(kind=...)` is a TEI stand-in: an aiohttp server that implements exactly the request
+`tei_app(kind=...)` is an aiohttp server that implements exactly the request
 and response schema of TEI's published OpenAPI document, text-embeddings-inference tag v1.9.3,
 `docs/openapi.json` (the release the chart pins), for the routes the gateway uses:
 `POST /embed` (EmbedRequest -> EmbedResponse), `POST /v1/embeddings` (OpenAICompatRequest ->
@@ -12,49 +11,31 @@ RerankResponse, ranks sorted by descending score as TEI's router sorts them), `G
 over `max_client_batch_size`, 422 invalid body, 424 wrong model type. Its outputs are
 deterministic: an embedding is a sum of per-word vectors seeded by the word's hash; a rerank
 score is the number of query words in the text minus one, through a sigmoid unless
-`raw_scores`. TEI itself cannot run on these machines (no model weights, no download); this
-is what the gateway's TEI paths are tested against.
+`raw_scores`. TEI's images cannot be pulled on these machines; this is what the gateway's TEI
+paths are tested against.
 
-`ServerThread` runs an aiohttp app on a loopback port in a thread of its own;
-`start_reranker` starts the real reranker service (`python -m reranker`) on a tiny model from
-reranker/testing.py on a loopback port; `start_process` does the same for any module
-(`python -m gateway` with a models file, `python -m gateway.testing` for a TEI stand-in in a
-process of its own).
-
-`python -m gateway.testing --port N [--kind embedding|reranker] [--delay S]` serves the TEI
-stand-in.
+`start_tei_process` runs it in a process of its own (testkit/processes.py):
+`python -m testkit.tei --port N [--kind embedding|reranker] [--delay S]`.
 """
-
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
 import hashlib
-import json
 import math
-import os
-import socket
 import struct
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from .processes import BackendProcess, free_port, start_process
+
 TEI_VERSION = "1.9.3"
 TEI_OPENAPI = "text-embeddings-inference v1.9.3, docs/openapi.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the TEI stand-in ----------------------------------------------------------------------------
@@ -271,154 +252,12 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
     return app
 
 
-# --- running servers and processes ---------------------------------------------------------------
-
-
-class ServerThread:
-    """An aiohttp app served on 127.0.0.1 by an event loop in a thread of its own."""
-
-    def __init__(self, app: web.Application, port: int | None = None):
-        self.app = app
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.address = f"127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def start(self) -> "ServerThread":
-        self._thread.start()
-
-        async def up():
-            self._runner = web.AppRunner(self.app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        self.run(up())
-        return self
-
-    def run(self, coroutine, timeout: float = 60):
-        """Run a coroutine on the server's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def call(self, function, *args):
-        """Call `function(*args)` on the server's loop (registry updates) and return its result."""
-        async def call():
-            return function(*args)
-        return self.run(call())
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self.run(self._runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-@dataclass
-class BackendProcess:
-    """A server started as a process of its own on a loopback port."""
-
-    process: subprocess.Popen
-    port: int
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path | None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            detail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{process.args} exited with {process.returncode}: {detail}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not healthy after {timeout} s")
-
-
-def start_process(
-    module: str,
-    env: dict[str, str],
-    port: int,
-    *,
-    args: tuple[str, ...] = (),
-    log: Path | None = None,
-    timeout: float = 180,
-    health_url: str | None = None,
-) -> BackendProcess:
-    """`python -m <module> <args>` with `env` added to this one's, waited for until
-    `<url>/health` (or `health_url`) answers 200."""
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args], env={**os.environ, **env},
-        stdout=out, stderr=subprocess.STDOUT,
-    )
-    backend = BackendProcess(process, port, log)
-    try:
-        wait_healthy(health_url or backend.url, process, timeout, log)
-    except BaseException:
-        backend.stop()
-        raise
-    return backend
-
-
-def start_reranker(
-    model_dir: str | os.PathLike,
-    *,
-    port: int | None = None,
-    env: dict[str, str] | None = None,
-    log: Path | None = None,
-    timeout: float = 180,
-) -> BackendProcess:
-    """The real reranker service (`python -m reranker`) on `model_dir` (a tiny model from
-    reranker.testing), on 127.0.0.1, offline, one torch thread; `env` adds or overrides
-    RERANKER_* settings."""
-    port = port or free_port()
-    settings = {
-        "RERANKER_MODEL": str(model_dir),
-        "RERANKER_HOST": "127.0.0.1",
-        "RERANKER_PORT": str(port),
-        "RERANKER_DEVICE": "cpu",
-        "RERANKER_THREADS": "1",
-        "RERANKER_LOG_LEVEL": "warning",
-        "HF_HUB_OFFLINE": "1",
-        **(env or {}),
-    }
-    return start_process("reranker", settings, port, log=log, timeout=timeout)
-
-
 def start_tei_process(kind: str = "embedding", *, port: int | None = None,
                       log: Path | None = None) -> BackendProcess:
     """The TEI stand-in in a process of its own (the benchmark's fast backend)."""
     port = port or free_port()
-    return start_process("gateway.testing", {}, port, args=("--port", str(port), "--kind", kind),
+    return start_process("testkit.tei", {}, port, args=("--port", str(port), "--kind", kind),
                          log=log, timeout=60)
-
-
-def write_models_file(path: Path, models: list[dict[str, Any]]) -> Path:
-    """A GATEWAY_MODELS_FILE (registry.load_models_file's format)."""
-    path.write_text(json.dumps({"models": models}))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import kubernetes
 
 from .podrunner import LocalPodRunner
-from .testing import BackendProcess, free_port, start_process
+from .processes import BackendProcess, free_port, start_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,14 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelService, ModelServiceSpec, parse_modelservice
-from .cache import MOUNT_PATH
+from ..api.models import (
+    DEFAULT_HF_TOKEN_KEY,
+    MANAGER,
+    ModelService,
+    ModelServiceSpec,
+    parse_modelservice,
+)
+from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"

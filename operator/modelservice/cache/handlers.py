@@ -24,12 +24,27 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .cache import (CACHE_LABEL, build_cache_status, build_claim, build_download_job, claim_name, is_complete,
-                    job_name)
-from .handlers import ApplyFailed, network_policy_defaults, reconcile
-from .kube import Kube, api_failure
-from .models import CACHE_PLURAL, GROUP, PLURAL, VERSION, ModelCache, build_condition, parse_modelcache
-from .scope import SYSTEM_NAMESPACES, namespace_refusal
+from ..api.models import (
+    CACHE_PLURAL,
+    GROUP,
+    PLURAL,
+    VERSION,
+    ModelCache,
+    build_condition,
+    parse_modelcache,
+)
+from ..controller.handlers import ApplyFailed, network_policy_defaults, reconcile
+from ..controller.kube import Kube, api_failure
+from ..controller.scope import SYSTEM_NAMESPACES, namespace_refusal
+from .builders import (
+    CACHE_LABEL,
+    build_cache_status,
+    build_claim,
+    build_download_job,
+    claim_name,
+    is_complete,
+    job_name,
+)
 
 log = logging.getLogger(__name__)
 # What a ModelService pod mounts from a cache: a change rolls the users.

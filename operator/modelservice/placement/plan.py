@@ -40,8 +40,8 @@ from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
 
-from .cache import CacheMount
-from .models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS, ModelServiceSpec
+from ..api.models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS, ModelServiceSpec
+from ..cache.builders import CacheMount
 from .variants import AUTO, CPU, Variant, VariantTable, load_table
 
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -1,7 +1,7 @@
 """The children and the status of a ModelCache, built purely.
 
 A ModelCache owns a PersistentVolumeClaim (`build_claim`) and, while its revision is not complete
-on the volume, a download Job (`build_download_job`) that runs `python -m modelservice.download`
+on the volume, a download Job (`build_download_job`) that runs `python -m modelservice.cache.download`
 (download.py) from the operator's own image. The Job writes what it fetched (commit, bytes, files)
 or why it failed into its container's termination message; `build_cache_status` reads it back
 from the Job's pods. The volume's layout is download.py's: `model_path(model, revision)` under
@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ..api.models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelCache, build_condition
 from .download import model_path
-from .models import DEFAULT_HF_TOKEN_KEY, MANAGER, ModelCache, build_condition
 
 CACHE_LABEL = "serving.embedding-images.io/modelcache"
 MOUNT_PATH = "/models"
@@ -139,7 +139,7 @@ def build_download_job(cache: ModelCache, *, image: str, hf_endpoint: str | None
     container = {
         "name": CONTAINER,
         "image": image,
-        "command": ["python", "-m", "modelservice.download"],
+        "command": ["python", "-m", "modelservice.cache.download"],
         "args": ["--model", spec.model, "--revision", fetch_revision(cache), "--dir", MOUNT_PATH],
         "env": env,
         "resources": copy.deepcopy(JOB_RESOURCES),

@@ -1,5 +1,5 @@
-"""Test-only: a local stand-in for the Hugging Face Hub, for the download Job's tests (kopf ships
-kopf/testing.py in the same spirit; not used by the operator itself).
+"""A local stand-in for the Hugging Face Hub, for the download Job's tests (never used by the
+operator itself).
 
 The Hub cannot be reached from the test machines, so `HubServer` serves local files as model
 repositories over plain HTTP on 127.0.0.1, in the Hub's published URL layout, implementing what

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
-from .plan import PlanError
+from ..placement.plan import PlanError
 
 SYSTEM_NAMESPACES: tuple[str, ...] = ("kube-system", "kube-public", "kube-node-lease")
 REFUSED_REASON = "NamespaceRefused"
