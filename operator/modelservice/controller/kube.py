@@ -100,6 +100,10 @@ class Kube:
             return _json(self.core.patch_namespaced_persistent_volume_claim(**kwargs))
         if obj["kind"] == "Job":
             return _json(self.batch.patch_namespaced_job(**kwargs))
+        if obj["kind"] == "ResourceClaimTemplate":
+            return _json(self.custom.patch_namespaced_custom_object(
+                "resource.k8s.io", "v1", meta["namespace"], "resourceclaimtemplates", meta["name"], dict(obj),
+                field_manager=MANAGER, force=True, _content_type=APPLY, _preload_content=False))
         raise ValueError(f"the operator does not apply {obj['kind']}")
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -165,6 +169,20 @@ class Kube:
                 self.core.delete_namespaced_persistent_volume_claim(name, namespace, body=body)
             else:
                 raise ValueError(f"the operator does not delete {kind}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def list_claim_templates(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The ResourceClaimTemplates of one ModelService (`selector`: its pod selector)."""
+        return self.custom.list_namespaced_custom_object(
+            "resource.k8s.io", "v1", namespace, "resourceclaimtemplates", label_selector=selector).get("items", [])
+
+    def delete_claim_template(self, namespace: str, name: str) -> None:
+        """Deletes a ResourceClaimTemplate (claims made from it stay with their pods); gone is fine."""
+        try:
+            self.custom.delete_namespaced_custom_object("resource.k8s.io", "v1", namespace,
+                                                        "resourceclaimtemplates", name)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -27,6 +27,7 @@ from ..api.models import (
 )
 from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
+from .sharing import share_pod
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
@@ -199,7 +200,7 @@ def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         memory = reranker_memory(spec, plan)
         resources.setdefault("requests", {})["memory"] = memory
         resources.setdefault("limits", {})["memory"] = memory
-    if plan.gpu_count:
+    if plan.gpu_count and plan.share is None:  # a share is asked for by share_pod instead
         resources.setdefault("limits", {})[GPU_RESOURCE] = plan.gpu_count
     return resources
 
@@ -249,6 +250,8 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         if affinity:
             pod["affinity"] = affinity
     pod["containers"] = [container]
+    if plan.share is not None:
+        share_pod(pod, plan.share)
     cache = spec.cache
     if cache is not None and cache.existing_claim:
         cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": cache.existing_claim}}
