@@ -185,3 +185,69 @@ def test_shares_the_api_refuses_name_the_field(cluster, operator, ns, spec, fiel
     with pytest.raises(KubectlError) as refused:
         cluster.apply(body, ns)
     assert field in str(refused.value) and words in str(refused.value)
+
+
+# --- the device plugin's shared resource ----------------------------------------------------------
+
+SHARED = "nvidia.com/gpu.shared"
+MEMORY = "serving.embedding-images.io/gpu-memory-mib"
+
+
+def _node_resources(cluster: Cluster, node: str, op: str, values: dict[str, str]) -> None:
+    patch = [{"op": op, "path": f"/status/{part}/{name.replace('/', '~1')}", **({"value": v} if op == "add" else {})}
+             for name, v in values.items() for part in ("capacity", "allocatable")]
+    cluster.kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch),
+                    check=op == "add")
+
+
+@pytest.fixture(scope="module")
+def plugin_operator(cluster: Cluster, gpu_nodes: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """An operator with --gpu-sharing=devicePlugin (namespaces gpushdp-*), and the L4 node
+    advertising 8 time-slicing replicas of its GPU as the device plugin does with
+    renameByDefault (nvidia.com/gpu.shared)."""
+    for path in CRD_FILES:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    _node_resources(cluster, "gpu-l4", "add", {SHARED: "8"})
+    op = Operator(cluster, tmp_path_factory.mktemp("operator-dp") / "operator.log", namespace="gpushdp-*",
+                  env={"MODELSERVICE_GPU_SHARING": "devicePlugin"})
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        _node_resources(cluster, "gpu-l4", "remove", {SHARED: "", MEMORY: ""})
+
+
+@pytest.fixture
+def dp_ns(cluster: Cluster) -> Iterator[str]:
+    name = f"gpushdp-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "modelservices", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_the_device_plugin_mode_packs_by_the_operators_memory_accounting(cluster, plugin_operator, dp_ns):
+    op, ns = plugin_operator, dp_ns
+    small = estimate_memory(BGE_SMALL, "tei").total_mib
+    rerank = estimate_memory(RERANKER, "reranker").total_mib
+    for i in range(6):
+        cluster.apply(shared(f"bge-{i}", BGE_SMALL, L4), ns)
+    cluster.apply(shared("rerank", RERANKER, L4, task="rerank"), ns)
+    for name in [*(f"bge-{i}" for i in range(6)), "rerank"]:
+        wait_reason(cluster, ns, name, "AllReplicasReady", op)
+    node = cluster.get("node", "gpu-l4")
+    assert node["status"]["allocatable"][MEMORY] == "23034"  # the L4's memory, advertised by the operator
+    running = cluster.get("pods", "-n", ns)["items"]
+    assert {p["spec"]["nodeName"] for p in running} == {"gpu-l4"}
+    limits = sorted(int(p["spec"]["containers"][0]["resources"]["limits"][MEMORY]) for p in running)
+    assert limits == sorted([small] * 6 + [rerank])
+    assert all(p["spec"]["containers"][0]["resources"]["limits"][SHARED] == "1" for p in running)
+
+    free = 23034 - sum(limits)
+    cluster.apply(shared("big", "BAAI/bge-m3", L4, memory=f"{free + 512}Mi"), ns)
+    pending = wait_reason(cluster, ns, "big", "Unschedulable", op)
+    ready = next(c for c in pending["status"]["conditions"] if c["type"] == "Ready")
+    assert f"Insufficient {MEMORY}" in ready["message"]
+    cluster.kubectl("delete", "modelservice", "bge-0", "-n", ns, "--wait=true", "--timeout=60s")
+    wait_reason(cluster, ns, "big", "AllReplicasReady", op)

@@ -16,10 +16,12 @@ from modelservice.placement.plan import PlanError, build_plan, choose_gpu_nodes
 from modelservice.placement.sharing import (
     GPU_MEMORY_UNKNOWN,
     GPU_SHARING_OFF,
+    MEMORY_RESOURCE,
     SHARED_RESOURCE,
     SharingMechanism,
     SharingRefused,
     build_claim_template,
+    memory_to_advertise,
     plan_share,
 )
 from modelservice.placement.builders import build_labels
@@ -126,12 +128,25 @@ def test_the_status_shows_the_share_and_the_plan_reads_it_back():
     assert back == plan
 
 
-def test_the_device_plugin_mode_asks_for_the_shared_resource():
+def test_the_device_plugin_mode_asks_for_the_shared_resource_and_its_memory():
     ms = shared()
-    pod = pod_of(build_deployment(ms, planned(ms, SharingMechanism.DEVICE_PLUGIN)))
+    plan = planned(ms, SharingMechanism.DEVICE_PLUGIN)
+    pod = pod_of(build_deployment(ms, plan))
     (container,) = pod["containers"]
-    assert container["resources"]["limits"] == {SHARED_RESOURCE: 1}
+    assert container["resources"]["limits"] == {SHARED_RESOURCE: 1, MEMORY_RESOURCE: plan.share.memory_mib}
     assert "resourceClaims" not in pod
+
+
+def test_the_memory_a_shared_gpu_node_advertises():
+    plain = l4_node()
+    shared_l4 = l4_node("l4-shared")
+    shared_l4["status"]["allocatable"][SHARED_RESOURCE] = "8"
+    h100 = l4_node("h100", gpus=8, memory="81559")
+    h100["metadata"]["labels"]["nvidia.com/gpu.count"] = "8"
+    h100["status"]["allocatable"] = {SHARED_RESOURCE: "64"}
+    assert memory_to_advertise([plain, shared_l4, h100]) == {"l4-shared": 23034, "h100": 8 * 81559}
+    shared_l4["status"]["allocatable"][MEMORY_RESOURCE] = "23034"
+    assert memory_to_advertise([shared_l4]) == {}  # advertised already: nothing to write
 
 
 def test_refusals_name_what_to_do():
@@ -150,6 +165,11 @@ def test_planning_counts_shares_per_gpu_by_its_memory():
     assert choose_gpu_nodes(one_l4, gpu_count=1, replicas=7, share_mib=3000) is not None   # 23034 // 3000 = 7
     assert choose_gpu_nodes(one_l4, gpu_count=1, replicas=8, share_mib=3000) is None
     assert choose_gpu_nodes(one_l4, gpu_count=1, replicas=2) is None                         # whole GPUs
+    # A DRA node runs no device plugin: its GPUs are GFD's count.
+    dra_l4 = l4_node(gpus=0)
+    dra_l4["metadata"]["labels"]["nvidia.com/gpu.count"] = "2"
+    assert choose_gpu_nodes([dra_l4], gpu_count=1, replicas=14, share_mib=3000) is not None
+    assert choose_gpu_nodes([dra_l4], gpu_count=1, replicas=1) is None
     big = parse_modelservice({"metadata": {"name": "big", "namespace": "ns"}, "spec": {
         "task": "embed", "model": "BAAI/bge-m3", "replicas": 8, "gpu": {"sharing": {"mode": "Shared"}}}})
     with pytest.raises(PlanError, match="share"):

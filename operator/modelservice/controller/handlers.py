@@ -77,10 +77,12 @@ from ..placement.plan import (
     resolve_engine,
 )
 from ..placement.sharing import (
+    MEMORY_RESOURCE,
     GpuShare,
     SharingMechanism,
     SharingRefused,
     build_claim_template,
+    memory_to_advertise,
     plan_share,
     wants_share,
 )
@@ -289,6 +291,18 @@ def ensure_claim_template(kube: Kube, body: Mapping[str, Any], ms: ModelService,
         repair(kube, body, desired, None, logger)
 
 
+def advertise_gpu_memory(kube: Kube, nodes: list[dict[str, Any]],
+                         logger: logging.Logger | logging.LoggerAdapter) -> list[dict[str, Any]]:
+    """The device-plugin mode's memory accounting: puts each shared-GPU node's GPU memory in its
+    MEMORY_RESOURCE capacity where it is missing or stale (the scheduler then packs the pods'
+    requests of it); returns the nodes as they now are."""
+    stale = memory_to_advertise(nodes)
+    for name, mib in stale.items():
+        logger.info("node %s: advertising %s=%d (its GPUs' memory, MiB)", name, MEMORY_RESOURCE, mib)
+        kube.advertise_node_resource(name, MEMORY_RESOURCE, mib)
+    return kube.list_nodes() if stale else nodes
+
+
 def gpu_share(kube: Kube, ms: ModelService, mechanism: SharingMechanism) -> GpuShare | None:
     """The share of one GPU each pod takes (None: whole GPUs), from the spec, the estimate and,
     with a ModelCache, the bytes of its complete revision. PlanError when it cannot be planned."""
@@ -368,8 +382,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from exc
     nodes = kube.list_nodes() if ms.spec.accelerator == AUTO else None
     try:
-        plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"),
-                          share=gpu_share(kube, ms, sharing))
+        share = gpu_share(kube, ms, sharing)
+        if share is not None and share.mechanism == "DevicePlugin":
+            nodes = advertise_gpu_memory(kube, nodes if nodes is not None else kube.list_nodes(), logger)
+        plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"), share=share)
     except PlanError as error:
         plan_failed(kube, ms, error, RETRY_NODES_S)
     try:

@@ -193,6 +193,14 @@ class Kube:
             GROUP, VERSION, namespace, CACHE_PLURAL, name, [{"op": "add", "path": "/status", "value": dict(status)}],
             _content_type=JSON_PATCH, _preload_content=False)
 
+    def advertise_node_resource(self, name: str, resource: str, value: int) -> None:
+        """Sets an extended resource's capacity and allocatable on a node's status (a JSON patch,
+        as the API documents for advertising one; a kubelet would copy the capacity to allocatable
+        itself, a simulated node has none)."""
+        key = resource.replace("~", "~0").replace("/", "~1")
+        self.core.patch_node_status(name, [{"op": "add", "path": f"/status/{part}/{key}", "value": str(value)}
+                                           for part in ("capacity", "allocatable")])
+
     def list_nodes(self) -> list[dict[str, Any]]:
         return _json(self.core.list_node(_preload_content=False)).get("items", [])
 

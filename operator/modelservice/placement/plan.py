@@ -210,6 +210,11 @@ def choose_gpu_nodes(
         if product is not None and labels.get(LABEL_PRODUCT) != product:
             continue
         gpus = _allocatable_gpus(node)
+        if share_mib and not gpus:
+            # Shared GPUs need not be nvidia.com/gpu: DRA nodes run no device plugin, and the
+            # plugin's renamed shared resource replaces it. GFD counts them either way.
+            count = labels.get("nvidia.com/gpu.count", "")
+            gpus = int(count) if count.isdigit() else 0
         capability = node_capability(node, table)
         if gpus < gpu_count or capability is None or table.for_capability(capability) is None:
             continue

@@ -25,9 +25,14 @@ How a cluster shares GPUs is the operator's setting (`--gpu-sharing`, chart `ope
   exactly like any pod, and nothing in the operator counts memory.
 
 * ``devicePlugin``: the classic device plugin's shared resource (``nvidia.com/gpu.shared``,
-  time-slicing or MPS replicas of each GPU): each pod requests one unit of it. The plugin's
-  replicas carry no memory, so the operator admits a share only where its memory accounting per
-  GPU node says it fits (not built yet: see the operator README).
+  time-slicing or MPS replicas of each GPU, ``renameByDefault: true``): each pod requests one unit
+  of it. The plugin's replicas carry no memory, so the operator keeps the memory accounting per
+  GPU node in a second extended resource, ``MEMORY_RESOURCE`` (MiB): it advertises on every node
+  that offers ``nvidia.com/gpu.shared`` its GPUs' memory (GFD's ``nvidia.com/gpu.memory`` x
+  ``nvidia.com/gpu.count``) as that resource's capacity, and each pod requests its share of it,
+  so the kube-scheduler packs by memory per node here too. Per node, not per GPU: on a node of
+  several GPUs the plugin hands out replicas without regard to memory, so the shares of one
+  node may not split across its GPUs as they would fit.
 
 * ``off``: a ModelService asking for a share is refused (reason ``GPUSharingOff``).
 """
@@ -37,7 +42,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from kubernetes.utils import parse_quantity
 
@@ -53,6 +58,9 @@ GPU_CONFIG_KIND = "GpuConfig"
 DEFAULT_STRATEGY = "MPS"
 CLAIM_NAME = "gpu"                       # the pod's name of its claim, and the claim's request
 SHARED_RESOURCE = "nvidia.com/gpu.shared"
+MEMORY_RESOURCE = "serving.embedding-images.io/gpu-memory-mib"  # devicePlugin: GPU memory, MiB
+LABEL_MEMORY = "nvidia.com/gpu.memory"
+LABEL_COUNT = "nvidia.com/gpu.count"
 
 
 class SharingMechanism(str, Enum):
@@ -201,4 +209,29 @@ def share_pod(pod: dict[str, Any], share: GpuShare) -> None:
         pod["resourceClaims"] = [{"name": CLAIM_NAME, "resourceClaimTemplateName": share.claim_template}]
         resources["claims"] = [{"name": CLAIM_NAME}]
     else:
-        resources.setdefault("limits", {})[SHARED_RESOURCE] = 1
+        limits = resources.setdefault("limits", {})
+        limits[SHARED_RESOURCE] = 1
+        limits[MEMORY_RESOURCE] = share.memory_mib
+
+
+def node_memory_mib(node: Mapping[str, Any]) -> int | None:
+    """The GPU memory (MiB) a node offers to device-plugin shares: its GPUs' memory (GFD labels)
+    when it advertises the shared resource, else None."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    memory, count = labels.get(LABEL_MEMORY, ""), labels.get(LABEL_COUNT, "1")
+    if str(allocatable.get(SHARED_RESOURCE, "0")) in ("", "0") or not memory.isdigit() or not count.isdigit():
+        return None
+    return int(memory) * int(count)
+
+
+def memory_to_advertise(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Nodes whose advertised MEMORY_RESOURCE capacity is missing or differs from what their GPUs
+    hold: name -> MiB."""
+    out = {}
+    for node in nodes:
+        want = node_memory_mib(node)
+        have = ((node.get("status") or {}).get("allocatable") or {}).get(MEMORY_RESOURCE)
+        if want is not None and str(have) != str(want):
+            out[node["metadata"]["name"]] = want
+    return out
