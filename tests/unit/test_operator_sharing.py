@@ -29,6 +29,7 @@ from modelservice.placement.builders import build_labels
 from test_operator_resources import GOLDEN
 
 NOW = "2026-12-07T06:00:00Z"
+BGE = "BAAI/bge-small-en-v1.5"
 
 
 def l4_node(name="gpu-l4", gpus=1, memory="23034"):
@@ -82,6 +83,27 @@ def test_dra_pods_take_a_claim_and_no_whole_gpu():
     # Still pinned to the architecture its image runs on, and tolerating the GPU taint.
     assert pod["nodeSelector"] == {"nvidia.com/gpu.compute.major": "8", "nvidia.com/gpu.compute.minor": "9"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_shared_pods_prefer_nodes_that_already_run_shares():
+    """The scheduler's default scoring sees no GPU memory: the pods' preference for nodes with
+    shares is what fills one node's GPUs before the next node's."""
+    ms = shared()
+    deployment = build_deployment(ms, planned(ms))
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["serving.embedding-images.io/gpu-sharing"] == "Shared"
+    assert "serving.embedding-images.io/gpu-sharing" not in deployment["spec"]["selector"]["matchLabels"]
+    (term,) = pod_of(deployment)["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {
+        "labelSelector": {"matchLabels": {"serving.embedding-images.io/gpu-sharing": "Shared"}},
+        "namespaceSelector": {}, "topologyKey": "kubernetes.io/hostname"}
+    # The user's own affinity stays, the preference is added to it.
+    own = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}}]}}
+    mine = parse_modelservice({"metadata": {"name": "z", "namespace": "ns"}, "spec": {
+        "task": "embed", "model": BGE, "affinity": own, "gpu": {"sharing": {"mode": "Shared"}}}})
+    affinity = pod_of(build_deployment(mine, planned(mine)))["affinity"]
+    assert affinity["nodeAffinity"] == own["nodeAffinity"] and "podAffinity" in affinity
 
 
 def test_the_claim_template_asks_the_nvidia_driver_for_the_estimated_memory():

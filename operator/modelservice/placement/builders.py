@@ -27,7 +27,7 @@ from ..api.models import (
 )
 from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
-from .sharing import share_pod
+from .sharing import share_labels, share_pod
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
@@ -277,7 +277,7 @@ def build_deployment(ms: ModelService, plan: Plan) -> dict[str, Any]:
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": build_selector_labels(ms.name)},
             "template": {
-                "metadata": {"labels": dict(metadata["labels"])},
+                "metadata": {"labels": {**metadata["labels"], **share_labels(plan.share)}},
                 "spec": build_pod_spec(ms.spec, plan),
             },
         },

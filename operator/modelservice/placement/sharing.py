@@ -58,6 +58,13 @@ GPU_CONFIG_KIND = "GpuConfig"
 DEFAULT_STRATEGY = "MPS"
 CLAIM_NAME = "gpu"                       # the pod's name of its claim, and the claim's request
 SHARED_RESOURCE = "nvidia.com/gpu.shared"
+# The label of pods that share GPUs, and their preference for nodes that already run such pods:
+# the kube-scheduler's default scoring (NodeResourcesFit on CPU and memory) sees nothing of GPU
+# memory, and on nodes as large as GPU nodes it scores them all alike, so pods would land on any
+# node with room and start a new GPU there. Preferring nodes with shares fills one node's GPUs
+# (first fit, device by device, within a node) before opening the next node's.
+SHARE_LABEL = "serving.embedding-images.io/gpu-sharing"
+PACKING_WEIGHT = 100
 MEMORY_RESOURCE = "serving.embedding-images.io/gpu-memory-mib"  # devicePlugin: GPU memory, MiB
 LABEL_MEMORY = "nvidia.com/gpu.memory"
 LABEL_COUNT = "nvidia.com/gpu.count"
@@ -200,11 +207,22 @@ def build_claim_template(name: str, namespace: str | None, labels: Mapping[str, 
     }
 
 
+def share_labels(share: GpuShare | None) -> dict[str, str]:
+    """The labels of the pods of a share (none for whole GPUs)."""
+    return {SHARE_LABEL: "Shared"} if share is not None else {}
+
+
 def share_pod(pod: dict[str, Any], share: GpuShare) -> None:
     """Gives a pod spec (its one container) its share instead of whole GPUs: a claim from the
     template (DRA), or one unit of the device plugin's shared resource."""
     container = pod["containers"][0]
     resources = container.setdefault("resources", {})
+    preferred = (pod.setdefault("affinity", {}).setdefault("podAffinity", {})
+                 .setdefault("preferredDuringSchedulingIgnoredDuringExecution", []))
+    preferred.append({"weight": PACKING_WEIGHT, "podAffinityTerm": {
+        "labelSelector": {"matchLabels": {SHARE_LABEL: "Shared"}},
+        "namespaceSelector": {},          # shares of every namespace
+        "topologyKey": "kubernetes.io/hostname"}})
     if share.mechanism == "DRA":
         pod["resourceClaims"] = [{"name": CLAIM_NAME, "resourceClaimTemplateName": share.claim_template}]
         resources["claims"] = [{"name": CLAIM_NAME}]
