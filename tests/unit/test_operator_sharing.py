@@ -106,6 +106,16 @@ def test_shared_pods_prefer_nodes_that_already_run_shares():
     assert affinity["nodeAffinity"] == own["nodeAffinity"] and "podAffinity" in affinity
 
 
+def test_the_reranker_caps_its_allocator_at_its_share_less_the_cuda_context():
+    rerank = shared(model="Qwen/Qwen3-Reranker-0.6B", task="rerank", name="rr")
+    plan = planned(rerank)
+    env = {e["name"]: e.get("value") for e in pod_of(build_deployment(rerank, plan))["containers"][0]["env"]}
+    assert env["RERANKER_GPU_MEMORY_MIB"] == str(plan.share.memory_mib - 512)
+    tei = shared()
+    env = {e["name"] for e in pod_of(build_deployment(tei, planned(tei)))["containers"][0]["env"]}
+    assert "RERANKER_GPU_MEMORY_MIB" not in env
+
+
 def test_the_claim_template_asks_the_nvidia_driver_for_the_estimated_memory():
     ms = shared()
     plan = planned(ms)

@@ -27,7 +27,7 @@ from ..api.models import (
 )
 from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
-from .sharing import share_labels, share_pod
+from .sharing import share_env, share_labels, share_pod
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
@@ -172,6 +172,7 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
             if ea.api_key_secret_ref is not None:
                 env.append(_secret_env("RERANKER_API_KEY", ea.api_key_secret_ref))
         env.append({"name": "HF_HOME", "value": CACHE_PATH})
+    env += share_env(plan.share, plan.engine)
     if plan.cache is not None:
         # Every file is on the read-only volume: the pods never ask the Hub for anything.
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})

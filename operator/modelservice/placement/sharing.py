@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping
 from kubernetes.utils import parse_quantity
 
 from ..api.models import ModelServiceSpec
-from .estimate import MIB, estimate_memory
+from .estimate import CUDA_CONTEXT_MIB, MIB, estimate_memory
 
 # The NVIDIA DRA driver's names (k8s-dra-driver-gpu): its driver and DeviceClass, the opaque
 # config's API and kind, and the memory capacity its ResourceSlices publish per GPU device.
@@ -210,6 +210,14 @@ def build_claim_template(name: str, namespace: str | None, labels: Mapping[str, 
 def share_labels(share: GpuShare | None) -> dict[str, str]:
     """The labels of the pods of a share (none for whole GPUs)."""
     return {SHARE_LABEL: "Shared"} if share is not None else {}
+
+
+def share_env(share: GpuShare | None, engine: str) -> list[dict[str, str]]:
+    """The engine's own cap from the share: the reranker's allocator may hold the share less the
+    CUDA context (RERANKER_GPU_MEMORY_MIB); TEI has no such setting."""
+    if share is None or engine != "reranker":
+        return []
+    return [{"name": "RERANKER_GPU_MEMORY_MIB", "value": str(max(share.memory_mib - CUDA_CONTEXT_MIB, 256))}]
 
 
 def share_pod(pod: dict[str, Any], share: GpuShare) -> None:
