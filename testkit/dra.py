@@ -6,7 +6,7 @@ The driver (github.com/NVIDIA/k8s-dra-driver-gpu) installs the DeviceClass ``gpu
 (selecting its devices of type ``gpu``) and, per node, a ResourceSlice of driver ``gpu.nvidia.com``
 with one device per GPU named ``gpu-<minor>``, whose attributes include ``type``, ``uuid``,
 ``productName``, ``brand``, ``architecture``, ``cudaComputeCapability`` and ``driverVersion``,
-and whose capacity ``memory`` is the GPU's memory in bytes (cmd/gpu-kubelet-plugin/deviceinfo.go,
+and whose capacity ``memory`` is the GPU's memory in bytes (its kubelet plugin's deviceinfo.go,
 `GetDevice`). What this module adds: ``allowMultipleAllocations: true`` on each device, so that
 several claims may take parts of its ``memory`` capacity (KEP-5075, DRAConsumableCapacity).
 The released driver does not publish that yet; this is the shape the kube-scheduler packs by.

@@ -206,3 +206,28 @@ def test_planning_counts_shares_per_gpu_by_its_memory():
         "task": "embed", "model": "BAAI/bge-m3", "replicas": 8, "gpu": {"sharing": {"mode": "Shared"}}}})
     with pytest.raises(PlanError, match="share"):
         planned(big)
+
+
+class CacheKube:
+    """The one read gpu_share makes: the ModelCache named by the spec, with its status."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def get_modelcache(self, namespace, name):
+        return {"metadata": {"name": name, "namespace": namespace}, "status": self.status}
+
+
+def test_a_modelcaches_bytes_size_the_share_of_its_users():
+    from modelservice.controller.handlers import gpu_share
+    body = {"metadata": {"name": "secret", "namespace": "ns"}, "spec": {
+        "task": "embed", "model": "acme/secret-encoder", "cache": {"modelCache": "secret"},
+        "gpu": {"sharing": {"mode": "Shared"}}}}
+    ms = parse_modelservice(body)
+    with pytest.raises(PlanError) as unknown:  # a cache with no complete revision says nothing yet
+        gpu_share(CacheKube({}), ms, SharingMechanism.DRA)
+    assert unknown.value.reason == GPU_MEMORY_UNKNOWN
+    small = gpu_share(CacheKube({"bytes": 200_000_000}), ms, SharingMechanism.DRA)
+    large = gpu_share(CacheKube({"bytes": 2_000_000_000}), ms, SharingMechanism.DRA)
+    assert small.source == "Estimate" and large.memory_mib > small.memory_mib
+    assert small.estimate.startswith(f"weights {-(-200_000_000 // (1024 * 1024))} ")
