@@ -226,7 +226,7 @@ def test_a_modelcaches_bytes_size_the_share_of_its_users():
     ms = parse_modelservice(body)
     with pytest.raises(PlanError) as unknown:  # a cache with no complete revision says nothing yet
         gpu_share(CacheKube({}), ms, SharingMechanism.DRA)
-    assert unknown.value.reason == GPU_MEMORY_UNKNOWN
+    assert unknown.value.reason == GPU_MEMORY_UNKNOWN and unknown.value.retry
     small = gpu_share(CacheKube({"bytes": 200_000_000}), ms, SharingMechanism.DRA)
     large = gpu_share(CacheKube({"bytes": 2_000_000_000}), ms, SharingMechanism.DRA)
     assert small.source == "Estimate" and large.memory_mib > small.memory_mib

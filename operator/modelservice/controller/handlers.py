@@ -318,7 +318,8 @@ def gpu_share(kube: Kube, ms: ModelService, mechanism: SharingMechanism) -> GpuS
     try:
         return plan_share(ms.name, ms.spec, engine, mechanism, cache_bytes)
     except SharingRefused as refused:
-        raise PlanError(refused.reason, refused.message) from None
+        # With a ModelCache still downloading, its bytes will size the share: retried.
+        raise PlanError(refused.reason, refused.message, retry=ref is not None) from None
 
 
 def with_cache(kube: Kube, ms: ModelService, plan: Plan) -> Plan:
