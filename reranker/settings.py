@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         "to the OS (glibc): spares CPU passes the page faults that cost them about a quarter of "
         "their time; the RSS then stays near its high-water mark between passes.",
     )
+    gpu_memory_mib: int | None = Field(
+        None,
+        ge=1,
+        description="On CUDA: the most device memory (MiB) torch's allocator may hold, set with "
+        "torch.cuda.set_per_process_memory_fraction; a pass that would need more fails with CUDA "
+        "out-of-memory instead of taking memory from the GPU's other tenants. The CUDA context "
+        "is outside it. The operator sets it from the pod's GPU share; unset: no cap.",
+    )
     log_level: str = Field("info", description="uvicorn log level.")
 
     @model_validator(mode="after")

@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cache.add_argument("--hf-endpoint", metavar="URL", default=os.environ.get("MODELSERVICE_HF_ENDPOINT"),
                        help="the Hub the download Jobs fetch from (their HF_ENDPOINT), e.g. a mirror; "
                             "unset: huggingface.co (env MODELSERVICE_HF_ENDPOINT)")
+    parser.add_argument("--gpu-sharing", choices=("dra", "devicePlugin", "off"),
+                        default=os.environ.get("MODELSERVICE_GPU_SHARING", "dra"),
+                        help="how a ModelService with gpu.sharing.mode Shared asks for its share of a "
+                             "GPU: dra (a ResourceClaim per pod with a memory capacity request, "
+                             "NVIDIA DRA driver), devicePlugin (nvidia.com/gpu.shared), or off "
+                             "(refused); env MODELSERVICE_GPU_SHARING (default dra)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     return parser.parse_args(argv)
 
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import handlers as cache_handlers  # noqa: F401  (registers the handlers)
     from .controller import handlers  # noqa: F401
     from .placement.builders import NetworkPolicyDefaults  # noqa: PLC0415
+    from .placement.sharing import SharingMechanism  # noqa: PLC0415
 
     logging.getLogger(__name__).info(
         "serving ModelServices of %s; refusing those of: %s",
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
                        address_overrides=args.address_overrides,
+                       gpu_sharing=SharingMechanism(args.gpu_sharing),
                        download=cache_handlers.DownloadSettings(
                            image=args.downloader_image, hf_endpoint=args.hf_endpoint,
                            pull_secrets=tuple(args.downloader_pull_secrets))),

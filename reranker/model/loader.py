@@ -39,6 +39,11 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def memory_fraction(limit_mib: int, total_bytes: int) -> float:
+    """The fraction of a device's memory that is `limit_mib` (at most the whole device)."""
+    return min(1.0, limit_mib * 1024 * 1024 / total_bytes)
+
+
 class UnsupportedModel(ValueError):
     """The model's config.json names an architecture this service cannot score with."""
 
@@ -142,6 +147,11 @@ class TransformersEngine:
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        if self.info.device == "cuda" and self.settings.gpu_memory_mib:
+            total = torch.cuda.get_device_properties(0).total_memory
+            fraction = memory_fraction(self.settings.gpu_memory_mib, total)
+            torch.cuda.set_per_process_memory_fraction(fraction)
+            log.info("GPU memory capped at %d MiB (%.3f of the device)", self.settings.gpu_memory_mib, fraction)
         check_readable(self.settings.model)
         config = AutoConfig.from_pretrained(self.settings.model)
         kind = choose_backend(config)

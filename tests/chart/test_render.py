@@ -130,6 +130,19 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(render):
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
 
 
+def test_only_the_device_plugin_sharing_mode_may_patch_node_status(render):
+    """--gpu-sharing=devicePlugin advertises each shared-GPU node's memory (a node status patch);
+    the other modes keep the cluster role read-only."""
+    for mode, extra in (("dra", set()), ("off", set()), ("devicePlugin", {"nodes/status"})):
+        out = render(values={"operator": {"gpuSharing": mode}}, sets=NO_CRD)
+        rules = rules_of(out.get("ClusterRole", "rel-embedding-images-operator"))
+        assert set(rules) - {"nodes", "customresourcedefinitions", "namespaces"} == extra, mode
+        if extra:
+            assert rules["nodes/status"] == {"patch"}
+        args = container(out.get("Deployment", "rel-embedding-images-operator"))["args"]
+        assert f"--gpu-sharing={mode}" in args
+
+
 SA = ("models", "rel-embedding-images-operator")
 
 

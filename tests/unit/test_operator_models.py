@@ -262,6 +262,20 @@ RULE_CASES = {
     models.SPEC_RULES[4]["message"]: (
         [{"task": "rerank", "engine": "reranker"}, {"task": "embed", "engine": "tei"}],
         {"task": "embed", "engine": "reranker"}),
+    models.SHARING_SPEC_RULES[0]["message"]: (
+        [{"accelerator": "ada", "gpu": {"sharing": {"mode": "Shared"}}},
+         {"accelerator": "cpu", "gpu": {"sharing": {"mode": "Exclusive"}}}],
+        {"accelerator": "cpu", "gpu": {"sharing": {"mode": "Shared"}}}),
+    models.SHARING_SPEC_RULES[1]["message"]: (
+        [{"gpu": {"count": 1, "sharing": {"mode": "Shared"}}}, {"gpu": {"count": 2, "sharing": {"mode": "Exclusive"}}}],
+        {"gpu": {"count": 2, "sharing": {"mode": "Shared"}}}),
+    models.SHARING_SPEC_RULES[2]["message"]: (
+        [{"fallbackToCPU": True, "gpu": {"sharing": {"mode": "Exclusive"}}}, {"gpu": {"sharing": {"mode": "Shared"}}}],
+        {"fallbackToCPU": True, "gpu": {"sharing": {"mode": "Shared"}}}),
+    models.SHARING_RULES[0]["message"]: (
+        [{"gpu": {"sharing": {"mode": "Shared", "memory": "2Gi", "strategy": "TimeSlicing"}}},
+         {"gpu": {"sharing": {}}}],
+        {"gpu": {"sharing": {"memory": "2Gi"}}}),
     "defaultPrompt and defaultPromptName are exclusive (TEI accepts one of them)": (
         [{"engineArgs": {"defaultPrompt": "query: "}}, {"engineArgs": {"defaultPromptName": "query"}}],
         {"engineArgs": {"defaultPrompt": "query: ", "defaultPromptName": "query"}}),

@@ -76,6 +76,7 @@ PRINTER_COLUMNS = [
     {"name": "Node-Selector", "type": "string", "jsonPath": ".status.nodeSelector", "priority": 1},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Image", "type": "string", "jsonPath": ".status.image", "priority": 1},
+    {"name": "GPU-Memory", "type": "string", "jsonPath": ".status.gpuShare.memory", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -150,6 +150,51 @@ class GPU(_Model):
                     "NVIDIA-L4). Picks the architecture from the variant table and pins pods to "
                     "nodes with that product.",
     )
+    sharing: Optional["GPUSharing"] = Field(
+        None, description="A share of one GPU instead of whole GPUs; unset: whole GPUs.")
+
+
+SharingMode = Literal["Exclusive", "Shared"]
+# The NVIDIA DRA driver's GpuConfig sharing strategies (resource.nvidia.com/v1beta1, GpuSharing
+# .strategy in k8s-dra-driver-gpu api/nvidia.com/resource/v1beta1/sharing.go).
+SharingStrategy = Literal["MPS", "TimeSlicing"]
+
+SHARING_RULES = [
+    {"rule": "self.mode == 'Shared' || (!has(self.memory) && !has(self.strategy))",
+     "fieldPath": ".mode",
+     "reason": "FieldValueInvalid",
+     "message": "gpu.sharing.memory and gpu.sharing.strategy only apply to mode Shared: set mode "
+                "Shared, or remove them"},
+]
+
+
+class GPUSharing(_Model):
+    """A share of one GPU instead of a whole one (several small models on one GPU)."""
+
+    mode: SharingMode = Field(
+        "Exclusive", description="Exclusive (default): each pod takes whole GPUs. Shared: each pod "
+                                 "takes a share of one GPU's memory, packed with other shares by the "
+                                 "scheduler (the operator's --gpu-sharing decides how: DRA or the "
+                                 "device plugin's shared resource).")
+    memory: Optional[Quantity] = Field(
+        None, description="GPU memory of one pod's share, e.g. 3Gi; unset: the operator's estimate "
+                          "(status.gpuMemory) from the model's size, dtype and batch-token limit.")
+    strategy: Optional[SharingStrategy] = Field(
+        None, description="How the pods on one GPU share it (DRA mode, the NVIDIA driver's GpuConfig): "
+                          "MPS (default: each pod's device memory is capped at its share) or "
+                          "TimeSlicing (no memory cap).")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SHARING_RULES})
+
+    @model_validator(mode="after")
+    def _shared_only(self) -> "GPUSharing":
+        if self.mode != "Shared" and (self.memory is not None or self.strategy is not None):
+            raise ValueError(SHARING_RULES[0]["message"])
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.mode == "Shared"
 
 
 class ResourceRequirements(_Model):
@@ -461,6 +506,26 @@ class Autoscaling(_Model):
         return self
 
 
+# CEL rules on spec for gpu.sharing (SPEC_RULES ends with them).
+SHARING_SPEC_RULES = [
+    {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || !has(self.gpu.sharing) "
+             "|| self.gpu.sharing.mode != 'Shared'",
+     "fieldPath": ".gpu.sharing.mode",
+     "reason": "FieldValueForbidden",
+     "message": "accelerator cpu takes no GPU share: remove gpu.sharing, or choose a GPU accelerator"},
+    {"rule": "!has(self.gpu) || !has(self.gpu.sharing) || self.gpu.sharing.mode != 'Shared' "
+             "|| self.gpu.count <= 1",
+     "fieldPath": ".gpu.count",
+     "reason": "FieldValueForbidden",
+     "message": "a GPU share is part of one GPU: set gpu.count to 0 or 1 with gpu.sharing.mode Shared"},
+    {"rule": "!has(self.gpu) || !has(self.gpu.sharing) || self.gpu.sharing.mode != 'Shared' "
+             "|| !self.fallbackToCPU",
+     "fieldPath": ".fallbackToCPU",
+     "reason": "FieldValueForbidden",
+     "message": "fallbackToCPU does not combine with gpu.sharing.mode Shared (a share that does not fit "
+                "waits for room on a GPU)"},
+]
+
 # CEL rules on spec, with the pydantic validator below enforcing the same in Python.
 SPEC_RULES = [
     {"rule": "self.accelerator != 'cpu' || !has(self.gpu) || self.gpu.count == 0",
@@ -484,6 +549,7 @@ SPEC_RULES = [
      "fieldPath": ".engine",
      "reason": "FieldValueInvalid",
      "message": "engine reranker only serves task rerank: use engine auto or tei for embeddings"},
+    *SHARING_SPEC_RULES,
 ]
 
 
@@ -559,6 +625,13 @@ class ModelServiceSpec(_Model):
             raise ValueError(SPEC_RULES[3]["message"])
         if self.task == "embed" and self.engine == "reranker":
             raise ValueError(SPEC_RULES[4]["message"])
+        shared = gpu.sharing is not None and gpu.sharing.shared
+        if shared and self.accelerator == CPU:
+            raise ValueError(SHARING_SPEC_RULES[0]["message"])
+        if shared and gpu.count > 1:
+            raise ValueError(SHARING_SPEC_RULES[1]["message"])
+        if shared and self.fallback_to_cpu:
+            raise ValueError(SHARING_SPEC_RULES[2]["message"])
         return self
 
 
@@ -626,11 +699,29 @@ class ModelServiceStatus(_Model):
     fell_back_to_cpu: Optional[bool] = Field(
         None, alias="fellBackToCPU",
         description="True when no GPU node could hold the replicas and the pods run the CPU image.")
+    gpu_share: Optional["GPUShareStatus"] = Field(
+        None, description="With gpu.sharing.mode Shared: the GPU memory share each pod takes.")
     endpoint: Optional[str] = Field(None, description="http://<name>.<namespace>.svc.cluster.local:<port>")
     selector: Optional[str] = Field(None, description="Label selector of the pods (scale subresource).")
     autoscaling: Optional[AutoscalingStatus] = Field(None, description="With spec.autoscaling enabled.")
     model_cache: Optional[ModelCacheMount] = Field(None, description="With spec.cache.modelCache: what the "
                                                                      "pods mount.")
+
+
+class GPUShareStatus(_Model):
+    """The share of one GPU each pod of a sharing ModelService takes."""
+
+    memory: str = Field(..., description="GPU memory of one pod's share (a quantity, e.g. 1536Mi).")
+    source: Literal["Spec", "Estimate"] = Field(
+        ..., description="Spec: gpu.sharing.memory; Estimate: the operator's estimate.")
+    estimate: Optional[str] = Field(None, description="How the estimate was made: weights, "
+                                                      "activations and CUDA context, in MiB.")
+    mechanism: Literal["DRA", "DevicePlugin"] = Field(..., description="How the share is requested.")
+    strategy: Optional[str] = Field(None, description="DRA: the GpuConfig sharing strategy.")
+    claim_template: Optional[str] = Field(None, description="DRA: the ResourceClaimTemplate of the pods' claims.")
+
+
+ModelServiceStatus.model_rebuild()
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelServiceSpec:

@@ -60,6 +60,7 @@ from ..placement.builders import (
     SELECTOR_LABEL,
     NetworkPolicyDefaults,
     build_deployment,
+    build_labels,
     build_network_policy,
     build_selector,
     build_service,
@@ -73,6 +74,17 @@ from ..placement.plan import (
     PlanError,
     build_plan,
     invalid_spec,
+    resolve_engine,
+)
+from ..placement.sharing import (
+    MEMORY_RESOURCE,
+    GpuShare,
+    SharingMechanism,
+    SharingRefused,
+    build_claim_template,
+    memory_to_advertise,
+    plan_share,
+    wants_share,
 )
 from ..placement.variants import AUTO
 from .clock import now
@@ -228,6 +240,9 @@ def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: 
     service = build_service(ms)
     policy = build_network_policy(ms, network_policy)
     children = [deployment, service] + ([policy] if policy is not None else [])
+    template = share_claim_template(ms, plan)
+    if template is not None:  # before the Deployment whose pods' claims are made from it
+        children.insert(0, template)
     kopf.adopt(children, owner=body)  # type: ignore[arg-type]
     live: dict[str, Any] = {}
     for child in children:
@@ -235,11 +250,76 @@ def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: 
             applied = kube.apply(child)
         except ApiException as exc:
             raise ApplyFailed(child["kind"], api_failure(exc)) from None
-        live = live or applied
+        if child["kind"] == "Deployment":
+            live = applied
     if policy is None:
         ensure_network_policy(kube, body, ms, network_policy, kube.get_network_policy(ms.namespace, ms.name),
                               logger)
+    prune_claim_templates(kube, ms, template)
     return live
+
+
+def share_claim_template(ms: ModelService, plan: Plan) -> dict[str, Any] | None:
+    """The ResourceClaimTemplate of a plan whose pods take a DRA share of a GPU, else None."""
+    share = plan.share
+    if share is None or share.claim_template is None:
+        return None
+    return build_claim_template(ms.name, ms.namespace, build_labels(ms), share)
+
+
+def prune_claim_templates(kube: Kube, ms: ModelService, keep: Mapping[str, Any] | None) -> None:
+    """Deletes the ModelService's ResourceClaimTemplates other than `keep` (an older share's, or
+    all of them once it no longer shares): pods made from them keep their own claims."""
+    if not wants_share(ms.spec) and "gpuShare" not in ms.status:
+        return  # never shared: nothing to list
+    keep_name = (keep or {}).get("metadata", {}).get("name")
+    for template in kube.list_claim_templates(ms.namespace or "default", build_selector(ms.name)):
+        name = template["metadata"]["name"]
+        if name != keep_name:
+            kube.delete_claim_template(ms.namespace or "default", name)
+
+
+def ensure_claim_template(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan,
+                          logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Puts back the ResourceClaimTemplate of a DRA share when it is missing (its spec is
+    immutable: it cannot drift). Without one, new pods of the ModelService get no claim."""
+    desired = share_claim_template(ms, plan)
+    if desired is None:
+        return
+    names = {t["metadata"]["name"] for t in kube.list_claim_templates(ms.namespace or "default", build_selector(ms.name))}
+    if desired["metadata"]["name"] not in names:
+        repair(kube, body, desired, None, logger)
+
+
+def advertise_gpu_memory(kube: Kube, nodes: list[dict[str, Any]],
+                         logger: logging.Logger | logging.LoggerAdapter) -> list[dict[str, Any]]:
+    """The device-plugin mode's memory accounting: puts each shared-GPU node's GPU memory in its
+    MEMORY_RESOURCE capacity where it is missing or stale (the scheduler then packs the pods'
+    requests of it); returns the nodes as they now are."""
+    stale = memory_to_advertise(nodes)
+    for name, mib in stale.items():
+        logger.info("node %s: advertising %s=%d (its GPUs' memory, MiB)", name, MEMORY_RESOURCE, mib)
+        kube.advertise_node_resource(name, MEMORY_RESOURCE, mib)
+    return kube.list_nodes() if stale else nodes
+
+
+def gpu_share(kube: Kube, ms: ModelService, mechanism: SharingMechanism) -> GpuShare | None:
+    """The share of one GPU each pod takes (None: whole GPUs), from the spec, the estimate and,
+    with a ModelCache, the bytes of its complete revision. PlanError when it cannot be planned."""
+    if not wants_share(ms.spec):
+        return None
+    engine = resolve_engine(ms.spec.task, ms.spec.model, ms.spec.engine)
+    cache_bytes = None
+    ref = ms.spec.cache.model_cache if ms.spec.cache is not None else None
+    if ref is not None:
+        body = kube.get_modelcache(ms.namespace or "default", ref)
+        raw = ((body or {}).get("status") or {}).get("bytes")
+        cache_bytes = int(raw) if isinstance(raw, int) and raw > 0 else None
+    try:
+        return plan_share(ms.name, ms.spec, engine, mechanism, cache_bytes)
+    except SharingRefused as refused:
+        # With a ModelCache still downloading, its bytes will size the share: retried.
+        raise PlanError(refused.reason, refused.message, retry=ref is not None) from None
 
 
 def with_cache(kube: Kube, ms: ModelService, plan: Plan) -> Plan:
@@ -281,9 +361,10 @@ def plan_failed(kube: Kube, ms: ModelService, error: PlanError, retry_s: float) 
 
 
 def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter,
-              network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
+              network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults(),
+              sharing: SharingMechanism = SharingMechanism.DRA) -> None:
     """Makes the children and the status match the ModelService (`network_policy`: the
-    operator's NetworkPolicy defaults)."""
+    operator's NetworkPolicy defaults; `sharing`: how GPU shares are asked for)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -302,7 +383,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
         raise kopf.PermanentError(f"{error.reason}: {error.message}") from exc
     nodes = kube.list_nodes() if ms.spec.accelerator == AUTO else None
     try:
-        plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"))
+        share = gpu_share(kube, ms, sharing)
+        if share is not None and share.mechanism == "DevicePlugin":
+            nodes = advertise_gpu_memory(kube, nodes if nodes is not None else kube.list_nodes(), logger)
+        plan = build_plan(ms.spec, nodes, previous=ms.status.get("nodeSelector"), share=share)
     except PlanError as error:
         plan_failed(kube, ms, error, RETRY_NODES_S)
     try:
@@ -342,7 +426,8 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         logger.warning("%s: %s", refusal.reason, refusal.message)
         return
     try:
-        reconcile(memo.kube, body, logger, network_policy_defaults(memo))
+        reconcile(memo.kube, body, logger, network_policy_defaults(memo),
+                  memo.get("gpu_sharing") or SharingMechanism.DRA)
     except ApplyFailed as failure:
         kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
         # kopf logs these errors as one line (no traceback); a TemporaryError is retried after `delay`.
@@ -435,6 +520,7 @@ def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | loggi
     deployment = kube.get_deployment(namespace, name)
     service = kube.get_service(namespace, name)
     try:
+        ensure_claim_template(kube, body, ms, plan, logger)
         deployment = repair(kube, body, build_deployment(ms, plan), deployment, logger)
         service = repair(kube, body, build_service(ms), service, logger)
         ensure_network_policy(kube, body, ms, network_policy, kube.get_network_policy(namespace, name), logger)

@@ -100,6 +100,10 @@ class Kube:
             return _json(self.core.patch_namespaced_persistent_volume_claim(**kwargs))
         if obj["kind"] == "Job":
             return _json(self.batch.patch_namespaced_job(**kwargs))
+        if obj["kind"] == "ResourceClaimTemplate":
+            return _json(self.custom.patch_namespaced_custom_object(
+                "resource.k8s.io", "v1", meta["namespace"], "resourceclaimtemplates", meta["name"], dict(obj),
+                field_manager=MANAGER, force=True, _content_type=APPLY, _preload_content=False))
         raise ValueError(f"the operator does not apply {obj['kind']}")
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -169,11 +173,33 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def list_claim_templates(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The ResourceClaimTemplates of one ModelService (`selector`: its pod selector)."""
+        return self.custom.list_namespaced_custom_object(
+            "resource.k8s.io", "v1", namespace, "resourceclaimtemplates", label_selector=selector).get("items", [])
+
+    def delete_claim_template(self, namespace: str, name: str) -> None:
+        """Deletes a ResourceClaimTemplate (claims made from it stay with their pods); gone is fine."""
+        try:
+            self.custom.delete_namespaced_custom_object("resource.k8s.io", "v1", namespace,
+                                                        "resourceclaimtemplates", name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def replace_cache_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Writes a ModelCache's whole status (as replace_status does a ModelService's)."""
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, CACHE_PLURAL, name, [{"op": "add", "path": "/status", "value": dict(status)}],
             _content_type=JSON_PATCH, _preload_content=False)
+
+    def advertise_node_resource(self, name: str, resource: str, value: int) -> None:
+        """Sets an extended resource's capacity and allocatable on a node's status (a JSON patch,
+        as the API documents for advertising one; a kubelet would copy the capacity to allocatable
+        itself, a simulated node has none)."""
+        key = resource.replace("~", "~0").replace("/", "~1")
+        self.core.patch_node_status(name, [{"op": "add", "path": f"/status/{part}/{key}", "value": str(value)}
+                                           for part in ("capacity", "allocatable")])
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return _json(self.core.list_node(_preload_content=False)).get("items", [])

@@ -18,7 +18,8 @@ Condition reasons:
                ServiceMissing | ScaledToZero | <PlanError reason>
                (UnsupportedModelForEngine, UnsupportedEngineArgs, NoMatchingGPUNodes,
                UnknownGPUProduct, GPUProductNotInAccelerator, InvalidSpec, NamespaceRefused,
-               ModelCacheNotFound, ModelCacheNotReady, ModelCacheModelMismatch)
+               ModelCacheNotFound, ModelCacheNotReady, ModelCacheModelMismatch, GPUMemoryUnknown,
+               GPUSharingOff)
   Progressing  RolloutInProgress | RolloutComplete | ProgressDeadlineExceeded | <PlanError reason>
   Degraded     AsExpected | FellBackToCPU | ReplicaFailure | ProgressDeadlineExceeded |
                <PlanError reason> (when an earlier Deployment still runs)
@@ -31,13 +32,15 @@ from ..api.models import ModelService, build_condition
 from ..cache.builders import CacheMount
 from ..placement.builders import build_endpoint, build_selector
 from ..placement.plan import Plan, PlanError
+from ..placement.sharing import GpuShare
 
 # Ready reasons of a status built from a plan; any other reason is a PlanError's, and such a
 # status only carries over what an earlier plan runs.
 PLANNED_REASONS = ("AllReplicasReady", "ReplicasNotReady", "Unschedulable", "DeploymentMissing",
                    "ServiceMissing", "ScaledToZero")
 # The status fields that record a plan; a status built from a PlanError carries them over.
-PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU", "modelCache")
+PLAN_FIELDS = ("engine", "variant", "image", "gpuCount", "nodeSelector", "fellBackToCPU", "modelCache",
+               "gpuShare")
 
 
 def _deployment_condition(deployment: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
@@ -110,6 +113,8 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         fields["fellBackToCPU"] = True
     if plan.cache is not None:
         fields["modelCache"] = plan.cache.as_status()
+    if plan.share is not None:
+        fields["gpuShare"] = plan.share.as_status()
     return fields
 
 
@@ -240,4 +245,5 @@ def recorded_plan(ms: ModelService) -> Plan | None:
         node_selector=dict(status.get("nodeSelector") or {}),
         fell_back_to_cpu=bool(status.get("fellBackToCPU")),
         cache=CacheMount.from_status(status.get("modelCache")),
+        share=GpuShare.from_status(status.get("gpuShare")),
     )

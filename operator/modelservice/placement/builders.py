@@ -27,6 +27,7 @@ from ..api.models import (
 )
 from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
+from .sharing import share_env, share_labels, share_pod
 
 SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
@@ -171,6 +172,7 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
             if ea.api_key_secret_ref is not None:
                 env.append(_secret_env("RERANKER_API_KEY", ea.api_key_secret_ref))
         env.append({"name": "HF_HOME", "value": CACHE_PATH})
+    env += share_env(plan.share, plan.engine)
     if plan.cache is not None:
         # Every file is on the read-only volume: the pods never ask the Hub for anything.
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
@@ -199,7 +201,7 @@ def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         memory = reranker_memory(spec, plan)
         resources.setdefault("requests", {})["memory"] = memory
         resources.setdefault("limits", {})["memory"] = memory
-    if plan.gpu_count:
+    if plan.gpu_count and plan.share is None:  # a share is asked for by share_pod instead
         resources.setdefault("limits", {})[GPU_RESOURCE] = plan.gpu_count
     return resources
 
@@ -249,6 +251,8 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         if affinity:
             pod["affinity"] = affinity
     pod["containers"] = [container]
+    if plan.share is not None:
+        share_pod(pod, plan.share)
     cache = spec.cache
     if cache is not None and cache.existing_claim:
         cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": cache.existing_claim}}
@@ -274,7 +278,7 @@ def build_deployment(ms: ModelService, plan: Plan) -> dict[str, Any]:
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": build_selector_labels(ms.name)},
             "template": {
-                "metadata": {"labels": dict(metadata["labels"])},
+                "metadata": {"labels": {**metadata["labels"], **share_labels(plan.share)}},
                 "spec": build_pod_spec(ms.spec, plan),
             },
         },

@@ -42,12 +42,14 @@ from pydantic import ValidationError
 
 from ..api.models import RERANKER_ONLY_ARGS, TEI_ONLY_ARGS, ModelServiceSpec
 from ..cache.builders import CacheMount
+from .sharing import GpuShare
 from .variants import AUTO, CPU, Variant, VariantTable, load_table
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MAJOR = "nvidia.com/gpu.compute.major"
 LABEL_MINOR = "nvidia.com/gpu.compute.minor"
+LABEL_MEMORY = "nvidia.com/gpu.memory"  # GFD: MiB of each GPU of the node
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 QWEN3_RERANKER = re.compile(r"qwen3-reranker", re.IGNORECASE)
@@ -93,6 +95,7 @@ class Plan:
     node_selector: dict[str, str] = field(default_factory=dict)  # the pinning only
     fell_back_to_cpu: bool = False
     cache: "CacheMount | None" = None  # spec.cache.modelCache's volume, once a revision is complete
+    share: GpuShare | None = None    # gpu.sharing.mode Shared: each pod's share of one GPU
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,11 @@ def _allocatable_gpus(node: Mapping[str, Any]) -> int:
         return 0
 
 
+def _gpu_memory_mib(node: Mapping[str, Any]) -> int:
+    raw = (node.get("metadata", {}).get("labels") or {}).get(LABEL_MEMORY, "")
+    return int(raw) if raw.isdigit() else 0
+
+
 def choose_gpu_nodes(
     nodes: Iterable[Mapping[str, Any]],
     *,
@@ -182,8 +190,10 @@ def choose_gpu_nodes(
     tolerations: Iterable[Mapping[str, Any]] = (),
     previous: Mapping[str, str] | None = None,
     table: VariantTable | None = None,
+    share_mib: int | None = None,
 ) -> GpuChoice | None:
-    """The GPU architecture (and its node pinning) that can hold `replicas` pods, or None."""
+    """The GPU architecture (and its node pinning) that can hold `replicas` pods, or None. With
+    `share_mib`, a pod takes that much of one GPU's memory instead of `gpu_count` GPUs."""
     table = table or load_table()
     tolerations = [*tolerations, GPU_TOLERATION]
     groups: dict[str, list[int]] = {}
@@ -200,8 +210,18 @@ def choose_gpu_nodes(
         if product is not None and labels.get(LABEL_PRODUCT) != product:
             continue
         gpus = _allocatable_gpus(node)
+        if share_mib and not gpus:
+            # Shared GPUs need not be nvidia.com/gpu: DRA nodes run no device plugin, and the
+            # plugin's renamed shared resource replaces it. GFD counts them either way.
+            count = labels.get("nvidia.com/gpu.count", "")
+            gpus = int(count) if count.isdigit() else 0
         capability = node_capability(node, table)
         if gpus < gpu_count or capability is None or table.for_capability(capability) is None:
+            continue
+        if share_mib:
+            # Shares a GPU holds, by GFD's memory label (one a GPU where the node has none).
+            per_gpu = _gpu_memory_mib(node) // share_mib if _gpu_memory_mib(node) else 1
+            groups.setdefault(capability, []).append(gpus * per_gpu)
             continue
         groups.setdefault(capability, []).append(gpus // gpu_count)
     needed = max(replicas, 1)
@@ -239,12 +259,14 @@ def build_plan(
     *,
     previous: Mapping[str, str] | None = None,
     table: VariantTable | None = None,
+    share: GpuShare | None = None,
 ) -> Plan:
     """Engine, variant, image, GPU count and node pinning for a spec.
 
     `nodes` (Node objects as the API returns them) is needed only for accelerator auto without a
     gpu.product; with a product they check capacity when given. `previous` is the node pinning
-    chosen last time (status.nodeSelector), kept while it still fits. Raises PlanError.
+    chosen last time (status.nodeSelector), kept while it still fits. `share`: the share of one
+    GPU each pod takes (sharing.plan_share), counted against GFD's memory labels. Raises PlanError.
     """
     table = table or load_table()
     engine = resolve_engine(spec.task, spec.model, spec.engine)
@@ -284,7 +306,8 @@ def build_plan(
         else:
             major, minor = variant.compute_capabilities[0].split(".")
             pin = {LABEL_MAJOR: major, LABEL_MINOR: minor}
-        return Plan(engine, variant.name, _image(table, variant, engine, spec.image), count, pin)
+        return Plan(engine, variant.name, _image(table, variant, engine, spec.image), count, pin,
+                    share=share)
 
     # accelerator auto
     if nodes is None:
@@ -294,19 +317,23 @@ def build_plan(
         variant = table.for_capability(product_cap)
         assert variant is not None
         return Plan(engine, variant.name, _image(table, variant, engine, spec.image), count,
-                    {LABEL_PRODUCT: product})
+                    {LABEL_PRODUCT: product}, share=share)
     choice = choose_gpu_nodes(
         nodes, gpu_count=count, replicas=spec.replicas, product=product,
         node_selector=spec.node_selector,
         tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []],
-        previous=previous, table=table)
+        previous=previous, table=table, share_mib=share.memory_mib if share is not None else None)
     if choice is not None:
         return Plan(engine, choice.variant.name, _image(table, choice.variant, engine, spec.image),
-                    count, choice.node_selector)
+                    count, choice.node_selector, share=share)
     if spec.fallback_to_cpu:
         return Plan(engine, CPU, _image(table, table.by_name(CPU), engine, spec.image), 0,
                     fell_back_to_cpu=True)
     where = f"with gpu.product {product}" if product else "with a GPU architecture in the variant table"
+    if share is not None:
+        raise PlanError(NO_MATCHING_NODES, f"no schedulable nodes {where} hold {max(spec.replicas, 1)} "
+                        f"share(s) of {share.memory} of GPU memory (nvidia.com/gpu.memory); add such "
+                        f"nodes, lower replicas, or set a smaller gpu.sharing.memory", retry=True)
     raise PlanError(NO_MATCHING_NODES, f"no schedulable nodes {where} hold {max(spec.replicas, 1)} "
                     f"pod(s) of {count} GPU(s) each; add such nodes, lower replicas or gpu.count, "
                     f"or set fallbackToCPU", retry=True)
