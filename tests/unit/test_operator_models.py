@@ -296,6 +296,23 @@ RULE_CASES = {
     models.PEER_RULES[1]["message"]: (
         [{"networkPolicy": {"enabled": True, "extraIngressFrom": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}}],
         {"networkPolicy": {"extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}}),
+    models.POD_LABEL_RULES[0]["message"]: (
+        [{"pod": {"labels": {"team": "search", "example.com/cost-centre": "42"}}}, {"pod": {"labels": {}}}],
+        {"pod": {"labels": {"team": "search", "bad key!": "x"}}}),
+    models.POD_LABEL_RULES[1]["message"]: (
+        [{"pod": {"labels": {"app.kubernetes.io/part-of": "search", "serving.embedding-images.io/team": "a"}}}],
+        {"pod": {"labels": {"app.kubernetes.io/component": "other"}}}),
+    models.ANNOTATION_KEY_MESSAGE: (
+        [{"pod": {"annotations": {"sidecar.istio.io/inject": "true", "vault.hashicorp.com/agent-inject": "true"}}}],
+        {"pod": {"annotations": {"not a key": "x"}}}),
+    models.POD_RULES[0]["message"]: (
+        [{"pod": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]}}],
+        {"pod": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+            {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]}}),
     models.AUTOSCALING_RULES[0]["message"]: (
         [{"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
          {"autoscaling": {"maxReplicas": 1}}],

@@ -63,6 +63,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* All labels of an object: selector labels, chart, version, manager and commonLabels. */}}
 {{- define "embedding-images.labels" -}}
+{{- include "embedding-images.checkPodLabels" (list "commonLabels" .root.Values.commonLabels) -}}
 helm.sh/chart: {{ include "embedding-images.chart" .root }}
 {{ include "embedding-images.selectorLabels" . }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
@@ -106,6 +107,30 @@ annotations:
 {{- printf "%s@%s" $img.repository $img.digest -}}
 {{- else -}}
 {{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The names of the pull secrets of one or more imagePullSecrets lists, in order, each once, joined
+with ",". Argument: a list of lists of {name}.
+*/}}
+{{- define "embedding-images.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range $list := . }}{{ range $list }}{{ $names = append $names .name }}{{ end }}{{ end -}}
+{{- $names | uniq | join "," -}}
+{{- end -}}
+
+{{/*
+Fails when a label map sets a label that selects a model's pods or names their manager (the
+operator's RESERVED_POD_LABELS: the CRD refuses them in spec.pod.labels, the operator in
+--pod-labels). Argument: list "<values key>" map.
+*/}}
+{{- define "embedding-images.checkPodLabels" -}}
+{{- $reserved := list "serving.embedding-images.io/modelservice" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/managed-by" -}}
+{{- $bad := list -}}
+{{- range $k, $_ := (index . 1 | default dict) }}{{ if has $k $reserved }}{{ $bad = append $bad $k }}{{ end }}{{ end -}}
+{{- with $bad -}}
+{{- fail (printf "%s sets %s: these labels select the model's pods (or name who manages them) and cannot be changed; use other keys" (index $ 0) (join ", " (sortAlpha .))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -411,7 +436,29 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- with $cache -}}
 {{- $_ := set $spec "cache" . -}}
 {{- end -}}
+{{- with (include "embedding-images.model.pod" . | fromJson) -}}
+{{- $_ := set $spec "pod" . -}}
+{{- end -}}
 {{- toYaml $spec -}}
+{{- end -}}
+
+{{/*
+A model's pod settings, the ModelService's spec.pod, as JSON ({} when none): its podLabels,
+podAnnotations, imagePullSecrets, priorityClassName, topologySpreadConstraints and
+serviceAccountName. The chart's own imagePullSecrets, commonLabels and commonAnnotations are not in
+it: the operator gets them as its defaults for every ModelService (--image-pull-secrets,
+--pod-labels, --pod-annotations). Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.pod" -}}
+{{- $v := index .root.Values .component -}}
+{{- include "embedding-images.checkPodLabels" (list (printf "%s.podLabels" .component) $v.podLabels) -}}
+{{- $pod := dict -}}
+{{- range $key, $from := dict "labels" "podLabels" "annotations" "podAnnotations" "imagePullSecrets" "imagePullSecrets" "priorityClassName" "priorityClassName" "topologySpreadConstraints" "topologySpreadConstraints" "serviceAccountName" "serviceAccountName" -}}
+{{- with index $v $from -}}
+{{- $_ := set $pod $key . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $pod -}}
 {{- end -}}
 
 {{/*

@@ -1,0 +1,125 @@
+"""A platform team's first day with the chart, on the real control plane: a private registry in
+operator mode (the chart's pull secret on every model pod and download Job, a ModelService adding
+its own).
+
+The operator runs here as a local `python -m modelservice` with the arguments of the chart's own
+operator Deployment (its image is not pulled; kwok's nodes run no container).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from control_plane import ROOT, Cluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
+
+CHART = ROOT / "charts" / "embedding-images"
+RELEASE = "day1"
+OPERATOR = f"{RELEASE}-embedding-images-operator"
+EMBED = f"{RELEASE}-embedding-images-embedding"
+RERANK = f"{RELEASE}-embedding-images-reranker"
+BASE_VALUES: dict[str, Any] = {
+    "operator": {"image": {"repository": "registry.invalid/operator"}},
+    "gateway": {"enabled": False},
+    "embedding": {"accelerator": "cpu"},
+    "reranker": {"accelerator": "cpu"},
+}
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["helm", *args], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+class LocalOperator:
+    """`python -m modelservice` with the chart Deployment's arguments (the liveness port left out:
+    it may be taken on this machine), against the cluster's kubeconfig."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path):
+        deployment = cluster.get("deployment", OPERATOR, "-n", namespace)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        self.args = [a for a in container["args"] if not a.startswith("--liveness")]
+        self.cluster, self.log = cluster, log
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalOperator":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "modelservice", *self.args],
+                                         env={**self.cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def release_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """A fresh namespace; the release in it is uninstalled when the test ends."""
+    yield namespace
+    helm(cluster, "uninstall", RELEASE, "-n", namespace, "--ignore-not-found", "--wait", check=False)
+
+
+def pods_of(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    return cluster.get("pods", "-n", namespace, "-l", f"serving.embedding-images.io/modelservice={name}")["items"]
+
+
+def pull_secrets(pod_spec: dict[str, Any]) -> list[str]:
+    return [ref["name"] for ref in pod_spec.get("imagePullSecrets") or []]
+
+
+def test_a_pull_secret_in_values_reaches_every_model_pod_and_the_download_job(cluster, release_namespace, tmp_path):
+    ns = release_namespace
+    values = {**BASE_VALUES, "imagePullSecrets": [{"name": "regcred"}],
+              "reranker": {"accelerator": "cpu", "imagePullSecrets": [{"name": "reranker-registry"}]}}
+    helm(cluster, "install", RELEASE, str(CHART), "-n", ns, "-f", str(values_file(tmp_path, values)),
+         "--wait", "--timeout", "180s")
+    # A ModelService made with kubectl adds its own secret to the operator's default, and a
+    # ModelCache's download Job pulls the operator's image with the default.
+    extra = {"apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelService",
+             "metadata": {"name": "extra", "namespace": ns},
+             "spec": {"task": "embed", "model": "BAAI/bge-small-en-v1.5", "accelerator": "cpu",
+                      "pod": {"imagePullSecrets": [{"name": "team-registry"}, {"name": "regcred"}]}}}
+    cache = {"apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelCache",
+             "metadata": {"name": "bge", "namespace": ns},
+             "spec": {"model": "BAAI/bge-small-en-v1.5", "size": "1Gi"}}
+    cluster.apply(extra)
+    cluster.apply(cache)
+    expected = {EMBED: ["regcred"], RERANK: ["regcred", "reranker-registry"], "extra": ["regcred", "team-registry"]}
+    with LocalOperator(cluster, ns, tmp_path / "operator.log") as operator:
+        for name, secrets in expected.items():
+            pods = wait_for(f"pods of {name}", lambda n=name: pods_of(cluster, ns, n), timeout=120)
+            assert operator.proc.poll() is None, operator.tail()
+            for pod in pods:
+                assert pull_secrets(pod["spec"]) == secrets, (name, pod["metadata"]["name"])
+        jobs = wait_for("the download Job of ModelCache bge",
+                        lambda: cluster.get("jobs", "-n", ns, "-l", "serving.embedding-images.io/modelcache=bge")["items"],
+                        timeout=120)
+        for job in jobs:
+            assert pull_secrets(job["spec"]["template"]["spec"]) == ["regcred"], job["metadata"]["name"]
