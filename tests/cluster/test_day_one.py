@@ -1,17 +1,18 @@
 """A platform team's first day with the chart, on the real control plane: a private registry in
 operator mode (the chart's pull secret on every model pod and download Job, a ModelService adding
-its own).
+its own); a plain `helm install` (no `--wait`) into a cluster without the CRDs, ten times, with
+Helm 4 and Helm 3.
 
 The operator runs here as a local `python -m modelservice` with the arguments of the chart's own
 operator Deployment (its image is not pulled; kwok's nodes run no container).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,8 +36,12 @@ BASE_VALUES: dict[str, Any] = {
 }
 
 
-def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["helm", *args], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+HELM3_SH = ROOT / "tests" / "chart" / "helm3.sh"
+CRDS = ("modelservices.serving.embedding-images.io", "modelcaches.serving.embedding-images.io")
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True, binary: str = "helm") -> subprocess.CompletedProcess:
+    proc = subprocess.run([binary, *args], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -98,8 +103,7 @@ def test_a_pull_secret_in_values_reaches_every_model_pod_and_the_download_job(cl
     ns = release_namespace
     values = {**BASE_VALUES, "imagePullSecrets": [{"name": "regcred"}],
               "reranker": {"accelerator": "cpu", "imagePullSecrets": [{"name": "reranker-registry"}]}}
-    helm(cluster, "install", RELEASE, str(CHART), "-n", ns, "-f", str(values_file(tmp_path, values)),
-         "--wait", "--timeout", "180s")
+    helm(cluster, "install", RELEASE, str(CHART), "-n", ns, "-f", str(values_file(tmp_path, values)))
     # A ModelService made with kubectl adds its own secret to the operator's default, and a
     # ModelCache's download Job pulls the operator's image with the default.
     extra = {"apiVersion": "serving.embedding-images.io/v1alpha1", "kind": "ModelService",
@@ -123,3 +127,44 @@ def test_a_pull_secret_in_values_reaches_every_model_pod_and_the_download_job(cl
                         timeout=120)
         for job in jobs:
             assert pull_secrets(job["spec"]["template"]["spec"]) == ["regcred"], job["metadata"]["name"]
+
+
+@pytest.fixture(scope="module")
+def helm_binaries(cluster: Cluster) -> dict[str, str]:
+    """Helm 4 (tests/cluster/tools.sh, on the cluster's PATH) and Helm 3 (tests/chart/helm3.sh)."""
+    helm3 = ROOT / ".cache" / "bin" / "helm3"
+    if not helm3.exists():
+        subprocess.run([str(HELM3_SH)], cwd=ROOT, check=True)
+    return {"helm4": "helm", "helm3": str(helm3)}
+
+
+INSTALLS = 10
+
+
+@pytest.mark.parametrize("version", ["helm4", "helm3"])
+def test_a_plain_install_into_a_cluster_without_the_crds_succeeds_every_time(cluster, helm_binaries, namespace,
+                                                                            tmp_path, version):
+    """`helm install` without `--wait`, the CRDs deleted before each: the chart's ModelServices and
+    ModelCache are created once their kinds are served (crds/), every time."""
+    if not cluster.local:
+        pytest.skip("deletes the CRDs, and with them every ModelService of the cluster: local control plane only")
+    binary = helm_binaries[version]
+    values = values_file(tmp_path, {**BASE_VALUES, "embedding": {"accelerator": "cpu",
+                                                                 "modelCache": {"enabled": True, "size": "1Gi"}}})
+    failures, seconds = [], []
+    for attempt in range(INSTALLS):
+        cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--wait=true", timeout=120)
+        start = time.monotonic()
+        proc = helm(cluster, "install", RELEASE, str(CHART), "-n", namespace, "-f", str(values), check=False,
+                    binary=binary)
+        seconds.append(time.monotonic() - start)
+        if proc.returncode != 0:
+            failures.append(f"install {attempt + 1}: {proc.stderr.strip()}")
+        else:
+            names = sorted(ms["metadata"]["name"] for ms in cluster.get("modelservices", "-n", namespace)["items"])
+            if names != [EMBED, RERANK] or not cluster.get("modelcaches", EMBED, "-n", namespace):
+                failures.append(f"install {attempt + 1}: ModelServices {names}")
+        helm(cluster, "uninstall", RELEASE, "-n", namespace, "--wait", check=False, binary=binary)
+    cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", timeout=120)
+    print(f"{version}: {INSTALLS} installs without --wait, {min(seconds):.1f}-{max(seconds):.1f} s each")
+    assert not failures, "\n".join(failures)

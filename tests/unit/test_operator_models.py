@@ -1,6 +1,6 @@
 """The ModelService's pydantic model and its CRD schema agree, both ways.
 
-The CRD file (charts/embedding-images/files/crd-modelservices.yaml) is generated from
+The CRD file (charts/embedding-images/crds/modelservices.yaml) is generated from
 modelservice.api.models; these tests fail when the committed file is stale, when the generator loses a
 field, default or enum, and when the API server (the schema, its defaults and its CEL rules,
 evaluated here with cel-python as the API server would) and the operator (pydantic) would judge a
@@ -25,7 +25,7 @@ from modelservice.api import crd, models
 from modelservice.placement.variants import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 
 
 def committed() -> dict:
@@ -39,8 +39,8 @@ def openapi(doc: dict) -> dict:
 
 def test_committed_crd_is_the_generated_one():
     assert CRD_FILE.read_text() == crd.render_crd(), (
-        "crd-modelservices.yaml is stale: run `python -m modelservice.api.crd > "
-        "charts/embedding-images/files/crd-modelservices.yaml`")
+        "crds/modelservices.yaml is stale: run `python -m modelservice.api.crd > "
+        "charts/embedding-images/crds/modelservices.yaml`")
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

@@ -1,6 +1,6 @@
 """The ModelService resource as pydantic models: the one definition of its spec and status.
 
-The CRD's OpenAPI schema (charts/embedding-images/files/crd-modelservices.yaml) is generated from
+The CRD's OpenAPI schema (charts/embedding-images/crds/modelservices.yaml) is generated from
 these models by `modelservice.api.crd.build_crd()`; a unit test fails when the committed file and the
 models drift apart. The CEL rules (`x-kubernetes-validations`) sit next to the pydantic
 validators that enforce the same rule in Python, so the API server refuses at `kubectl apply`
