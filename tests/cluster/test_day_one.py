@@ -1,13 +1,15 @@
 """A platform team's first day with the chart, on the real control plane: a private registry in
 operator mode (the chart's pull secret on every model pod and download Job, a ModelService adding
 its own); a plain `helm install` (no `--wait`) into a cluster without the CRDs, ten times, with
-Helm 4 and Helm 3.
+Helm 4 and Helm 3; a GitOps render (`helm template`) applied twice with server-side apply, the
+second time changing nothing.
 
 The operator runs here as a local `python -m modelservice` with the arguments of the chart's own
 operator Deployment (its image is not pulled; kwok's nodes run no container).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -168,3 +170,63 @@ def test_a_plain_install_into_a_cluster_without_the_crds_succeeds_every_time(clu
     cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", timeout=120)
     print(f"{version}: {INSTALLS} installs without --wait, {min(seconds):.1f}-{max(seconds):.1f} s each")
     assert not failures, "\n".join(failures)
+
+
+def _settled(cluster: Cluster, namespace: str) -> bool:
+    """Every Deployment of the namespace rolled out and ready (their controllers write no more)."""
+    for d in cluster.get("deployments", "-n", namespace)["items"]:
+        status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
+        if (status.get("observedGeneration") != d["metadata"]["generation"]
+                or status.get("updatedReplicas", 0) != want or status.get("readyReplicas", 0) != want):
+            return False
+    return True
+
+
+def _versions(cluster: Cluster, manifest: str) -> dict[str, str]:
+    """kind/namespace/name -> resourceVersion of every object of a manifest, as the cluster has it."""
+    listed = json.loads(cluster.kubectl("get", "-f", "-", "-o", "json", input=manifest).stdout)
+    return {f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            for o in listed["items"]}
+
+
+def test_a_gitops_render_applied_twice_changes_nothing_the_second_time(cluster, namespace, tmp_path):
+    """What Argo CD or Flux do on every sync: render without a cluster (`helm template
+    --include-crds`; hooks are theirs to run, here the `helm test` pod is left out), server-side
+    apply, render again, apply again. The renders are the same, and once the controllers have
+    settled the second apply writes nothing (no object's resourceVersion moves)."""
+    values = values_file(tmp_path, {**BASE_VALUES, "gateway": {"enabled": True},
+                                    "imagePullSecrets": [{"name": "regcred"}],
+                                    "commonLabels": {"team": "search"}, "networkPolicy": {"enabled": True},
+                                    "embedding": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": "1Gi"},
+                                                  "podDisruptionBudget": {"enabled": True},
+                                                  "topologySpreadConstraints": [
+                                                      {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                                       "whenUnsatisfiable": "ScheduleAnyway"}]}})
+
+    def render() -> str:
+        out = helm(cluster, "template", RELEASE, str(CHART), "-n", namespace, "-f", str(values), "--include-crds").stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        kept = [d for d in docs if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
+        assert len(kept) == len(docs) - 1, "only the helm test pod is a hook"
+        return yaml.safe_dump_all(kept)
+
+    def apply(manifest: str) -> None:
+        # --force-conflicts, as Argo CD and Flux apply: the CRDs may have been created by a Helm install
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=gitops", "-f", "-",
+                        input=manifest, timeout=120)
+
+    first = render()
+    try:
+        apply(first)
+        second = render()
+        assert second == first
+        wait_for("the Deployments to settle", lambda: _settled(cluster, namespace), timeout=120)
+        before = _versions(cluster, second)
+        apply(second)
+        after = _versions(cluster, second)
+        changed = sorted(k for k in before if before[k] != after[k])
+        assert not changed, f"the second apply changed {changed}"
+        assert len(before) >= 15, sorted(before)
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=yaml.safe_dump_all(
+            [d for d in yaml.safe_load_all(first) if d and d["kind"] != "CustomResourceDefinition"]), check=False)
