@@ -173,9 +173,6 @@ POD_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR_SELECTOR = "serving.embedding-images.io/modelservice"
 CACHE_KINDS = ("Job", "PersistentVolumeClaim")
-HOOKS = ("helm.sh/hook", "helm.sh/hook-weight", "helm.sh/hook-delete-policy")
-HOOK_ANNOTATIONS = {"Job": HOOKS + ("helm.sh/hook-output-log-policy",),
-                    "PersistentVolumeClaim": HOOKS + ("helm.sh/resource-policy",)}
 
 
 def _autoscaled(values: dict) -> bool:
@@ -230,14 +227,17 @@ INTENDED = (
                                ("helm.sh/chart", Side.CHART, "the chart's labels"),
                                ("app.kubernetes.io/version", Side.CHART, "the chart's labels"),
                                ("team", Side.CHART, "commonLabels: the chart's objects"))),
-    # Helm orders what the operator does itself: the claim before the Job before the Deployment
-    # (hooks and weights), the claim kept, the Job replaced at every install and upgrade.
-    *(Intended(kind, ("metadata", "annotations", key), Side.CHART, "Helm's hook annotations")
-      for kind in CACHE_KINDS for key in HOOK_ANNOTATIONS[kind]),
+    # Helm never deletes the chart's claim (the operator deletes its own with the ModelCache).
+    Intended("PersistentVolumeClaim", ("metadata", "annotations", "helm.sh/resource-policy"), Side.CHART,
+             "the chart's claim is kept"),
+    # The operator creates the Deployment only once the ModelCache is complete; Helm creates it at
+    # once, and its pods wait for the download in an init container.
+    Intended("Deployment", ("spec", "template", "spec", "initContainers"), Side.CHART,
+             "the chart's pods wait for their download", lambda values: bool(values.get("modelCache", {}).get("enabled"))),
     *(Intended(kind, ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART, "commonAnnotations: the chart's objects")
       for kind in CACHE_KINDS),
-    # The chart's Job has one name per model, so before-hook-creation replaces the previous one;
-    # the operator's names what it fetches (a revision change is a new Job, never two at once).
+    # Each names its Job after what it runs: the operator after what it fetches, the chart after the
+    # whole pod (a Job's pod template cannot change, and Helm would patch it on every upgrade).
     Intended("Job", ("metadata", "name"), Side.BOTH, "the chart's Job is replaced, the operator's is per revision"),
     # ReadWriteOnce: the operator pins the pods to the node the download ran on (status.nodeName),
     # which Helm cannot know; without the operator the values name the node (README, "Model cache").
@@ -409,7 +409,7 @@ def pairs(render) -> dict[str, list[Pair]]:
             operator = {"Deployment": deployment, "Service": service, **cache_children}
             chart = {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}
             if cache_name:
-                chart["Job"] = without.get("Job", f"{cache_name}-download")
+                (chart["Job"],) = [j for j in without.kinds("Job") if j["metadata"]["name"].startswith(f"{cache_name}-")]
                 chart["PersistentVolumeClaim"] = without.get("PersistentVolumeClaim", f"modelcache-{cache_name}")
             policy = operator_network_policy(ms, with_operator)
             assert (policy is None) == (name not in without.names("NetworkPolicy")), (input_name, name)

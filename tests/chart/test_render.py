@@ -800,17 +800,37 @@ def test_model_cache_with_the_operator_is_a_modelcache_named_in_the_modelservice
     assert "annotations" not in served.get("ModelCache", name)["metadata"]
 
 
-def test_model_cache_without_the_operator_orders_claim_job_then_deployment(render):
-    out = render(values={"embedding": CACHED}, sets=PLAIN)
+def test_model_cache_without_the_operator_is_release_resources_and_the_pods_wait_for_the_download(render):
+    """No hook and no lookup: the claim (kept by Helm), the download Job and the Deployment, whose
+    pods wait in an init container until the revision is complete on the volume."""
+    out = render(values={"embedding": {**CACHED, "revision": "v1.0"}}, sets=PLAIN)
     name = "rel-embedding-images-embedding"
     claim = out.get("PersistentVolumeClaim", f"modelcache-{name}")["metadata"]["annotations"]
-    job = out.get("Job", f"{name}-download")["metadata"]["annotations"]
-    assert claim["helm.sh/hook"] == job["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert int(claim["helm.sh/hook-weight"]) < int(job["helm.sh/hook-weight"])
-    assert claim["helm.sh/resource-policy"] == "keep" and claim["helm.sh/hook-delete-policy"] == "hook-failed"
-    assert job["helm.sh/hook-delete-policy"] == "before-hook-creation"
-    assert "helm.sh/hook" not in (out.get("Deployment", name)["metadata"].get("annotations") or {})
-    assert out.names("Job") == [f"{name}-download"], "only the cached model downloads"
+    assert claim == {"helm.sh/resource-policy": "keep"}
+    (job,) = out.kinds("Job")
+    assert job["metadata"]["name"].startswith(f"{name}-") and len(job["metadata"]["name"]) == len(name) + 11
+    assert "annotations" not in job["metadata"]
+    pod = out.get("Deployment", name)["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    assert wait["command"] == ["python", "-m", "modelservice.cache.download"]
+    assert wait["args"] == ["--model", "BAAI/bge-small-en-v1.5", "--revision", "v1.0", "--dir", "/models", "--wait"]
+    assert wait["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert wait["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert "initContainers" not in out.get("Deployment", "rel-embedding-images-reranker")["spec"]["template"]["spec"]
+
+
+def test_a_new_revision_or_image_is_a_new_download_job(render):
+    """A Job's pod template cannot change: whatever changes its pod names a new Job (Helm deletes
+    the old one), and the same values name the same Job."""
+    def job_name(values, *sets):
+        (job,) = render(values=values, sets=[*PLAIN, *sets]).kinds("Job")
+        return job["metadata"]["name"]
+
+    base = job_name({"embedding": CACHED})
+    assert job_name({"embedding": CACHED}) == base
+    assert job_name({"embedding": {**CACHED, "revision": "v2"}}) != base
+    assert job_name({"embedding": CACHED}, "operator.image.tag=9.9.9") != base
+    assert job_name({"embedding": CACHED}, "operator.hfEndpoint=https://hub.example") != base
 
 
 @pytest.mark.parametrize("values, message", [

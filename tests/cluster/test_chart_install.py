@@ -357,10 +357,12 @@ def test_uninstall_removes_everything_but_the_kept_crd(release, operator):
 
 
 def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(chart_cluster, tmp_path):
-    """Without the operator, `helm install --wait` runs the claim and the download Job as hooks and
-    creates the reranker's Deployment only after the Job completed (kwok completes its pod; the
-    download itself is tested for real in tests/service/test_model_download.py); the Deployment
-    mounts the claim read-only and runs offline; uninstall keeps the claim and its files."""
+    """Without the operator, a plain `helm install` creates the claim, the download Job and the
+    reranker's Deployment as release resources; the Job completes (kwok completes its pod; the
+    download itself is tested for real in tests/service/test_model_download.py); the pods wait for
+    it in their init container, mount the claim read-only and run offline; an upgrade with the
+    same values leaves the Job as it is; uninstall keeps the claim and its files, and installing
+    again takes the kept claim back."""
     ns, release = f"{NS}-cache", "cached"
     name = f"{release}-embedding-images-reranker"
     claim = f"modelcache-{name}"
@@ -375,15 +377,15 @@ def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(ch
               "reranker": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": "1Gi",
                                                                 "storageClassName": "cache-test"}}}
     try:
-        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
-                    "--wait", "--timeout", "120s", check=False)
+        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
         assert proc.returncode == 0, proc.stderr
-        (job,) = get_json("jobs", "-n", ns)["items"]
-        assert job["status"]["succeeded"] == 1
+        (job,) = wait_for("the download Job to succeed", lambda: [
+            j for j in get_json("jobs", "-n", ns)["items"] if (j.get("status") or {}).get("succeeded") == 1], timeout=120)
         assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "modelservice.cache.download"]
         dep = get_json("deployment", name, "-n", ns)
-        assert dep["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
         spec = dep["spec"]["template"]["spec"]
+        (wait,) = spec["initContainers"]
+        assert wait["args"][-1] == "--wait" and wait["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
         (container,) = spec["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["HF_HUB_OFFLINE"] == "1"
@@ -391,12 +393,16 @@ def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(ch
         assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
         assert {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in spec["volumes"]
         assert get_json("pvc", claim, "-n", ns)["status"]["phase"] == "Bound"
-        # An upgrade runs the hooks again (the download finds its files complete) and keeps the claim.
-        proc = helm("upgrade", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
-                    "--wait", "--timeout", "120s", check=False)
+        # The same values: the same Job, left as it is (a Job's pod template cannot change).
+        proc = helm("upgrade", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
         assert proc.returncode == 0, proc.stderr
+        (again,) = get_json("jobs", "-n", ns)["items"]
+        assert again["metadata"]["uid"] == job["metadata"]["uid"]
         helm("uninstall", release, "-n", ns, "--wait", "--timeout", "60s")
-        assert get_json("pvc", claim, "-n", ns)["metadata"]["name"] == claim   # kept: the files stay
+        kept = get_json("pvc", claim, "-n", ns)   # kept: the files stay
+        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert get_json("pvc", claim, "-n", ns)["metadata"]["uid"] == kept["metadata"]["uid"]
     finally:
         helm("uninstall", release, "-n", ns, "--ignore-not-found", check=False)
         kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)

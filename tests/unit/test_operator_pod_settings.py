@@ -140,3 +140,4 @@ def test_the_reranker_reports_the_modelservice_name_unless_told_otherwise():
     for engine_args, expected in ((None, "search-rerank"), ({"servedModelName": "qwen"}, "qwen")):
         env = _container("rerank", "Qwen/Qwen3-Reranker-0.6B", engine_args, name="search-rerank")["env"]
         assert {"name": "RERANKER_SERVED_MODEL_NAME", "value": expected} in env
+

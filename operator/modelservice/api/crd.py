@@ -20,8 +20,10 @@ import yaml
 
 from . import models
 
-# JSON-schema keys that have no place in a CRD schema.
-_DROP = {"title", "$defs"}
+# JSON-schema keys that have no place in a CRD schema (the API server drops propertyNames from a
+# stored CRD: kept, the file would differ from what the cluster holds, and server-side applies of
+# it by two managers, Helm 4 and kubectl, would conflict on .spec.versions).
+_DROP = {"title", "$defs", "propertyNames"}
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:

@@ -144,6 +144,30 @@ affinity:
 topologySpreadConstraints:
   {{- toYaml $spread | nindent 2 }}
 {{- end }}
+{{- if $modelCache }}
+{{- /* chart-only: the pods wait for their download Job (the operator gates its Deployment instead) */}}
+initContainers:
+  - name: wait-for-model
+    image: {{ include "embedding-images.operator.image" $root | quote }}
+    command: [python, -m, modelservice.cache.download]
+    args: [--model, {{ $modelCache.model | quote }}, --revision, {{ default "main" $modelCache.revision | quote }}, --dir, /models, --wait]
+    resources:
+      requests:
+        cpu: 10m
+        memory: 64Mi
+      limits:
+        memory: 256Mi
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: [ALL]
+    volumeMounts:
+      - name: models
+        mountPath: /models
+        readOnly: true
+{{- end }}
 containers:
   - name: {{ ternary "tei" "reranker" $tei }}
     image: {{ $r.image | quote }}
