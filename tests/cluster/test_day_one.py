@@ -2,7 +2,8 @@
 operator mode (the chart's pull secret on every model pod and download Job, a ModelService adding
 its own); a plain `helm install` (no `--wait`) into a cluster without the CRDs, ten times, with
 Helm 4 and Helm 3; a GitOps render (`helm template`) applied twice with server-side apply, the
-second time changing nothing.
+second time changing nothing; an upgrade from the first chart layout that had the operator keeps
+every ModelService and its pods serving.
 
 The operator runs here as a local `python -m modelservice` with the arguments of the chart's own
 operator Deployment (its image is not pulled; kwok's nodes run no container).
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tarfile
+import threading
 import subprocess
 import sys
 import time
@@ -172,14 +175,16 @@ def test_a_plain_install_into_a_cluster_without_the_crds_succeeds_every_time(clu
     assert not failures, "\n".join(failures)
 
 
+def _settled_deployment(d: dict[str, Any]) -> bool:
+    status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
+    return (status.get("observedGeneration") == d["metadata"]["generation"]
+            and status.get("updatedReplicas", 0) == want == status.get("readyReplicas", 0)
+            and status.get("replicas", 0) == want)
+
+
 def _settled(cluster: Cluster, namespace: str) -> bool:
     """Every Deployment of the namespace rolled out and ready (their controllers write no more)."""
-    for d in cluster.get("deployments", "-n", namespace)["items"]:
-        status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
-        if (status.get("observedGeneration") != d["metadata"]["generation"]
-                or status.get("updatedReplicas", 0) != want or status.get("readyReplicas", 0) != want):
-            return False
-    return True
+    return all(_settled_deployment(d) for d in cluster.get("deployments", "-n", namespace)["items"])
 
 
 def _versions(cluster: Cluster, manifest: str) -> dict[str, str]:
@@ -236,3 +241,98 @@ def test_a_gitops_render_applied_twice_changes_nothing_the_second_time(cluster, 
     finally:
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=yaml.safe_dump_all(
             [d for d in yaml.safe_load_all(first) if d and d["kind"] != "CustomResourceDefinition"]), check=False)
+
+
+# The first commit whose chart installed the operator and its ModelServices (the CRD generated
+# into files/, the ModelServices a post-install hook on a first install, a cluster-wide operator).
+FIRST_OPERATOR_LAYOUT = "10e6645"
+
+
+def _old_chart(tmp_path: Path) -> Path:
+    archive = subprocess.run(["git", "archive", FIRST_OPERATOR_LAYOUT, "charts/embedding-images"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    (tmp_path / "old.tar").write_bytes(archive)
+    with tarfile.open(tmp_path / "old.tar") as tar:
+        tar.extractall(tmp_path / "old", filter="data")
+    return tmp_path / "old" / "charts" / "embedding-images"
+
+
+def test_upgrade_from_the_first_operator_layout_keeps_every_modelservice_serving(cluster, namespace, tmp_path):
+    """The release installed with the first chart that had the operator (its CRD rendered from
+    templates and owned by the release, its ModelServices a post-install hook), an operator
+    reconciling them, then `helm upgrade` to this chart: the CRD, the ModelServices and their
+    Deployments are the same objects (none deleted and created again), the ModelServices become
+    release resources (both CRDs too: the ModelCache CRD arrives with the upgrade), and each model
+    keeps a ready pod throughout (sampled every 0.2 s from before the upgrade until its pods
+    settle). The operator here is this checkout's, before and after: the old image is not built."""
+    if not cluster.local:
+        pytest.skip("deletes the CRDs, and with them every ModelService of the cluster: local control plane only")
+    try:
+        subprocess.run(["git", "cat-file", "-e", FIRST_OPERATOR_LAYOUT], cwd=ROOT, check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        pytest.fail(f"commit {FIRST_OPERATOR_LAYOUT} (the first operator layout) is not in this clone's history")
+    cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--wait=true", timeout=120)
+    values = values_file(tmp_path, {"operator": {"image": {"repository": "registry.invalid/operator"}},
+                                    "embedding": {"accelerator": "cpu"}, "reranker": {"accelerator": "cpu"}})
+    # That layout's README: a first install with --wait.
+    helm(cluster, "install", RELEASE, str(_old_chart(tmp_path)), "-n", namespace, "-f", str(values),
+         "--wait", "--timeout", "180s")
+    models = (EMBED, RERANK)
+    operator_log = tmp_path / "operator.log"
+
+    def ready(name: str) -> int:
+        d = cluster.get("deployment", name, "-n", namespace)
+        return int((d.get("status") or {}).get("readyReplicas") or 0)
+
+    def uids() -> dict[str, str]:
+        objects = {"crd/modelservices": cluster.get("crd", CRDS[0])}
+        for name in models:
+            objects[f"modelservice/{name}"] = cluster.get("modelservice", name, "-n", namespace)
+            objects[f"deployment/{name}"] = cluster.get("deployment", name, "-n", namespace)
+        return {k: o["metadata"]["uid"] for k, o in objects.items()}
+
+    # This checkout's operator, serving the release namespace, in place of the old image.
+    serving = subprocess.Popen([sys.executable, "-m", "modelservice", f"--namespace={namespace}"],
+                               env={**cluster.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+                               stdout=open(operator_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    lowest: dict[str, int] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # the fewest ready pods each model had while the upgrade ran
+        while not stop.is_set():
+            for name in models:
+                try:
+                    lowest[name] = min(lowest.get(name, 99), ready(name))
+                except AssertionError:
+                    lowest[name] = 0
+            time.sleep(0.2)
+
+    try:
+        wait_for("both models ready under the old layout",
+                 lambda: all(ready(n) >= 1 for n in models), timeout=120)
+        before = uids()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            helm(cluster, "upgrade", RELEASE, str(CHART), "-n", namespace, "-f", str(values))
+
+            def settled() -> bool:
+                time.sleep(2)  # the operator's reconcile of the upgraded ModelServices, if any
+                return all(_settled_deployment(cluster.get("deployment", name, "-n", namespace)) for name in models)
+
+            wait_for("the models' pods to settle after the upgrade", settled, timeout=180)
+        finally:
+            stop.set()
+            watcher.join()
+        assert uids() == before, "an object was deleted and created again"
+        assert lowest == {name: 1 for name in models}, f"a model lost its ready pod during the upgrade: {lowest}"
+        manifest = [d for d in yaml.safe_load_all(helm(cluster, "get", "manifest", RELEASE, "-n", namespace).stdout) if d]
+        kinds = [d["kind"] for d in manifest]
+        assert kinds.count("ModelService") == 2, "the ModelServices are release resources now"
+        assert kinds.count("CustomResourceDefinition") == 2, "the release owns (and updates) both CRDs"
+        assert cluster.get("crd", CRDS[1])["metadata"]["name"] == CRDS[1]
+        assert serving.poll() is None, operator_log.read_text()[-3000:]
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(timeout=30)
+        helm(cluster, "uninstall", RELEASE, "-n", namespace, "--wait", check=False)
