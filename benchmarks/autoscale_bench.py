@@ -44,7 +44,7 @@ from reporting import Column, Table, finish  # noqa: E402  (a sibling module)
 
 from testkit.localstack import ClosedLoopLoad, rerank, start_stack  # noqa: E402
 
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 GROUP, VERSION, PLURAL = "serving.embedding-images.io", "v1alpha1", "modelservices"
 DOCUMENTS = [f"Document {i}: Paris is the capital of France, and the Seine runs through it." for i in range(24)]
 TARGETS = {"scale_up_seconds": "<= 2 scrape intervals", "cold_start_seconds": "<= 1", "flaps_on_plateau": "0",

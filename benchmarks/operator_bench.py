@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 API = "serving.embedding-images.io/v1alpha1"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
 WATCHED = {"modelservices", "deployments", "services"}

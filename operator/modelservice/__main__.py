@@ -34,6 +34,27 @@ def parse_peers(text: str) -> tuple[dict, ...]:
     return tuple(peer.model_dump(by_alias=True, exclude_none=True) for peer in peers)
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    """NAME,...: the names, in order, without blanks."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_pod_map(field_name: str):
+    """--pod-labels / --pod-annotations: a JSON object, judged as spec.pod.<field_name> is (a
+    selector label or a bad key stops the operator at start, not each apply)."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from .api.models import PodSettings  # noqa: PLC0415
+
+    def parse(text: str) -> dict[str, str]:
+        try:
+            settings = PodSettings.model_validate({field_name: json.loads(text or "{}")})
+        except (ValueError, ValidationError) as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object of pod {field_name}: {exc}") from None
+        return dict(getattr(settings, field_name) or {})
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from .autoscaling.loop import gateway_urls_of  # noqa: PLC0415
     from .controller.handlers import DEFAULT_RESYNC_S  # noqa: PLC0415  (the one default; handlers imports kopf's registry)
@@ -79,16 +100,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--address-overrides", metavar="FILE", default=os.environ.get("MODELSERVICE_ADDRESS_OVERRIDES"),
                         help="tests and demo only: the gateway's address override file; pods are read for "
                              "autoscaling at its addresses, never at their IPs (env MODELSERVICE_ADDRESS_OVERRIDES)")
+    pods = parser.add_argument_group("Pod defaults (a ModelService's spec.pod extends them)")
+    pods.add_argument("--image-pull-secrets", metavar="NAME,...", type=parse_names,
+                      default=os.environ.get("MODELSERVICE_IMAGE_PULL_SECRETS", ""),
+                      help="Secrets (of each ModelService's namespace) that pull the model images and the "
+                           "ModelCache download Jobs' image, before those of spec.pod.imagePullSecrets "
+                           "(the chart passes its imagePullSecrets; env MODELSERVICE_IMAGE_PULL_SECRETS)")
+    pods.add_argument("--pod-labels", metavar="JSON", type=parse_pod_map("labels"), default={},
+                      help="a JSON object of labels for every model pod; spec.pod.labels wins on a "
+                           "shared key (the chart passes its commonLabels)")
+    pods.add_argument("--pod-annotations", metavar="JSON", type=parse_pod_map("annotations"), default={},
+                      help="a JSON object of annotations for every model pod; spec.pod.annotations wins "
+                           "on a shared key (the chart passes its commonAnnotations)")
     cache = parser.add_argument_group("ModelCache downloads")
     cache.add_argument("--downloader-image", metavar="IMAGE", default=os.environ.get("MODELSERVICE_DOWNLOADER_IMAGE"),
                        help="image of the download Jobs: the operator's own, which holds "
                             "`python -m modelservice.cache.download` (env MODELSERVICE_DOWNLOADER_IMAGE; the chart "
                             "sets it)")
-    cache.add_argument("--downloader-pull-secrets", metavar="NAME,...",
-                       type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
-                       default=os.environ.get("MODELSERVICE_DOWNLOADER_PULL_SECRETS", ""),
-                       help="Secrets of the ModelCache's namespace that pull the downloader image (the "
-                            "chart passes its imagePullSecrets; env MODELSERVICE_DOWNLOADER_PULL_SECRETS)")
     cache.add_argument("--hf-endpoint", metavar="URL", default=os.environ.get("MODELSERVICE_HF_ENDPOINT"),
                        help="the Hub the download Jobs fetch from (their HF_ENDPOINT), e.g. a mirror; "
                             "unset: huggingface.co (env MODELSERVICE_HF_ENDPOINT)")
@@ -108,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .cache import handlers as cache_handlers  # noqa: F401  (registers the handlers)
     from .controller import handlers  # noqa: F401
-    from .placement.builders import NetworkPolicyDefaults  # noqa: PLC0415
+    from .placement.builders import NetworkPolicyDefaults, PodDefaults  # noqa: PLC0415
     from .placement.sharing import SharingMechanism  # noqa: PLC0415
 
     logging.getLogger(__name__).info(
@@ -127,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
                            enabled=args.network_policy,
                            allow_same_namespace=args.network_policy_same_namespace,
                            peers=args.network_policy_peers),
+                       pod_defaults=PodDefaults(image_pull_secrets=tuple(args.image_pull_secrets),
+                                                labels=args.pod_labels, annotations=args.pod_annotations),
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
                        address_overrides=args.address_overrides,
                        gpu_sharing=SharingMechanism(args.gpu_sharing),
                        download=cache_handlers.DownloadSettings(
                            image=args.downloader_image, hf_endpoint=args.hf_endpoint,
-                           pull_secrets=tuple(args.downloader_pull_secrets))),
+                           pull_secrets=tuple(args.image_pull_secrets))),
     )
     return 0
 

@@ -50,11 +50,13 @@ INPUTS = {
         "engineArgs": {"maxBatchTokens": 4096, "maxClientBatchSize": 64, "maxConcurrentRequests": 128,
                        "pooling": "cls", "dtype": "float16", "autoTruncate": True,
                        "maxBatchRequests": 16, "payloadLimit": 4000000, "defaultPromptName": "query",
+                       "servedModelName": "bge-small",
                        "apiKeySecretRef": {"name": "tei-key"}}}},
     "reranker-cpu": {"reranker": {"accelerator": "cpu"}},
     "reranker-a100": {"reranker": {"accelerator": "ampere-80", "engineArgs": {
         "maxBatchTokens": 8192, "maxLength": 4096, "dtype": "bfloat16", "maxDocuments": 500,
         "instruction": "Given a support ticket, retrieve the runbook that resolves it", "promptCacheTokens": 0,
+        "servedModelName": "runbook-reranker",
         "apiKeySecretRef": {"name": "rerank-key", "key": "api-key"}}}},
     "reranker-cpu-long-passes-own-cpu": {"reranker": {
         "accelerator": "cpu", "engineArgs": {"maxBatchTokens": 16384, "maxLength": 4096},
@@ -121,10 +123,27 @@ INPUTS = {
     "chart-only-values": {
         "commonAnnotations": {COMMON_ANNOTATION: "on"},
         "imagePullSecrets": [{"name": "regcred"}],
-        "embedding": {"accelerator": "cpu", "podLabels": {POD_LABEL: "on"},
-                      "podAnnotations": {POD_ANNOTATION: "on"}, "autoscaling": {"enabled": True}},
-        "reranker": {"accelerator": "cpu", "podLabels": {POD_LABEL: "on"},
-                     "podAnnotations": {POD_ANNOTATION: "on"}, "autoscaling": {"enabled": True}},
+        "embedding": {"accelerator": "cpu", "autoscaling": {"enabled": True}},
+        "reranker": {"accelerator": "cpu", "autoscaling": {"enabled": True}},
+    },
+    # Pod settings: the chart's imagePullSecrets, commonLabels and commonAnnotations (the operator's
+    # defaults, on its command line) extended by each model's own (the ModelService's spec.pod).
+    "pod-settings": {
+        "commonLabels": {"team": "search"}, "commonAnnotations": {COMMON_ANNOTATION: "on"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "embedding": {"accelerator": "cpu", "podLabels": {POD_LABEL: "on", "team": "embeddings"},
+                      "podAnnotations": {POD_ANNOTATION: "on", COMMON_ANNOTATION: "off"},
+                      "imagePullSecrets": [{"name": "own"}, {"name": "regcred"}],
+                      "priorityClassName": "serving-high", "serviceAccountName": "bucket-reader",
+                      "topologySpreadConstraints": [
+                          {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                          {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                           "labelSelector": {"matchLabels": {"team": "search"}}, "minDomains": 2,
+                           "nodeAffinityPolicy": "Honor", "nodeTaintsPolicy": "Ignore",
+                           "matchLabelKeys": ["pod-template-hash"]}]},
+        "reranker": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": "4Gi"},
+                     "topologySpreadConstraints": [
+                         {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]},
     },
 }
 
@@ -154,9 +173,6 @@ POD_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR_SELECTOR = "serving.embedding-images.io/modelservice"
 CACHE_KINDS = ("Job", "PersistentVolumeClaim")
-HOOKS = ("helm.sh/hook", "helm.sh/hook-weight", "helm.sh/hook-delete-policy")
-HOOK_ANNOTATIONS = {"Job": HOOKS + ("helm.sh/hook-output-log-policy",),
-                    "PersistentVolumeClaim": HOOKS + ("helm.sh/resource-policy",)}
 
 
 def _autoscaled(values: dict) -> bool:
@@ -189,19 +205,14 @@ INTENDED = (
     # the pods; the operator's pod template is built from the ModelService alone, so it changes
     # whenever the pods must roll, without a checksum.
     Intended("Deployment", POD_ANNOTATIONS + ("checksum/config",), Side.CHART, "the chart's config checksum"),
-    # values.yaml: podLabels and podAnnotations are "only without the operator"; commonAnnotations
-    # and imagePullSecrets go on "every object (pod) the chart renders", and the operator's
-    # children are not the chart's (the ModelService carries no annotations or pull secrets down).
-    Intended("Deployment", POD_LABELS + (POD_LABEL,), Side.CHART, "podLabels: chart-only value"),
-    Intended("Deployment", POD_ANNOTATIONS + (POD_ANNOTATION,), Side.CHART, "podAnnotations: chart-only value"),
+    # commonAnnotations go on "every object the chart renders", and the operator's Deployment,
+    # Service and policy are not the chart's (it puts them on the pods: --pod-annotations).
     Intended("Deployment", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
              "commonAnnotations: the chart's objects"),
     Intended("Service", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
              "commonAnnotations: the chart's objects"),
     Intended("NetworkPolicy", ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART,
              "commonAnnotations: the chart's objects"),
-    Intended("Deployment", ("spec", "template", "spec", "imagePullSecrets"), Side.CHART,
-             "imagePullSecrets: the chart's pods"),
     # With autoscaling, the chart leaves replicas to the HorizontalPodAutoscaler, which scales the
     # Deployment; with the operator, it scales the ModelService, whose replicas the operator copies.
     Intended("Deployment", ("spec", "replicas"), Side.BOTH, "autoscaling owns replicas", _autoscaled),
@@ -216,14 +227,17 @@ INTENDED = (
                                ("helm.sh/chart", Side.CHART, "the chart's labels"),
                                ("app.kubernetes.io/version", Side.CHART, "the chart's labels"),
                                ("team", Side.CHART, "commonLabels: the chart's objects"))),
-    # Helm orders what the operator does itself: the claim before the Job before the Deployment
-    # (hooks and weights), the claim kept, the Job replaced at every install and upgrade.
-    *(Intended(kind, ("metadata", "annotations", key), Side.CHART, "Helm's hook annotations")
-      for kind in CACHE_KINDS for key in HOOK_ANNOTATIONS[kind]),
+    # Helm never deletes the chart's claim (the operator deletes its own with the ModelCache).
+    Intended("PersistentVolumeClaim", ("metadata", "annotations", "helm.sh/resource-policy"), Side.CHART,
+             "the chart's claim is kept"),
+    # The operator creates the Deployment only once the ModelCache is complete; Helm creates it at
+    # once, and its pods wait for the download in an init container.
+    Intended("Deployment", ("spec", "template", "spec", "initContainers"), Side.CHART,
+             "the chart's pods wait for their download", lambda values: bool(values.get("modelCache", {}).get("enabled"))),
     *(Intended(kind, ("metadata", "annotations", COMMON_ANNOTATION), Side.CHART, "commonAnnotations: the chart's objects")
       for kind in CACHE_KINDS),
-    # The chart's Job has one name per model, so before-hook-creation replaces the previous one;
-    # the operator's names what it fetches (a revision change is a new Job, never two at once).
+    # Each names its Job after what it runs: the operator after what it fetches, the chart after the
+    # whole pod (a Job's pod template cannot change, and Helm would patch it on every upgrade).
     Intended("Job", ("metadata", "name"), Side.BOTH, "the chart's Job is replaced, the operator's is per revision"),
     # ReadWriteOnce: the operator pins the pods to the node the download ran on (status.nodeName),
     # which Helm cannot know; without the operator the values name the node (README, "Model cache").
@@ -256,7 +270,7 @@ def without_intended(kind: str, side: Side, obj: dict, values: dict) -> tuple[di
     return obj, dropped
 
 
-def operator_build(ms: dict, mount=None) -> tuple[dict, dict]:
+def operator_build(ms: dict, mount=None, pod_defaults=None) -> tuple[dict, dict]:
     """The operator's Deployment and Service for a ModelService body (as the API would hand it),
     and with `mount` (a CacheMount) what it renders once its ModelCache is complete (as
     handlers.with_cache does)."""
@@ -268,7 +282,29 @@ def operator_build(ms: dict, mount=None) -> tuple[dict, dict]:
     plan = build_plan(parsed.spec)
     if mount is not None:
         plan = dataclasses.replace(plan, cache=mount)
-    return resources.build_deployment(parsed, plan), resources.build_service(parsed)
+    return (resources.build_deployment(parsed, plan, pod_defaults or resources.PodDefaults()),
+            resources.build_service(parsed))
+
+
+def operator_pod_defaults(with_operator):
+    """The operator's pod defaults that its command line in a render gives it."""
+    from modelservice.placement.builders import PodDefaults
+
+    args = operator_args(with_operator)
+    return PodDefaults(image_pull_secrets=tuple(args.image_pull_secrets), labels=args.pod_labels,
+                       annotations=args.pod_annotations)
+
+
+def own_pods_spread(deployment: dict, values: dict) -> dict:
+    """The Deployment less the labelSelector of the topology spread constraints whose values give
+    none: each mode then counts its own pods, by its own (immutable) selector, which INTENDED leaves
+    out; checked here before it is dropped (INTENDED's key paths cannot name list items)."""
+    deployment = copy.deepcopy(deployment)
+    spread = deployment["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+    for constraint, given in zip(spread, values.get("topologySpreadConstraints", [])):
+        if "labelSelector" not in given:
+            assert constraint.pop("labelSelector") == deployment["spec"]["selector"], constraint
+    return deployment
 
 
 def operator_args(with_operator):
@@ -305,7 +341,7 @@ def operator_cache(cache_body: dict, with_operator, user: str):
     assert args.downloader_image, "the chart gives the operator no --downloader-image"
     cache = parse_modelcache(cache_body)
     job = build_download_job(cache, image=args.downloader_image, hf_endpoint=args.hf_endpoint,
-                             pull_secrets=tuple(args.downloader_pull_secrets))
+                             pull_secrets=tuple(args.image_pull_secrets))
     node = (cache.spec.node_selector or {}).get(HOSTNAME, DOWNLOAD_NODE)
     result = json.dumps({"commit": "0" * 40, "bytes": 1, "files": 1})
     pod = {"spec": {"nodeName": node}, "status": {"phase": "Succeeded", "containerStatuses": [
@@ -369,11 +405,11 @@ def pairs(render) -> dict[str, list[Pair]]:
             cache_name = ms["spec"].get("cache", {}).get("modelCache")
             mount, cache_children = (operator_cache(with_operator.get("ModelCache", cache_name), with_operator, name)
                                      if cache_name else (None, {}))
-            deployment, service = operator_build(ms, mount)
+            deployment, service = operator_build(ms, mount, operator_pod_defaults(with_operator))
             operator = {"Deployment": deployment, "Service": service, **cache_children}
             chart = {"Deployment": without.get("Deployment", name), "Service": without.get("Service", name)}
             if cache_name:
-                chart["Job"] = without.get("Job", f"{cache_name}-download")
+                (chart["Job"],) = [j for j in without.kinds("Job") if j["metadata"]["name"].startswith(f"{cache_name}-")]
                 chart["PersistentVolumeClaim"] = without.get("PersistentVolumeClaim", f"modelcache-{cache_name}")
             policy = operator_network_policy(ms, with_operator)
             assert (policy is None) == (name not in without.names("NetworkPolicy")), (input_name, name)
@@ -400,8 +436,11 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
 def test_chart_and_operator_render_the_same_objects(pairs, input_name):
     for pair in pairs[input_name]:
         for kind in pair.chart:
-            op, _ = without_intended(kind, Side.OPERATOR, pair.operator[kind], pair.values)
-            chart, _ = without_intended(kind, Side.CHART, pair.chart[kind], pair.values)
+            op_obj, chart_obj = pair.operator[kind], pair.chart[kind]
+            if kind == "Deployment":
+                op_obj, chart_obj = own_pods_spread(op_obj, pair.values), own_pods_spread(chart_obj, pair.values)
+            op, _ = without_intended(kind, Side.OPERATOR, op_obj, pair.values)
+            chart, _ = without_intended(kind, Side.CHART, chart_obj, pair.values)
             differences = _differences(op, chart)
             assert not differences, f"{kind}/{pair.name}:\n  " + "\n  ".join(differences)
 

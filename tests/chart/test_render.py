@@ -489,19 +489,34 @@ def test_helm_test_pod_calls_each_health_endpoint(render):
 # --- CRD ---------------------------------------------------------------------------------------------
 
 CRD_NAME = "modelservices.serving.embedding-images.io"
+CACHE_CRD_NAME = "modelcaches.serving.embedding-images.io"
 
 
-def test_crd_comes_from_the_shared_file_and_is_kept_on_uninstall(render):
-    source = yaml.safe_load((CHART / "files" / "crd-modelservices.yaml").read_text())
-    crd = render().get("CustomResourceDefinition", CRD_NAME)
-    assert crd["spec"] == source["spec"], "the template must wrap files/crd-modelservices.yaml, not a copy"
+def test_the_crds_are_in_crds_and_a_render_holds_each_once(render):
+    """crds/ (Helm creates it before rendering, and never deletes it) is the one copy: a render
+    with --include-crds (Argo CD's default) holds each CRD once, as generated; the templates add none
+    on an install."""
+    assert render().kinds("CustomResourceDefinition") == []
+    crds = render(extra=["--include-crds"]).kinds("CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == [CACHE_CRD_NAME, CRD_NAME]
+    for crd in crds:
+        source = yaml.safe_load((CHART / "crds" / f"{crd['spec']['names']['plural']}.yaml").read_text())
+        assert crd == source
+
+
+def test_an_upgrade_that_finds_no_crd_renders_it_from_templates_and_keeps_it(render):
+    """A release from before a CRD existed gets it on upgrade (Helm installs crds/ on the first
+    install only): from crds/, kept on uninstall unless crds.keep is false, none with crds.enabled
+    false. (A release of the earlier layout that owns its CRDs keeps rendering them the same way;
+    tests/cluster covers that, it needs the cluster's lookup.)"""
+    upgrade = ["--is-upgrade"]
+    crd = render(extra=upgrade).get("CustomResourceDefinition", CRD_NAME)
+    source = yaml.safe_load((CHART / "crds" / "modelservices.yaml").read_text())
+    assert crd["spec"] == source["spec"], "the template must wrap crds/modelservices.yaml, not a copy"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-
-
-def test_crd_keep_and_enabled_switches(render):
-    crd = render(sets=["crds.keep=false"]).get("CustomResourceDefinition", CRD_NAME)
+    crd = render(sets=["crds.keep=false"], extra=upgrade).get("CustomResourceDefinition", CRD_NAME)
     assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
-    assert render(sets=["crds.enabled=false"]).kinds("CustomResourceDefinition") == []
+    assert render(sets=["crds.enabled=false"], extra=upgrade).kinds("CustomResourceDefinition") == []
 
 
 # --- NOTES -------------------------------------------------------------------------------------------
@@ -534,23 +549,22 @@ def test_notes_without_the_operator_point_at_deployments(helm):
     assert "reranker" not in notes.split("Next steps:")[0]
 
 
-# --- ModelServices on a first install (CRD in the same release) ------------------------------------
+# --- ModelServices: release resources, whatever the cluster serves at render time ----------------
 
 MS_API = "serving.embedding-images.io/v1alpha1/ModelService"
+CACHE_API = "serving.embedding-images.io/v1alpha1/ModelCache"
 
 
-def test_first_install_creates_modelservices_after_the_crd_with_ownership_for_adoption(render):
-    for ms in render(sets=NO_CRD).kinds("ModelService"):
-        annotations = ms["metadata"]["annotations"]
-        assert annotations["helm.sh/hook"] == "post-install"
-        assert annotations["meta.helm.sh/release-name"] == "rel"
-        assert annotations["meta.helm.sh/release-namespace"] == "models"
-        assert ms["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-
-
-def test_modelservices_are_release_resources_once_the_api_is_served(render):
-    for ms in render(sets=NO_CRD, extra=["--api-versions", MS_API]).kinds("ModelService"):
-        assert "helm.sh/hook" not in ms["metadata"].get("annotations", {})
+def test_modelservices_and_modelcaches_are_release_resources_whatever_is_served(render):
+    """No hook, and the same objects whether or not the render sees the kinds served (crds/ makes
+    them served before Helm renders an install; a GitOps render sees nothing)."""
+    values = {"embedding": {"modelCache": {"enabled": True, "size": "1Gi"}}}
+    unserved = render(values=values, sets=NO_CRD)
+    served = render(values=values, sets=NO_CRD, extra=["--api-versions", MS_API, "--api-versions", CACHE_API])
+    for kind in ("ModelService", "ModelCache"):
+        assert unserved.kinds(kind) == served.kinds(kind) and unserved.kinds(kind)
+        for obj in unserved.kinds(kind):
+            assert not any(k.startswith("helm.sh/hook") for k in obj["metadata"].get("annotations", {}))
 
 
 # --- the gateway -----------------------------------------------------------------------------------
@@ -794,23 +808,42 @@ def test_model_cache_with_the_operator_is_a_modelcache_named_in_the_modelservice
     assert spec["cache"]["modelCache"] == name
     assert "revision" not in spec and "hfTokenSecretRef" not in spec, "the download's, not the pods'"
     assert out.names("ModelCache") == [name]
-    # The CRD is not served by `helm template`: a hook, before the ModelService, also on an upgrade.
-    assert cache["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "annotations" not in cache["metadata"], "a release resource, never a hook"
     served = render(values=values, sets=NO_CRD, extra=["--api-versions", "serving.embedding-images.io/v1alpha1/ModelCache"])
     assert "annotations" not in served.get("ModelCache", name)["metadata"]
 
 
-def test_model_cache_without_the_operator_orders_claim_job_then_deployment(render):
-    out = render(values={"embedding": CACHED}, sets=PLAIN)
+def test_model_cache_without_the_operator_is_release_resources_and_the_pods_wait_for_the_download(render):
+    """No hook and no lookup: the claim (kept by Helm), the download Job and the Deployment, whose
+    pods wait in an init container until the revision is complete on the volume."""
+    out = render(values={"embedding": {**CACHED, "revision": "v1.0"}}, sets=PLAIN)
     name = "rel-embedding-images-embedding"
     claim = out.get("PersistentVolumeClaim", f"modelcache-{name}")["metadata"]["annotations"]
-    job = out.get("Job", f"{name}-download")["metadata"]["annotations"]
-    assert claim["helm.sh/hook"] == job["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert int(claim["helm.sh/hook-weight"]) < int(job["helm.sh/hook-weight"])
-    assert claim["helm.sh/resource-policy"] == "keep" and claim["helm.sh/hook-delete-policy"] == "hook-failed"
-    assert job["helm.sh/hook-delete-policy"] == "before-hook-creation"
-    assert "helm.sh/hook" not in (out.get("Deployment", name)["metadata"].get("annotations") or {})
-    assert out.names("Job") == [f"{name}-download"], "only the cached model downloads"
+    assert claim == {"helm.sh/resource-policy": "keep"}
+    (job,) = out.kinds("Job")
+    assert job["metadata"]["name"].startswith(f"{name}-") and len(job["metadata"]["name"]) == len(name) + 11
+    assert "annotations" not in job["metadata"]
+    pod = out.get("Deployment", name)["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    assert wait["command"] == ["python", "-m", "modelservice.cache.download"]
+    assert wait["args"] == ["--model", "BAAI/bge-small-en-v1.5", "--revision", "v1.0", "--dir", "/models", "--wait"]
+    assert wait["volumeMounts"] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert wait["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert "initContainers" not in out.get("Deployment", "rel-embedding-images-reranker")["spec"]["template"]["spec"]
+
+
+def test_a_new_revision_or_image_is_a_new_download_job(render):
+    """A Job's pod template cannot change: whatever changes its pod names a new Job (Helm deletes
+    the old one), and the same values name the same Job."""
+    def job_name(values, *sets):
+        (job,) = render(values=values, sets=[*PLAIN, *sets]).kinds("Job")
+        return job["metadata"]["name"]
+
+    base = job_name({"embedding": CACHED})
+    assert job_name({"embedding": CACHED}) == base
+    assert job_name({"embedding": {**CACHED, "revision": "v2"}}) != base
+    assert job_name({"embedding": CACHED}, "operator.image.tag=9.9.9") != base
+    assert job_name({"embedding": CACHED}, "operator.hfEndpoint=https://hub.example") != base
 
 
 @pytest.mark.parametrize("values, message", [

@@ -20,7 +20,7 @@ from modelservice.autoscaling.demand import parse_metrics
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE_PARTS = ("charts", "embedding-images", "files", "crd-modelservices.yaml")
+CRD_FILE_PARTS = ("charts", "embedding-images", "crds", "modelservices.yaml")
 CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 DELAY_S = 6

@@ -113,10 +113,8 @@ def release(chart_cluster, tmp_path_factory):
     # every ModelService in a user's cluster. The chart leaves such a CRD alone and says so.
     preexisting_crd = kubectl("get", "crd", CRD, check=False).returncode == 0
     values = install_values(tmp, VALUES)
-    # --wait, as the chart's README says for a first install: the ModelServices' post-install hook
-    # then runs once the CRD is established, not racing the API server's discovery.
-    proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values),
-                "--wait", "--timeout", "180s", check=False)
+    # No --wait: the CRDs come from crds/, which Helm creates before it maps the ModelServices.
+    proc = helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "-f", str(values), check=False)
     assert proc.returncode == 0, proc.stderr
     yield {"values": values, "tmp": tmp, "install_output": proc.stdout, "preexisting_crd": preexisting_crd}
     helm("uninstall", RELEASE, "-n", NS, "--ignore-not-found", check=False)
@@ -171,9 +169,8 @@ def test_install_serves_the_crd_and_creates_the_modelservices(release):
     crd = get_json("crd", CRD)
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established.get("Established") == "True"
-    if not release["preexisting_crd"]:
-        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+    # From crds/: not a release resource, so no helm upgrade or uninstall ever deletes it.
+    assert "kind: CustomResourceDefinition" not in helm("get", "manifest", RELEASE, "-n", NS).stdout
     resources = kubectl("api-resources", "--api-group=serving.embedding-images.io", "-o", "name").stdout
     assert "modelservices.serving.embedding-images.io" in resources
     names = {m["metadata"]["name"] for m in get_json("modelservices", "-n", NS)["items"]}
@@ -284,13 +281,13 @@ def test_upgrade_changing_the_model_rolls_it(release, operator):
         return d["metadata"]["generation"] > before["metadata"]["generation"] and "BAAI/bge-base-en-v1.5" in args
 
     wait_for("the embedding Deployment to roll to the new model", rolled, timeout=120)
-    # The ModelServices are release resources now (adopted from the first-install hook).
+    # The ModelServices are release resources (never a hook).
     manifest = helm("get", "manifest", RELEASE, "-n", NS).stdout
     assert "kind: ModelService" in manifest
 
 
 def test_second_release_installs_beside_the_first_and_leaves_its_crd(release):
-    """A CRD another release owns would make Helm refuse the install; the chart leaves it alone."""
+    """A second release finds the CRDs (crds/ skips them: already present) and leaves them alone."""
     before = get_json("crd", CRD)["metadata"]
     other_ns = f"{NS}-second"
     values = {"operator": {"enabled": False}, "embedding": {"enabled": False}, "reranker": {"enabled": False}}
@@ -298,10 +295,6 @@ def test_second_release_installs_beside_the_first_and_leaves_its_crd(release):
     try:
         proc = helm("install", "second", str(CHART), "-n", other_ns, "--create-namespace", "-f", str(path), check=False)
         assert proc.returncode == 0, proc.stderr
-        owner = before.get("annotations", {}).get("meta.helm.sh/release-name")
-        expected = f'release "{owner}"' if owner else "no Helm release"
-        assert "The ModelService CRD was already in the cluster, owned by " + expected in proc.stdout
-        assert "kubectl annotate crd modelservices.serving.embedding-images.io" in proc.stdout
         after = get_json("crd", CRD)["metadata"]
         assert after.get("annotations") == before.get("annotations")
         assert after["resourceVersion"] == before["resourceVersion"]
@@ -364,10 +357,12 @@ def test_uninstall_removes_everything_but_the_kept_crd(release, operator):
 
 
 def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(chart_cluster, tmp_path):
-    """Without the operator, `helm install --wait` runs the claim and the download Job as hooks and
-    creates the reranker's Deployment only after the Job completed (kwok completes its pod; the
-    download itself is tested for real in tests/service/test_model_download.py); the Deployment
-    mounts the claim read-only and runs offline; uninstall keeps the claim and its files."""
+    """Without the operator, a plain `helm install` creates the claim, the download Job and the
+    reranker's Deployment as release resources; the Job completes (kwok completes its pod; the
+    download itself is tested for real in tests/service/test_model_download.py); the pods wait for
+    it in their init container, mount the claim read-only and run offline; an upgrade with the
+    same values leaves the Job as it is; uninstall keeps the claim and its files, and installing
+    again takes the kept claim back."""
     ns, release = f"{NS}-cache", "cached"
     name = f"{release}-embedding-images-reranker"
     claim = f"modelcache-{name}"
@@ -382,15 +377,15 @@ def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(ch
               "reranker": {"accelerator": "cpu", "modelCache": {"enabled": True, "size": "1Gi",
                                                                 "storageClassName": "cache-test"}}}
     try:
-        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
-                    "--wait", "--timeout", "120s", check=False)
+        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
         assert proc.returncode == 0, proc.stderr
-        (job,) = get_json("jobs", "-n", ns)["items"]
-        assert job["status"]["succeeded"] == 1
+        (job,) = wait_for("the download Job to succeed", lambda: [
+            j for j in get_json("jobs", "-n", ns)["items"] if (j.get("status") or {}).get("succeeded") == 1], timeout=120)
         assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "modelservice.cache.download"]
         dep = get_json("deployment", name, "-n", ns)
-        assert dep["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
         spec = dep["spec"]["template"]["spec"]
+        (wait,) = spec["initContainers"]
+        assert wait["args"][-1] == "--wait" and wait["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
         (container,) = spec["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["HF_HUB_OFFLINE"] == "1"
@@ -398,12 +393,16 @@ def test_chart_only_model_cache_downloads_before_the_pods_and_keeps_the_files(ch
         assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
         assert {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in spec["volumes"]
         assert get_json("pvc", claim, "-n", ns)["status"]["phase"] == "Bound"
-        # An upgrade runs the hooks again (the download finds its files complete) and keeps the claim.
-        proc = helm("upgrade", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)),
-                    "--wait", "--timeout", "120s", check=False)
+        # The same values: the same Job, left as it is (a Job's pod template cannot change).
+        proc = helm("upgrade", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
         assert proc.returncode == 0, proc.stderr
+        (again,) = get_json("jobs", "-n", ns)["items"]
+        assert again["metadata"]["uid"] == job["metadata"]["uid"]
         helm("uninstall", release, "-n", ns, "--wait", "--timeout", "60s")
-        assert get_json("pvc", claim, "-n", ns)["metadata"]["name"] == claim   # kept: the files stay
+        kept = get_json("pvc", claim, "-n", ns)   # kept: the files stay
+        proc = helm("install", release, str(CHART), "-n", ns, "-f", str(install_values(tmp_path, values)), check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert get_json("pvc", claim, "-n", ns)["metadata"]["uid"] == kept["metadata"]["uid"]
     finally:
         helm("uninstall", release, "-n", ns, "--ignore-not-found", check=False)
         kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)

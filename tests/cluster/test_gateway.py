@@ -36,7 +36,7 @@ from gateway.settings import Settings
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 QWEN = "Qwen/Qwen3-Reranker-0.6B"

@@ -29,7 +29,7 @@ from test_operator import API, Operator, condition
 
 pytestmark = pytest.mark.cluster
 
-CRDS = [ROOT / "charts" / "embedding-images" / "files" / f"crd-{plural}.yaml"
+CRDS = [ROOT / "charts" / "embedding-images" / "crds" / f"{plural}.yaml"
         for plural in ("modelservices", "modelcaches")]
 QWEN = "Qwen/Qwen3-Reranker-0.6B"
 DOWNLOADER_IMAGE = "embedding-images/operator:test"

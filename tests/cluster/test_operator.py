@@ -30,7 +30,7 @@ from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 TEI = "ghcr.io/huggingface/text-embeddings-inference"

@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CHART = ROOT / "charts" / "embedding-images"
-CRD = CHART / "files" / "crd-modelservices.yaml"
+CRD = CHART / "crds" / "modelservices.yaml"
 VALUES_SCHEMA = CHART / "values.schema.json"
 TABLE = yaml.safe_load((CHART / "files" / "variants.yaml").read_text())
 

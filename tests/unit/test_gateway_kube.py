@@ -21,7 +21,7 @@ from modelservice.api import models as operator_models
 from modelservice.placement.plan import PlanError, resolve_engine
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 NS = "apps"
 
 

@@ -22,7 +22,7 @@ from reranker.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 KEDA = ROOT / "examples" / "keda-scaledobject.yaml"
-CRD = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 
 # TEI 1.9.3 (the pinned release, files/variants.yaml): router/src and core/src register these with
 # metrics::gauge!/histogram! and serve them at /metrics on the HTTP port; histograms whose name

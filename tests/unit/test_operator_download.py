@@ -227,3 +227,28 @@ def test_progress_logs_at_most_every_interval():
     bar.update_transfer(5)
     bar.close()
     assert lines == ["progress: 500/1000 bytes (50.0%)", "progress: 1000/1000 bytes (100.0%)"]
+
+
+# --- the chart-only pods' wait for their download (python -m modelservice.cache.download --wait) ---
+
+def test_wait_returns_only_once_the_revision_is_complete_on_the_volume(tmp_path):
+    import threading
+    import time
+
+    from modelservice.cache.download import main, model_path
+
+    snapshot = tmp_path / "hub" / "models--BAAI--bge-small-en-v1.5" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    link = tmp_path / model_path("BAAI/bge-small-en-v1.5", "v1.0")
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (main(["--model", "BAAI/bge-small-en-v1.5", "--revision", "v1.0",
+                                                    "--dir", str(tmp_path), "--wait", "--wait-interval", "0.05"]),
+                                              done.set()))
+    waiter.start()
+    time.sleep(0.3)
+    assert not done.is_set(), "returned before the revision was complete"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(snapshot)  # what a complete download makes, last
+    waiter.join(timeout=5)
+    assert done.is_set()
+    assert not (tmp_path / "hub" / "models--BAAI--bge-small-en-v1.5" / "blobs").exists(), "it fetched nothing"

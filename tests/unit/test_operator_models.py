@@ -1,6 +1,6 @@
 """The ModelService's pydantic model and its CRD schema agree, both ways.
 
-The CRD file (charts/embedding-images/files/crd-modelservices.yaml) is generated from
+The CRD file (charts/embedding-images/crds/modelservices.yaml) is generated from
 modelservice.api.models; these tests fail when the committed file is stale, when the generator loses a
 field, default or enum, and when the API server (the schema, its defaults and its CEL rules,
 evaluated here with cel-python as the API server would) and the operator (pydantic) would judge a
@@ -25,7 +25,7 @@ from modelservice.api import crd, models
 from modelservice.placement.variants import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 
 
 def committed() -> dict:
@@ -39,8 +39,8 @@ def openapi(doc: dict) -> dict:
 
 def test_committed_crd_is_the_generated_one():
     assert CRD_FILE.read_text() == crd.render_crd(), (
-        "crd-modelservices.yaml is stale: run `python -m modelservice.api.crd > "
-        "charts/embedding-images/files/crd-modelservices.yaml`")
+        "crds/modelservices.yaml is stale: run `python -m modelservice.api.crd > "
+        "charts/embedding-images/crds/modelservices.yaml`")
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -310,6 +310,23 @@ RULE_CASES = {
     models.PEER_RULES[1]["message"]: (
         [{"networkPolicy": {"enabled": True, "extraIngressFrom": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}}],
         {"networkPolicy": {"extraIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}}),
+    models.POD_LABEL_RULES[0]["message"]: (
+        [{"pod": {"labels": {"team": "search", "example.com/cost-centre": "42"}}}, {"pod": {"labels": {}}}],
+        {"pod": {"labels": {"team": "search", "bad key!": "x"}}}),
+    models.POD_LABEL_RULES[1]["message"]: (
+        [{"pod": {"labels": {"app.kubernetes.io/part-of": "search", "serving.embedding-images.io/team": "a"}}}],
+        {"pod": {"labels": {"app.kubernetes.io/component": "other"}}}),
+    models.ANNOTATION_KEY_MESSAGE: (
+        [{"pod": {"annotations": {"sidecar.istio.io/inject": "true", "vault.hashicorp.com/agent-inject": "true"}}}],
+        {"pod": {"annotations": {"not a key": "x"}}}),
+    models.POD_RULES[0]["message"]: (
+        [{"pod": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]}}],
+        {"pod": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+            {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]}}),
     models.AUTOSCALING_RULES[0]["message"]: (
         [{"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, {"autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
          {"autoscaling": {"maxReplicas": 1}}],

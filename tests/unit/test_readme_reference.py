@@ -16,8 +16,8 @@ from modelservice.api import reference
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOC = ROOT / "docs" / "modelservice-reference.md"
-CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelservices.yaml"
-CACHE_CRD_FILE = ROOT / "charts" / "embedding-images" / "files" / "crd-modelcaches.yaml"
+CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
+CACHE_CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelcaches.yaml"
 VARIANTS = yaml.safe_load((ROOT / "charts" / "embedding-images" / "files" / "variants.yaml").read_text())
 REGENERATE = "run `python -m modelservice.api.reference` from the repository root and commit the result"
 

@@ -85,3 +85,17 @@ def test_auto_dtype_on_cpu_is_float32_and_a_named_dtype_is_kept():
 def test_bodies_in_flight_must_hold_one_body_of_the_largest_size():
     with pytest.raises(ValidationError, match="RERANKER_BODY_BYTES_IN_FLIGHT"):
         Settings(_env_file=None, max_body_bytes=2048, body_bytes_in_flight=1024)
+
+
+def test_the_served_model_name_is_what_health_and_info_report(monkeypatch):
+    """RERANKER_SERVED_MODEL_NAME (the operator sets it to the ModelService's name) names the model
+    in /health and /info instead of its path; unset or empty, the model itself does."""
+    from reranker.model.loader import TransformersEngine
+
+    monkeypatch.setenv("RERANKER_MODEL", "/models/models/Qwen--Qwen3-Reranker-0.6B/main")
+    monkeypatch.setenv("RERANKER_DEVICE", "cpu")
+    assert TransformersEngine(Settings()).info.model == "/models/models/Qwen--Qwen3-Reranker-0.6B/main"
+    monkeypatch.setenv("RERANKER_SERVED_MODEL_NAME", "")
+    assert Settings().model_name == "/models/models/Qwen--Qwen3-Reranker-0.6B/main"
+    monkeypatch.setenv("RERANKER_SERVED_MODEL_NAME", "search-rerank")
+    assert TransformersEngine(Settings()).info.model == "search-rerank"

@@ -63,6 +63,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* All labels of an object: selector labels, chart, version, manager and commonLabels. */}}
 {{- define "embedding-images.labels" -}}
+{{- include "embedding-images.checkPodLabels" (list "commonLabels" .root.Values.commonLabels) -}}
 helm.sh/chart: {{ include "embedding-images.chart" .root }}
 {{ include "embedding-images.selectorLabels" . }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
@@ -106,6 +107,30 @@ annotations:
 {{- printf "%s@%s" $img.repository $img.digest -}}
 {{- else -}}
 {{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The names of the pull secrets of one or more imagePullSecrets lists, in order, each once, joined
+with ",". Argument: a list of lists of {name}.
+*/}}
+{{- define "embedding-images.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range $list := . }}{{ range $list }}{{ $names = append $names .name }}{{ end }}{{ end -}}
+{{- $names | uniq | join "," -}}
+{{- end -}}
+
+{{/*
+Fails when a label map sets a label that selects a model's pods or names their manager (the
+operator's RESERVED_POD_LABELS: the CRD refuses them in spec.pod.labels, the operator in
+--pod-labels). Argument: list "<values key>" map.
+*/}}
+{{- define "embedding-images.checkPodLabels" -}}
+{{- $reserved := list "serving.embedding-images.io/modelservice" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/managed-by" -}}
+{{- $bad := list -}}
+{{- range $k, $_ := (index . 1 | default dict) }}{{ if has $k $reserved }}{{ $bad = append $bad $k }}{{ end }}{{ end -}}
+{{- with $bad -}}
+{{- fail (printf "%s sets %s: these labels select the model's pods (or name who manages them) and cannot be changed; use other keys" (index $ 0) (join ", " (sortAlpha .))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -274,45 +299,47 @@ and fails on contradictory values. Argument: dict "root" $ "component" name. Ret
 {{- dict "task" $task "engine" $engine "variant" (default nil $variant) "image" $image "gpuCount" $count | toJson -}}
 {{- end -}}
 
-{{/* The CRDs the chart renders, plural -> kind (files/crd-<plural>.yaml, templates/crds/<plural>.yaml). */}}
+{{/* The chart's CRDs, plural -> kind (crds/<plural>.yaml, templates/crds/<plural>.yaml). */}}
 {{- define "embedding-images.crd.kinds" -}}
 {{- dict "modelservices" "ModelService" "modelcaches" "ModelCache" | toJson -}}
 {{- end -}}
 
 {{/*
-When the CRD of `plural` is already in the cluster and not this release's (kept by an uninstalled
-release, owned by a release in another namespace, or applied with kubectl), says who has it;
-empty otherwise. Helm refuses to install an object another release owns, so the CRD template
-leaves such a CRD alone. `helm template` has no cluster: always empty there.
-Argument: dict "root" $ "plural" modelservices|modelcaches.
+"true" when this release renders the CRD of `plural` from templates/crds: when the CRD is in the
+cluster and this release owns it (a release installed with the chart's earlier layout, which
+rendered its CRDs from templates: Helm would otherwise delete them as resources it no longer
+renders), or when an upgrade finds it missing (a release from before that CRD existed: Helm
+installs crds/ on the first install only). Every other install gets the CRDs from crds/, which
+Helm creates before it renders anything and never changes afterwards. `helm template` has no
+cluster and is no upgrade: never "true" there, so a GitOps render (--include-crds) holds each CRD
+once. Argument: dict "root" $ "plural" modelservices|modelcaches.
 */}}
-{{- define "embedding-images.crd.foreignOwner" -}}
+{{- define "embedding-images.crd.fromTemplates" -}}
 {{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" (printf "%s.serving.embedding-images.io" .plural) -}}
 {{- if $crd -}}
 {{- $ann := default dict $crd.metadata.annotations -}}
-{{- $name := index $ann "meta.helm.sh/release-name" | default "" -}}
-{{- $ns := index $ann "meta.helm.sh/release-namespace" | default "" -}}
-{{- if not (and (eq $name .root.Release.Name) (eq $ns .root.Release.Namespace)) -}}
-{{- if $name -}}release "{{ $name }}" in namespace "{{ $ns }}"{{- else -}}no Helm release (applied outside Helm){{- end -}}
+{{- if and (eq (index $ann "meta.helm.sh/release-name" | default "") .root.Release.Name) (eq (index $ann "meta.helm.sh/release-namespace" | default "") .root.Release.Namespace) -}}
+true
 {{- end -}}
+{{- else if .root.Release.IsUpgrade -}}
+true
 {{- end -}}
 {{- end -}}
 
 {{/*
-One of the chart's CRDs. Its single source is files/crd-<plural>.yaml (generated from the
-operator's models); this only adds labels and, unless crds.keep is false, the
-`helm.sh/resource-policy: keep` annotation so `helm uninstall` never deletes the CRD and with it
-every object of its kind in the cluster. A CRD that is already in the cluster and belongs to
-something else (embedding-images.crd.foreignOwner) is left as it is, and NOTES say so.
+One of the chart's CRDs, where this release renders it from templates (embedding-images.crd.fromTemplates):
+crds/<plural>.yaml (generated from the operator's models, the one source), with the chart's labels
+and, unless crds.keep is false, `helm.sh/resource-policy: keep`, so `helm uninstall` never deletes
+the CRD and with it every object of its kind in the cluster. Empty for every other release.
 Argument: dict "root" $ "plural" modelservices|modelcaches.
 */}}
 {{- define "embedding-images.crd" -}}
 {{- $root := .root -}}
-{{- if and $root.Values.crds.enabled (not (include "embedding-images.crd.foreignOwner" .)) -}}
-{{- $file := printf "files/crd-%s.yaml" .plural -}}
+{{- if and $root.Values.crds.enabled (include "embedding-images.crd.fromTemplates" .) -}}
+{{- $file := printf "crds/%s.yaml" .plural -}}
 {{- $raw := $root.Files.Get $file -}}
 {{- if not $raw -}}
-{{- fail (printf "crds.enabled=true but %s is missing from the chart" $file) -}}
+{{- fail (printf "%s is missing from the chart" $file) -}}
 {{- end -}}
 {{- $crd := fromYaml $raw -}}
 {{- if hasKey $crd "Error" -}}
@@ -411,7 +438,29 @@ workloads' checksum/config. Argument: dict "root" $ "component" name.
 {{- with $cache -}}
 {{- $_ := set $spec "cache" . -}}
 {{- end -}}
+{{- with (include "embedding-images.model.pod" . | fromJson) -}}
+{{- $_ := set $spec "pod" . -}}
+{{- end -}}
 {{- toYaml $spec -}}
+{{- end -}}
+
+{{/*
+A model's pod settings, the ModelService's spec.pod, as JSON ({} when none): its podLabels,
+podAnnotations, imagePullSecrets, priorityClassName, topologySpreadConstraints and
+serviceAccountName. The chart's own imagePullSecrets, commonLabels and commonAnnotations are not in
+it: the operator gets them as its defaults for every ModelService (--image-pull-secrets,
+--pod-labels, --pod-annotations). Argument: dict "root" $ "component" name.
+*/}}
+{{- define "embedding-images.model.pod" -}}
+{{- $v := index .root.Values .component -}}
+{{- include "embedding-images.checkPodLabels" (list (printf "%s.podLabels" .component) $v.podLabels) -}}
+{{- $pod := dict -}}
+{{- range $key, $from := dict "labels" "podLabels" "annotations" "podAnnotations" "imagePullSecrets" "imagePullSecrets" "priorityClassName" "priorityClassName" "topologySpreadConstraints" "topologySpreadConstraints" "serviceAccountName" "serviceAccountName" -}}
+{{- with index $v $from -}}
+{{- $_ := set $pod $key . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $pod -}}
 {{- end -}}
 
 {{/*

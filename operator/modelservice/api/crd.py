@@ -4,10 +4,10 @@
 `models.ModelServiceSpec` / `ModelServiceStatus` (`ModelCacheSpec` / `ModelCacheStatus`) into a
 structural OpenAPI v3 schema (references inlined, optional fields plain, CEL rules kept) and adds
 names, printer columns and the status (and scale) subresources. The committed files
-charts/embedding-images/files/crd-<plural>.yaml are its output:
+charts/embedding-images/crds/<plural>.yaml are its output:
 
-    python -m modelservice.api.crd modelservices > charts/embedding-images/files/crd-modelservices.yaml
-    python -m modelservice.api.crd modelcaches > charts/embedding-images/files/crd-modelcaches.yaml
+    python -m modelservice.api.crd modelservices > charts/embedding-images/crds/modelservices.yaml
+    python -m modelservice.api.crd modelcaches > charts/embedding-images/crds/modelcaches.yaml
 
 and tests/unit/test_operator_models.py fails when the two differ.
 """
@@ -20,8 +20,10 @@ import yaml
 
 from . import models
 
-# JSON-schema keys that have no place in a CRD schema.
-_DROP = {"title", "$defs"}
+# JSON-schema keys that have no place in a CRD schema (the API server drops propertyNames from a
+# stored CRD: kept, the file would differ from what the cluster holds, and server-side applies of
+# it by two managers, Helm 4 and kubectl, would conflict on .spec.versions).
+_DROP = {"title", "$defs", "propertyNames"}
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -181,7 +183,7 @@ CRDS = {models.PLURAL: build_crd, models.CACHE_PLURAL: build_cache_crd}
 HEADER = """\
 # The {kind} CustomResourceDefinition (serving.embedding-images.io/v1alpha1).
 # Generated from operator/modelservice/api/models.py; do not edit by hand. Regenerate with:
-#   python -m modelservice.api.crd {plural} > charts/embedding-images/files/crd-{plural}.yaml
+#   python -m modelservice.api.crd {plural} > charts/embedding-images/crds/{plural}.yaml
 """
 
 
@@ -193,7 +195,7 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def render_crd(plural: str = models.PLURAL) -> str:
-    """The CRD file's text, as committed (charts/embedding-images/files/crd-<plural>.yaml)."""
+    """The CRD file's text, as committed (charts/embedding-images/crds/<plural>.yaml)."""
     crd = CRDS[plural]()
     header = HEADER.format(kind=crd["spec"]["names"]["kind"], plural=plural)
     return header + yaml.dump(crd, Dumper=_NoAliases, sort_keys=False, width=100)

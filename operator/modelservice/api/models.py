@@ -1,6 +1,6 @@
 """The ModelService resource as pydantic models: the one definition of its spec and status.
 
-The CRD's OpenAPI schema (charts/embedding-images/files/crd-modelservices.yaml) is generated from
+The CRD's OpenAPI schema (charts/embedding-images/crds/modelservices.yaml) is generated from
 these models by `modelservice.api.crd.build_crd()`; a unit test fails when the committed file and the
 models drift apart. The CEL rules (`x-kubernetes-validations`) sit next to the pydantic
 validators that enforce the same rule in Python, so the API server refuses at `kubectl apply`
@@ -321,6 +321,10 @@ class EngineArgs(_Model):
     api_key_secret_ref: Optional[SecretKeyRef] = Field(
         None, description="Secret holding an API key clients must send as a Bearer token "
                           "(TEI API_KEY, reranker RERANKER_API_KEY).")
+    served_model_name: Optional[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        None, description="The model's name in the engine's answers (TEI --served-model-name: the `model` of "
+                          "/v1/embeddings; reranker RERANKER_SERVED_MODEL_NAME: /health and /info); unset: the "
+                          "ModelService's name, which the gateway routes by.")
     max_batch_requests: Optional[int] = Field(None, ge=1, description="TEI --max-batch-requests.")
     max_client_batch_size: Optional[int] = Field(None, ge=1, description="TEI --max-client-batch-size.")
     max_concurrent_requests: Optional[int] = Field(None, ge=1, description="TEI --max-concurrent-requests.")
@@ -458,6 +462,128 @@ class NetworkPolicy(_Model):
         None, max_length=PEERS_MAX,
         description="More sources admitted to the model's port (NetworkPolicyPeers, kept as "
                     "written), after the operator's own.")
+
+
+# --- pod settings -------------------------------------------------------------------------------
+# The labels that select a model's pods, in either mode (the operator's, and the chart's without
+# it), and the one naming the applier: a ModelService's spec.pod.labels cannot set them, or its
+# Deployment would no longer select its own pods.
+SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
+RESERVED_POD_LABELS = (SELECTOR_LABEL, "app.kubernetes.io/name", "app.kubernetes.io/instance",
+                       "app.kubernetes.io/component", "app.kubernetes.io/managed-by")
+POD_MAP_MAX = 64
+PULL_SECRETS_MAX = 32
+SPREAD_MAX = 8
+ANNOTATION_KEY_MESSAGE = ("annotation keys must be qualified names: an optional DNS subdomain prefix of at "
+                          "most 253 characters and '/', then a name of at most 63 letters, digits, '-', "
+                          "'_' and '.', starting and ending with a letter or digit")
+POD_LABEL_RULES = [
+    {"rule": f"self.all(k, {_label_key_cel('k')})",
+     "message": LABEL_KEY_MESSAGE.replace("nodeSelector keys", "pod label keys")},
+    {"rule": "self.all(k, !(k in [" + ", ".join(f"'{k}'" for k in RESERVED_POD_LABELS) + "]))",
+     "reason": "FieldValueForbidden",
+     "message": "pod labels cannot set the labels that select the model's pods or name their manager: "
+                + ", ".join(RESERVED_POD_LABELS)},
+]
+POD_ANNOTATION_RULES = [{"rule": f"self.all(k, {_label_key_cel('k')})", "message": ANNOTATION_KEY_MESSAGE}]
+
+
+def _pod_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        if not is_label_key(key):
+            raise ValueError(POD_LABEL_RULES[0]["message"])
+    if set(labels) & set(RESERVED_POD_LABELS):
+        raise ValueError(POD_LABEL_RULES[1]["message"])
+    return labels
+
+
+def _annotation_keys(annotations: dict[str, str]) -> dict[str, str]:
+    if not all(is_label_key(key) for key in annotations):
+        raise ValueError(ANNOTATION_KEY_MESSAGE)
+    return annotations
+
+
+class LocalObjectReference(_Model):
+    """An object of the ModelService's namespace, by name (core/v1 LocalObjectReference)."""
+
+    name: ObjectName = Field(..., description="Its name.")
+
+
+class TopologySpreadConstraint(_Model):
+    """How the model's pods spread across a topology (core/v1 TopologySpreadConstraint). Without
+    labelSelector it counts the model's own pods (the Deployment's selector)."""
+
+    max_skew: int = Field(..., ge=1, description="The most the pod count may differ between two domains.")
+    topology_key: Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)] = Field(
+        ..., description="A node label whose values are the domains, e.g. topology.kubernetes.io/zone.")
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        ..., description="DoNotSchedule: a pod that would break maxSkew waits; ScheduleAnyway: it runs, "
+                         "placed to reduce the skew.")
+    label_selector: Optional[LabelSelector] = Field(
+        None, description="The pods counted; unset: the model's own pods.")
+    min_domains: Optional[int] = Field(None, ge=1, description="With DoNotSchedule: the fewest domains counted.")
+    node_affinity_policy: Optional[Literal["Honor", "Ignore"]] = None
+    node_taints_policy: Optional[Literal["Honor", "Ignore"]] = None
+    match_label_keys: Optional[list[Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)]]] = Field(
+        None, max_length=PEERS_MAX, description="Pod label keys whose values select the pods counted, with labelSelector.")
+
+
+POD_RULES = [
+    {"rule": "!has(self.topologySpreadConstraints) || self.topologySpreadConstraints.all(a, "
+             "self.topologySpreadConstraints.exists_one(b, a.topologyKey == b.topologyKey && "
+             "a.whenUnsatisfiable == b.whenUnsatisfiable))",
+     "fieldPath": ".topologySpreadConstraints",
+     "reason": "FieldValueDuplicate",
+     "message": "topologySpreadConstraints: one constraint per topologyKey and whenUnsatisfiable"},
+]
+
+
+class PodSettings(_Model):
+    """Settings of the model's pods that the serving itself does not decide: pulling images from a
+    private registry, labels and annotations for the platform (service mesh, cost, secret agents),
+    priority, spread across zones, and a ServiceAccount of its own (workload identity). The
+    operator's defaults (--image-pull-secrets, --pod-labels, --pod-annotations; the chart's
+    imagePullSecrets, commonLabels, commonAnnotations) come first: lists are appended to them
+    without repeats, and in maps the ModelService's keys win."""
+
+    image_pull_secrets: Optional[list[LocalObjectReference]] = Field(
+        None, max_length=PULL_SECRETS_MAX,
+        description="Secrets of the namespace that pull the model image (after the operator's).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    labels: Optional[dict[str, LabelValue]] = Field(
+        None, max_length=POD_MAP_MAX,
+        description="Labels of the pods (over the operator's); never the labels that select them "
+                    "(" + ", ".join(RESERVED_POD_LABELS) + ").",
+        json_schema_extra={"x-kubernetes-validations": POD_LABEL_RULES})
+    annotations: Optional[dict[str, str]] = Field(
+        None, max_length=POD_MAP_MAX, description="Annotations of the pods (over the operator's).",
+        json_schema_extra={"x-kubernetes-validations": POD_ANNOTATION_RULES})
+    priority_class_name: Optional[ObjectName] = Field(None, description="PriorityClass of the pods.")
+    topology_spread_constraints: Optional[list[TopologySpreadConstraint]] = Field(
+        None, max_length=SPREAD_MAX, description="How the pods spread across nodes or zones.")
+    service_account_name: Optional[ObjectName] = Field(
+        None, description="ServiceAccount the pods run as (e.g. for workload identity to a private model "
+                          "bucket); unset: the namespace's default. Its API token is still not mounted "
+                          "(automountServiceAccountToken: false): identity webhooks project their own.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": POD_RULES})
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        return None if labels is None else _pod_labels(labels)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, annotations: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        return None if annotations is None else _annotation_keys(annotations)
+
+    @model_validator(mode="after")
+    def _one_spread_per_key(self) -> "PodSettings":
+        keys = [(c.topology_key, c.when_unsatisfiable) for c in self.topology_spread_constraints or ()]
+        if len(keys) != len(set(keys)):
+            raise ValueError(POD_RULES[0]["message"])
+        return self
 
 
 # Requests in flight plus queued that one replica should carry when spec.autoscaling gives no
@@ -600,6 +726,9 @@ class ModelServiceSpec(_Model):
         None, description="An ingress NetworkPolicy for the pods: only the model's port, only from "
                           "the sources it names and the operator's defaults; egress is untouched.")
     autoscaling: Optional[Autoscaling] = Field(None, description="Replicas from demand instead of spec.replicas.")
+    pod: Optional[PodSettings] = Field(
+        None, description="Pod settings: image pull secrets, labels, annotations, priority class, topology "
+                          "spread, ServiceAccount (extending the operator's defaults).")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 

@@ -1,11 +1,13 @@
-"""The chart's `engineArgs` and `modelCache` schemas, generated from the CRDs'.
+"""The chart's `engineArgs`, `modelCache` and pod value schemas, generated from the CRDs'.
 
 values.schema.json (charts/embedding-images) must accept exactly the engine arguments the CRD
 accepts, with the same bounds and the same CEL rules, or a value that installs in one mode fails
 in the other. This module writes the ModelService CRD's `engineArgs` (from `crd.build_crd()`, so
 from the pydantic models) into both model sections of values.schema.json, as JSON Schema
 draft-07, and their `modelCache` block from the ModelCache CRD's fields it sets (size, storage
-class, access mode, retention; `enabled` and the empty defaults are the chart's). Run from the
+class, access mode, retention; `enabled` and the empty defaults are the chart's), and the pod
+values (podLabels, podAnnotations, imagePullSecrets, priorityClassName, topologySpreadConstraints,
+serviceAccountName) from spec.pod (POD_VALUES). Run from the
 repository root:
 
     python -m modelservice.api.values_schema          # rewrite those blocks of values.schema.json
@@ -30,7 +32,8 @@ COMMAND = "python -m modelservice.api.values_schema"
 
 # OpenAPI keywords of the CRD that JSON Schema (draft-07) shares; the rest (x-kubernetes-*,
 # default) are the API server's business.
-KEPT = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern", "required")
+KEPT = ("type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern", "required",
+        "maxItems", "maxProperties")
 
 # The one shape of CEL rule that JSON Schema can say: two fields that exclude each other.
 _EXCLUSIVE = re.compile(r"^!\(has\(self\.(\w+)\) && has\(self\.(\w+)\)\)$")
@@ -51,6 +54,10 @@ def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
     if "properties" in node:
         out["additionalProperties"] = False
         out["properties"] = {k: to_json_schema(v) for k, v in node["properties"].items()}
+    if isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = to_json_schema(node["additionalProperties"])
+    if "items" in node:
+        out["items"] = to_json_schema(node["items"])
     rules = [cel_as_json_schema(r["rule"]) for r in node.get("x-kubernetes-validations", ())]
     if len(rules) == 1:
         out.update(rules[0])
@@ -107,6 +114,34 @@ def expected_model_cache() -> dict[str, Any]:
     }
 
 
+# A model section's pod values (flat, as nodeSelector and tolerations are) -> the ModelService's
+# spec.pod field the chart sets from each.
+POD_VALUES = {"podLabels": "labels", "podAnnotations": "annotations", "imagePullSecrets": "imagePullSecrets",
+              "priorityClassName": "priorityClassName", "topologySpreadConstraints": "topologySpreadConstraints",
+              "serviceAccountName": "serviceAccountName"}
+
+
+def _without_rules(node: Any) -> Any:
+    """A schema node less its CEL rules (label-key formats and the reserved selector labels, which
+    the chart checks itself with `fail`, and the API server at apply)."""
+    if isinstance(node, list):
+        return [_without_rules(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _without_rules(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+
+
+def expected_pod_values() -> dict[str, dict[str, Any]]:
+    """The JSON Schemas of a model section's pod values, from the CRD's spec.pod; names may be
+    empty (unset)."""
+    pod = crd_spec_property("pod")["properties"]
+    out = {}
+    for value, field_name in POD_VALUES.items():
+        node = to_json_schema(_without_rules(pod[field_name]))
+        out[value] = _or_empty(node) if node.get("type") == "string" else node
+    return out
+
+
 def render_values_schema(current: str) -> str:
     """values.schema.json's text with both model sections' generated blocks replaced."""
     schema = json.loads(current)
@@ -114,6 +149,7 @@ def render_values_schema(current: str) -> str:
         section = schema["properties"][component]["properties"]
         section["engineArgs"] = expected_engine_args()
         section["modelCache"] = expected_model_cache()
+        section.update(expected_pod_values())
     return json.dumps(schema, indent=2) + "\n"
 
 

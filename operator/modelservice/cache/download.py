@@ -1,7 +1,11 @@
 """The ModelCache download Job: fetch one model revision from the Hub onto a volume, once.
 
     python -m modelservice.cache.download --model ORG/NAME [--revision REV] [--dir /models]
-                                    [--termination-log /dev/termination-log]
+                                    [--termination-log /dev/termination-log] [--wait]
+
+With --wait it fetches nothing: it waits until the revision is complete on the volume (its link,
+below, exists) and exits 0. The chart-only pods run it as their init container, so that they start
+only once their download Job has filled the volume (the operator gates its pods itself).
 
 Env: HF_TOKEN (optional; the Secret named by the ModelCache's spec.hfTokenSecretRef),
 HF_ENDPOINT (optional; another Hub endpoint, e.g. the test suite's stand-in).
@@ -461,6 +465,17 @@ def _terminate(path: str, payload: dict) -> None:
         log.warning("cannot write the termination log %s: %s", path, e)
 
 
+def wait_until_complete(root: Path, model: str, revision: str, interval: float = 5.0) -> None:
+    """Returns once `revision` of `model` is complete under `root` (its link exists: it is made
+    only when every file is there); reads the volume only."""
+    path = root / model_path(model, revision)
+    if not path.exists():
+        log.info("waiting for %s@%s to be complete at %s", model, revision, path)
+    while not path.exists():
+        time.sleep(interval)
+    log.info("%s@%s is complete at %s", model, revision, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m modelservice.cache.download",
@@ -469,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default="main", help="branch, tag or 40-hex commit")
     parser.add_argument("--dir", default="/models", type=Path, help="the volume's root")
     parser.add_argument("--termination-log", default="/dev/termination-log")
+    parser.add_argument("--wait", action="store_true",
+                        help="fetch nothing: wait until the revision is complete on the volume, then exit 0")
+    parser.add_argument("--wait-interval", type=float, default=5.0, help="seconds between two looks (--wait)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -487,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "spec.model or spec.revision of the ModelCache"})
         log.error("%s", e)
         return 2
+    if args.wait:
+        wait_until_complete(args.dir, args.model, args.revision, args.wait_interval)
+        return 0
     try:
         result = download(args.model, args.revision, args.dir, token=token, endpoint=endpoint,
                           ctx=ctx)

@@ -33,7 +33,13 @@ from ..api.models import (
     build_condition,
     parse_modelcache,
 )
-from ..controller.handlers import ApplyFailed, network_policy_defaults, reconcile
+from ..controller.handlers import (
+    ApplyFailed,
+    gpu_sharing,
+    network_policy_defaults,
+    pod_defaults,
+    reconcile,
+)
 from ..controller.kube import Kube, api_failure
 from ..controller.scope import SYSTEM_NAMESPACES, namespace_refusal
 from .builders import (
@@ -54,7 +60,7 @@ MOUNT_FIELDS = ("path", "nodeName", "claimName")
 @dataclass(frozen=True)
 class DownloadSettings:
     """The download Jobs' image (the operator's own: --downloader-image), the Secrets that pull it
-    (--downloader-pull-secrets) and the Hub's address (--hf-endpoint, for a mirror; unset:
+    (--image-pull-secrets, as the model pods') and the Hub's address (--hf-endpoint, for a mirror; unset:
     huggingface.co)."""
 
     image: str | None = None
@@ -176,7 +182,8 @@ def roll_users(kube: Kube, namespace: str, old: Mapping[str, Any], new: Mapping[
         if body is None:
             continue
         try:
-            reconcile(kube, body, logger, network_policy_defaults(memo))  # type: ignore[arg-type]
+            reconcile(kube, body, logger, network_policy_defaults(memo), pod_defaults(memo),  # type: ignore[arg-type]
+                      gpu_sharing(memo))
         except (kopf.TemporaryError, kopf.PermanentError, ApplyFailed, ApiException) as exc:
             logger.warning("ModelService %s/%s after its cache changed: %s (its own handler retries)",
                            namespace, user, exc)

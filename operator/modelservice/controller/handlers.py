@@ -59,6 +59,7 @@ from ..cache.builders import cache_mount
 from ..placement.builders import (
     SELECTOR_LABEL,
     NetworkPolicyDefaults,
+    PodDefaults,
     build_deployment,
     build_labels,
     build_network_policy,
@@ -152,7 +153,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     interval = memo.get("resync_seconds")  # from the command line (__main__), else the default
     memo.network_policy = memo.get("network_policy") or NetworkPolicyDefaults()
     memo.resync = Resync(memo.kube, DEFAULT_RESYNC_S if interval is None else float(interval),
-                         network_policy=network_policy_defaults(memo))
+                         network_policy=network_policy_defaults(memo), pod_defaults=pod_defaults(memo),
+                         sharing=gpu_sharing(memo))
     memo.resync.start()
     # The autoscaling loop (autoscaling/loop.py); its sources from the command line (__main__).
     memo.autoscaler = Autoscaler(
@@ -165,6 +167,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 def network_policy_defaults(memo: kopf.Memo) -> NetworkPolicyDefaults:
     """The operator's NetworkPolicy defaults (from the command line, __main__), else none."""
     return memo.get("network_policy") or NetworkPolicyDefaults()
+
+
+def pod_defaults(memo: kopf.Memo) -> PodDefaults:
+    """The operator's pod settings (from the command line, __main__), else none."""
+    return memo.get("pod_defaults") or PodDefaults()
+
+
+def gpu_sharing(memo: kopf.Memo) -> SharingMechanism:
+    """How GPU shares are asked for (--gpu-sharing, __main__), else DRA."""
+    return memo.get("gpu_sharing") or SharingMechanism.DRA
 
 
 @kopf.on.cleanup()
@@ -232,11 +244,12 @@ def ensure_network_policy(kube: Kube, body: Mapping[str, Any], ms: ModelService,
 
 def apply_children(kube: Kube, body: Mapping[str, Any], ms: ModelService, plan: Plan,
                    network_policy: NetworkPolicyDefaults,
-                   logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
+                   logger: logging.Logger | logging.LoggerAdapter,
+                   pod_defaults: PodDefaults = PodDefaults()) -> dict[str, Any]:
     """Applies the Deployment, then the Service, then the NetworkPolicy (or deletes the one it
     made when there should be none) of a plan, owned by `body`; returns the live Deployment.
     Raises ApplyFailed when the API refuses one (the next ones are not tried then)."""
-    deployment = build_deployment(ms, plan)
+    deployment = build_deployment(ms, plan, pod_defaults)
     service = build_service(ms)
     policy = build_network_policy(ms, network_policy)
     children = [deployment, service] + ([policy] if policy is not None else [])
@@ -362,9 +375,10 @@ def plan_failed(kube: Kube, ms: ModelService, error: PlanError, retry_s: float) 
 
 def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter,
               network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults(),
+              pod_defaults: PodDefaults = PodDefaults(),
               sharing: SharingMechanism = SharingMechanism.DRA) -> None:
-    """Makes the children and the status match the ModelService (`network_policy`: the
-    operator's NetworkPolicy defaults; `sharing`: how GPU shares are asked for)."""
+    """Makes the children and the status match the ModelService (`network_policy`, `pod_defaults`:
+    the operator's defaults; `sharing`: how GPU shares are asked for)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -394,7 +408,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], logger: logging.Logger | logg
     except PlanError as error:
         plan_failed(kube, ms, error, RETRY_CACHE_S)
     try:
-        live = apply_children(kube, body, ms, plan, network_policy, logger)
+        live = apply_children(kube, body, ms, plan, network_policy, logger, pod_defaults)
     except ApplyFailed as failure:
         write_status(kube, ms, build_status(ms, now=now(), error=PlanError(APPLY_FAILED, failure.message),
                                             deployment=kube.get_deployment(namespace, name)))
@@ -426,8 +440,8 @@ def reconcile_modelservice(body: kopf.Body, memo: kopf.Memo, logger: logging.Log
         logger.warning("%s: %s", refusal.reason, refusal.message)
         return
     try:
-        reconcile(memo.kube, body, logger, network_policy_defaults(memo),
-                  memo.get("gpu_sharing") or SharingMechanism.DRA)
+        reconcile(memo.kube, body, logger, network_policy_defaults(memo), pod_defaults(memo),
+                  gpu_sharing(memo))
     except ApplyFailed as failure:
         kopf.warn(body, reason=APPLY_FAILED, message=failure.message)
         # kopf logs these errors as one line (no traceback); a TemporaryError is retried after `delay`.
@@ -461,7 +475,8 @@ def _owner_name(child: Mapping[str, Any]) -> str | None:
 
 def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
                    logger: logging.Logger | logging.LoggerAdapter,
-                   network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> None:
+                   network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults(),
+                   pod_defaults: PodDefaults = PodDefaults()) -> None:
     """Repairs a deleted or drifted child (a NetworkPolicy: also deletes one turned off) and
     refreshes the status from the Deployment."""
     owner = _owner_name(child)
@@ -482,14 +497,16 @@ def on_child_event(kube: Kube, event_type: str | None, child: Mapping[str, Any],
     if kind == "NetworkPolicy":
         ensure_network_policy(kube, body, ms, network_policy, None if event_type == "DELETED" else child, logger)
         return
-    desired = build_deployment(ms, plan) if kind == "Deployment" else build_service(ms)
+    desired = build_deployment(ms, plan, pod_defaults) if kind == "Deployment" else build_service(ms)
     live = repair(kube, body, desired, None if event_type == "DELETED" else child, logger)
     if kind == "Deployment":
         write_status(kube, ms, observed_status(kube, ms, plan, live))
 
 
 def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter,
-           network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()) -> bool:
+           network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults(),
+           pod_defaults: PodDefaults = PodDefaults(),
+           sharing: SharingMechanism = SharingMechanism.DRA) -> bool:
     """Compares one ModelService's Deployment, Service and NetworkPolicy with its recorded plan
     (and `network_policy`, the operator's defaults), puts back what is missing or drifted
     (deletes a NetworkPolicy turned off), and writes the status from the children that exist (only if it
@@ -513,7 +530,7 @@ def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | loggi
         # A ModelCache event was missed (the operator was down or cut off when a revision became
         # complete): plan again now, as the cache's handler would have.
         try:
-            reconcile(kube, body, logger, network_policy)
+            reconcile(kube, body, logger, network_policy, pod_defaults, sharing)
         except (kopf.TemporaryError, kopf.PermanentError, ApplyFailed) as exc:
             logger.warning("%s/%s: its ModelCache moved on; reconcile: %s", namespace, name, exc)
         return True
@@ -521,7 +538,7 @@ def resync(kube: Kube, namespace: str, name: str, logger: logging.Logger | loggi
     service = kube.get_service(namespace, name)
     try:
         ensure_claim_template(kube, body, ms, plan, logger)
-        deployment = repair(kube, body, build_deployment(ms, plan), deployment, logger)
+        deployment = repair(kube, body, build_deployment(ms, plan, pod_defaults), deployment, logger)
         service = repair(kube, body, build_service(ms), service, logger)
         ensure_network_policy(kube, body, ms, network_policy, kube.get_network_policy(namespace, name), logger)
     finally:
@@ -540,9 +557,13 @@ class Resync:
     A failed resync logs one line and is tried again at the next interval."""
 
     def __init__(self, kube: Kube, interval_s: float, rng: random.Random | None = None,
-                 network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults()):
+                 network_policy: NetworkPolicyDefaults = NetworkPolicyDefaults(),
+                 pod_defaults: PodDefaults = PodDefaults(),
+                 sharing: SharingMechanism = SharingMechanism.DRA):
         self.kube = kube
         self.network_policy = network_policy
+        self.pod_defaults = pod_defaults
+        self.sharing = sharing
         self.interval_s = interval_s
         self._rng = rng or random.Random()
         self._due: dict[tuple[str, str], float] = {}
@@ -573,7 +594,8 @@ class Resync:
                 self._due[key] = self._next(now)
         for namespace, name in due:
             try:
-                if not resync(self.kube, namespace, name, log, self.network_policy):
+                if not resync(self.kube, namespace, name, log, self.network_policy, self.pod_defaults,
+                              self.sharing):
                     self.forget(namespace, name)
             except Exception as exc:  # noqa: BLE001  (API down or refusing: the next turn retries)
                 reason = getattr(exc, "reason", None) or str(exc)
@@ -620,7 +642,8 @@ def unschedulable_pod(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, 
     """A model pod the scheduler cannot place: the ModelService's status says why."""
     meta = body["metadata"]
     try:
-        resync(memo.kube, meta["namespace"], meta["labels"][SELECTOR_LABEL], logger, network_policy_defaults(memo))
+        resync(memo.kube, meta["namespace"], meta["labels"][SELECTOR_LABEL], logger, network_policy_defaults(memo),
+               pod_defaults(memo), gpu_sharing(memo))
     except ApiException as exc:
         logger.warning("could not report an unschedulable pod: %s", exc.reason)
 
@@ -629,7 +652,7 @@ def unschedulable_pod(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, 
 def deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                      **_: Any) -> None:
     try:
-        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo), pod_defaults(memo))
     except ApiException as exc:  # events are not retried by kopf: the next event (or resume) heals
         logger.warning("could not handle a Deployment event: %s", exc.reason)
 
@@ -638,7 +661,7 @@ def deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo,
 def service_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                   **_: Any) -> None:
     try:
-        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo), pod_defaults(memo))
     except ApiException as exc:
         logger.warning("could not handle a Service event: %s", exc.reason)
 
@@ -647,6 +670,6 @@ def service_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, lo
 def network_policy_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                          **_: Any) -> None:
     try:
-        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo))
+        on_child_event(memo.kube, event.get("type"), body, logger, network_policy_defaults(memo), pod_defaults(memo))
     except ApiException as exc:
         logger.warning("could not handle a NetworkPolicy event: %s", exc.reason)

@@ -15,21 +15,22 @@ defaults)` -> the NetworkPolicy, or None when the ModelService has none.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..api.models import (
     DEFAULT_HF_TOKEN_KEY,
     MANAGER,
+    SELECTOR_LABEL,
     ModelService,
     ModelServiceSpec,
+    PodSettings,
     parse_modelservice,
 )
 from ..cache.builders import MOUNT_PATH
 from .plan import GPU_RESOURCE, GPU_TOLERATION, Plan, build_plan
 from .sharing import share_env, share_labels, share_pod
 
-SELECTOR_LABEL = "serving.embedding-images.io/modelservice"
 CACHE_PATH = "/data"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 TEI_PORT = 8080
@@ -64,6 +65,28 @@ POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup":
                         "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                               "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+@dataclass(frozen=True)
+class PodDefaults:
+    """The operator's pod settings for every ModelService it serves (its command line:
+    --image-pull-secrets, --pod-labels, --pod-annotations; the chart passes its imagePullSecrets,
+    commonLabels and commonAnnotations). A ModelService's spec.pod extends them: its pull secrets
+    come after these (a name given twice is kept once), and in labels and annotations its keys win.
+    The pull secrets also pull the ModelCaches' download Jobs."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def merged_pod_settings(pod: PodSettings | None, defaults: PodDefaults) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The pull secrets (names, in order, without repeats), labels and annotations of a model's
+    pods: the operator's defaults extended by the ModelService's spec.pod."""
+    own = pod or PodSettings()
+    names = list(defaults.image_pull_secrets) + [ref.name for ref in own.image_pull_secrets or ()]
+    secrets = list(dict.fromkeys(names))
+    return secrets, {**defaults.labels, **(own.labels or {})}, {**defaults.annotations, **(own.annotations or {})}
 
 
 class Children(NamedTuple):
@@ -121,10 +144,20 @@ def model_source(spec: ModelServiceSpec, plan: Plan) -> str:
     return plan.cache.path if plan.cache is not None else spec.model
 
 
-def build_tei_args(spec: ModelServiceSpec, plan: Plan) -> list[str]:
+def served_model_name(spec: ModelServiceSpec, name: str) -> str:
+    """The model's name in the engine's answers: engineArgs.servedModelName, else the
+    ModelService's name (what the gateway routes by)."""
+    ea = spec.engine_args
+    return ea.served_model_name if ea is not None and ea.served_model_name else name
+
+
+def build_tei_args(spec: ModelServiceSpec, plan: Plan, served_name: str) -> list[str]:
     """text-embeddings-router flags (TEI 1.9). --hostname is explicit: TEI reads HOSTNAME, which
-    Kubernetes sets to the pod name, and would bind to that instead of every address."""
-    args = ["--model-id", model_source(spec, plan), "--port", str(TEI_PORT), "--hostname", "0.0.0.0"]
+    Kubernetes sets to the pod name, and would bind to that instead of every address.
+    --served-model-name is `served_name` (served_model_name()): the `model` of its OpenAI answers,
+    instead of the Hugging Face id or the cache's directory."""
+    args = ["--model-id", model_source(spec, plan), "--port", str(TEI_PORT), "--hostname", "0.0.0.0",
+            "--served-model-name", served_name]
     if spec.revision:
         args += ["--revision", spec.revision]
     ea = spec.engine_args
@@ -147,7 +180,7 @@ def build_tei_args(spec: ModelServiceSpec, plan: Plan) -> list[str]:
     return args
 
 
-def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
+def build_env(spec: ModelServiceSpec, plan: Plan, served_name: str) -> list[dict[str, Any]]:
     """The model container's environment: engine settings, cache, token, then the user's env."""
     env: list[dict[str, Any]] = []
     ea = spec.engine_args
@@ -157,6 +190,7 @@ def build_env(spec: ModelServiceSpec, plan: Plan) -> list[dict[str, Any]]:
             env.append(_secret_env("API_KEY", ea.api_key_secret_ref))
     else:
         env.append({"name": "RERANKER_MODEL", "value": model_source(spec, plan)})
+        env.append({"name": "RERANKER_SERVED_MODEL_NAME", "value": served_name})
         env.append({"name": "RERANKER_HOST", "value": "0.0.0.0"})
         env.append({"name": "RERANKER_PORT", "value": str(RERANKER_PORT)})
         env.append({"name": "RERANKER_DEVICE", "value": "cuda" if plan.gpu_count else "cpu"})
@@ -206,14 +240,17 @@ def build_resources(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     return resources
 
 
-def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
-    """The pod spec of the model's pods."""
+def build_pod_spec(spec: ModelServiceSpec, plan: Plan, name: str, defaults: PodDefaults = PodDefaults(),
+                   selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The pod spec of the pods of ModelService `name` (`selector`: the labels that select them,
+    which a topology spread constraint without labelSelector counts)."""
+    served_name = served_model_name(spec, name)
     tei = plan.engine == "tei"
     port = TEI_PORT if tei else RERANKER_PORT
     container: dict[str, Any] = {"name": "tei" if tei else "reranker", "image": plan.image}
     if tei:
-        container["args"] = build_tei_args(spec, plan)
-    container["env"] = build_env(spec, plan)
+        container["args"] = build_tei_args(spec, plan, served_name)
+    container["env"] = build_env(spec, plan, served_name)
     container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     container["startupProbe"] = copy.deepcopy(STARTUP_PROBE)
     container["readinessProbe"] = copy.deepcopy(READINESS_PROBE)
@@ -227,12 +264,19 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     if plan.cache is not None:
         container["volumeMounts"].append({"name": "models", "mountPath": MOUNT_PATH, "readOnly": True})
 
+    secrets, _, _ = merged_pod_settings(spec.pod, defaults)
     pod: dict[str, Any] = {
+        **({"imagePullSecrets": [{"name": name} for name in secrets]} if secrets else {}),
         "automountServiceAccountToken": False,
         **({} if tei else {"terminationGracePeriodSeconds": RERANKER_GRACE_S}),
         "enableServiceLinks": False,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
     }
+    settings = spec.pod or PodSettings()
+    if settings.service_account_name:
+        pod["serviceAccountName"] = settings.service_account_name
+    if settings.priority_class_name:
+        pod["priorityClassName"] = settings.priority_class_name
     if spec.runtime_class_name:
         pod["runtimeClassName"] = spec.runtime_class_name
     node_selector = {**(spec.node_selector or {}), **plan.node_selector}
@@ -250,6 +294,12 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
         affinity = spec.affinity.model_dump(by_alias=True, exclude_none=True)
         if affinity:
             pod["affinity"] = affinity
+    if settings.topology_spread_constraints:
+        spread = [c.model_dump(by_alias=True, exclude_none=True) for c in settings.topology_spread_constraints]
+        for constraint in spread:
+            if "labelSelector" not in constraint and selector:
+                constraint["labelSelector"] = {"matchLabels": dict(selector)}
+        pod["topologySpreadConstraints"] = spread
     pod["containers"] = [container]
     if plan.share is not None:
         share_pod(pod, plan.share)
@@ -266,9 +316,25 @@ def build_pod_spec(spec: ModelServiceSpec, plan: Plan) -> dict[str, Any]:
     return pod
 
 
-def build_deployment(ms: ModelService, plan: Plan) -> dict[str, Any]:
-    """The Deployment that runs `plan` for a ModelService."""
+def build_pod_labels(ms: ModelService, defaults: PodDefaults = PodDefaults()) -> dict[str, str]:
+    """Labels of the pods: the children's labels with the operator's and the ModelService's pod
+    labels between the recommended ones and those the operator sets (which they cannot replace)."""
+    _, labels, _ = merged_pod_settings(ms.spec.pod, defaults)
+    children = build_labels(ms)
+    reserved = {key: children[key] for key in ("app.kubernetes.io/managed-by", SELECTOR_LABEL)}
+    return {**children, **labels, **reserved}
+
+
+def build_deployment(ms: ModelService, plan: Plan, pod_defaults: PodDefaults = PodDefaults()) -> dict[str, Any]:
+    """The Deployment that runs `plan` for a ModelService (`pod_defaults`: the operator's)."""
     metadata = _metadata(ms)
+    _, _, annotations = merged_pod_settings(ms.spec.pod, pod_defaults)
+    # The share's labels are the operator's, like the selector's: no pod setting replaces them.
+    template_metadata: dict[str, Any] = {"labels": {**build_pod_labels(ms, pod_defaults),
+                                                    **share_labels(plan.share)}}
+    if annotations:
+        template_metadata["annotations"] = annotations
+    selector = build_selector_labels(ms.name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -276,10 +342,10 @@ def build_deployment(ms: ModelService, plan: Plan) -> dict[str, Any]:
         "spec": {
             "replicas": ms.spec.replicas,
             "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": build_selector_labels(ms.name)},
+            "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {**metadata["labels"], **share_labels(plan.share)}},
-                "spec": build_pod_spec(ms.spec, plan),
+                "metadata": template_metadata,
+                "spec": build_pod_spec(ms.spec, plan, ms.name, pod_defaults, selector),
             },
         },
     }

@@ -51,10 +51,12 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- $_ := set $limits "nvidia.com/gpu" $r.gpuCount -}}
 {{- $_ := set $resources "limits" $limits -}}
 {{- end -}}
+{{- /* the name in the engine's answers: engineArgs.servedModelName, else the model's (the ModelService's) name */ -}}
+{{- $served := $ea.servedModelName | default (include "embedding-images.model.fullname" (dict "root" $root "component" .component)) -}}
 {{- $env := list -}}
 {{- $args := list -}}
 {{- if $tei -}}
-{{- $args = list "--model-id" $source "--port" (toString $containerPort) "--hostname" "0.0.0.0" -}}
+{{- $args = list "--model-id" $source "--port" (toString $containerPort) "--hostname" "0.0.0.0" "--served-model-name" $served -}}
 {{- if not $modelCache }}{{ with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end }}{{ end -}}
 {{- range $flag := list (list "--max-batch-tokens" "maxBatchTokens") (list "--max-client-batch-size" "maxClientBatchSize") (list "--max-concurrent-requests" "maxConcurrentRequests") (list "--pooling" "pooling") (list "--dtype" "dtype") }}
 {{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
@@ -67,6 +69,7 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "API_KEY" .) | fromJson) }}{{ end -}}
 {{- else -}}
 {{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $source) -}}
+{{- $env = append $env (dict "name" "RERANKER_SERVED_MODEL_NAME" "value" $served) -}}
 {{- $env = append $env (dict "name" "RERANKER_HOST" "value" "0.0.0.0") -}}
 {{- $env = append $env (dict "name" "RERANKER_PORT" "value" (toString $containerPort)) -}}
 {{- $env = append $env (dict "name" "RERANKER_DEVICE" "value" (ternary "cuda" "cpu" $gpu)) -}}
@@ -85,7 +88,13 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- end -}}
 {{- end -}}
 {{- $env = concat $env (default list $v.env) -}}
-{{- with (include "embedding-images.imagePullSecrets" $root) }}{{ . }}{{ end }}
+{{- $pod := include "embedding-images.model.pod" (dict "root" $root "component" .component) | fromJson -}}
+{{- with (include "embedding-images.pullSecretNames" (list $root.Values.imagePullSecrets (default list $pod.imagePullSecrets))) }}
+imagePullSecrets:
+  {{- range (splitList "," .) }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
 {{- /* the model serves HTTP only: no API credentials, no other Services' addresses in its env */}}
 automountServiceAccountToken: false
 enableServiceLinks: false
@@ -100,6 +109,12 @@ securityContext:
   fsGroup: 1000
   seccompProfile:
     type: RuntimeDefault
+{{- with $pod.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- with $pod.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- with $v.runtimeClassName }}
 runtimeClassName: {{ . }}
 {{- end }}
@@ -114,6 +129,44 @@ tolerations:
 {{- with $v.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pod.topologySpreadConstraints }}
+{{- /* without a labelSelector a constraint counts the model's own pods (the operator's: its selector) */}}
+{{- $selector := include "embedding-images.model.podSelector" (dict "root" $root "component" $.component) | fromYaml }}
+{{- $spread := list }}
+{{- range . }}
+{{- if hasKey . "labelSelector" }}
+{{- $spread = append $spread . }}
+{{- else }}
+{{- $spread = append $spread (merge (dict "labelSelector" (dict "matchLabels" (deepCopy $selector))) .) }}
+{{- end }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $spread | nindent 2 }}
+{{- end }}
+{{- if $modelCache }}
+{{- /* chart-only: the pods wait for their download Job (the operator gates its Deployment instead) */}}
+initContainers:
+  - name: wait-for-model
+    image: {{ include "embedding-images.operator.image" $root | quote }}
+    command: [python, -m, modelservice.cache.download]
+    args: [--model, {{ $modelCache.model | quote }}, --revision, {{ default "main" $modelCache.revision | quote }}, --dir, /models, --wait]
+    resources:
+      requests:
+        cpu: 10m
+        memory: 64Mi
+      limits:
+        memory: 256Mi
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      runAsNonRoot: true
+      capabilities:
+        drop: [ALL]
+    volumeMounts:
+      - name: models
+        mountPath: /models
+        readOnly: true
 {{- end }}
 containers:
   - name: {{ ternary "tei" "reranker" $tei }}
