@@ -92,17 +92,17 @@ def test_requests_for_a_model_at_zero_are_held_one_scale_up_and_all_answered(gat
     server, tei = tei_server(kind="reranker")
     scaler = CountingScaler(delay=1.5, address=server.address)
     gw = gateway([(model("r", "rerank", "tei", "r/r", replicas=0), [])], scaler=scaler,
-                 scale_from_zero_timeout=30)
+                 scale_from_zero_timeout=10)
     scaler.gateway = gw
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        answers = [pool.submit(httpx.post, f"{gw.url}/v1/rerank", json=RERANK, timeout=30)
+        answers = [pool.submit(httpx.post, f"{gw.url}/v1/rerank", json=RERANK, timeout=12)
                    for _ in range(5)]
         deadline = time.monotonic() + 5
         while metric(gw.url, "gateway_requests_held", model="apps/r") < 5:
             assert time.monotonic() < deadline, "the requests were not held"
             time.sleep(0.05)
         # The pod comes up 1.5 s after the scale-up: every held request is answered soon after
-        # (well before the 30 s hold would give up).
+        # (well before the 10 s hold would give up).
         done, _ = concurrent.futures.wait(answers, timeout=8)
         assert len(done) == 5, f"{5 - len(done)} held requests not answered 8 s after scale-up"
         assert [a.result().status_code for a in answers] == [200] * 5
@@ -115,9 +115,9 @@ def test_a_model_whose_pods_are_starting_is_waited_for_without_scaling(gateway, 
     server, _ = tei_server(kind="reranker")
     scaler = CountingScaler(delay=0, address=None)
     r = model("r", "rerank", "tei", "r/r", replicas=2)
-    gw = gateway([(r, [])], scaler=scaler, scale_from_zero_timeout=30)
+    gw = gateway([(r, [])], scaler=scaler, scale_from_zero_timeout=10)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(httpx.post, f"{gw.url}/v2/rerank", json=RERANK, timeout=30)
+        answer = pool.submit(httpx.post, f"{gw.url}/v2/rerank", json=RERANK, timeout=12)
         time.sleep(0.5)
         gw.set_endpoints(r.key, [server.address])
         done, _ = concurrent.futures.wait([answer], timeout=5)
