@@ -151,3 +151,17 @@ def test_a_503_is_retried_exactly_once(gateway, tei_server):
         reached = [i for i, (_, tei) in enumerate(servers)
                    for _, body in tei.received if body["query"] == f"q{n}"]
         assert len(reached) == 2 and len(set(reached)) == 2, f"q{n} reached pods {reached}"
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_models_503_or_429_on_a_translated_route_says_when_to_retry(gateway, tei_server, status):
+    """TEI gives no Retry-After: the gateway's (GATEWAY_RETRY_AFTER), as on its own 429."""
+    rerank, _ = tei_server(kind="reranker", fail_status=status)
+    embed, _ = tei_server(kind="embedding", fail_status=status)
+    gw = gateway([(model("r", "rerank", "tei", "r/r"), [rerank.address]),
+                  (model("e", "embed", "tei", "e/e"), [embed.address])], retry_after=4)
+    for url, body in ((f"{gw.url}/v1/rerank", BODY), (f"{gw.url}/v2/rerank", BODY),
+                      (f"{gw.url}/v1/embeddings", {"model": "e", "input": "x"})):
+        answer = httpx.post(url, json=body)
+        assert answer.status_code == status, url
+        assert answer.headers.get("Retry-After") == "4", url
