@@ -36,6 +36,8 @@ import time
 import uuid
 from pathlib import Path
 
+from testkit.processes import die_with_parent, interrupt_on_termination
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
 API = "serving.embedding-images.io/v1alpha1"
@@ -102,6 +104,7 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--out", default=str(ROOT / ".cache" / "operator_bench.json"))
     args = parser.parse_args()
+    interrupt_on_termination()  # SIGTERM and SIGHUP clean up as Ctrl-C does
     env = {**os.environ, "KUBECONFIG": args.kubeconfig,
            "PATH": f"{ROOT / '.cache' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 
@@ -111,7 +114,8 @@ def main() -> int:
     kubectl(env, "create", "namespace", ns)
     log = open(ROOT / ".cache" / "operator_bench.log", "wb")
     operator = subprocess.Popen([sys.executable, "-m", "modelservice", f"--namespace={ns}"], env=env,
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent())
     try:
         time.sleep(3)  # operator start-up and first watch
         # 1. apply -> Deployment, one at a time

@@ -56,6 +56,8 @@ from reporting import Column, Table, finish  # benchmarks/ is the script's own f
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from testkit.processes import die_with_parent, interrupt_on_termination  # noqa: E402
+
 WORDS = (
     "the of and to in is was for on that with as by at from his her an were are which this be "
     "river city market history science energy water paper system model network query document "
@@ -104,7 +106,8 @@ class Server:
             "RERANKER_LOG_LEVEL": "warning",
             **{f"RERANKER_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        self.proc = subprocess.Popen([sys.executable, "-m", "reranker"], env=env, cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "reranker"], env=env, cwd=ROOT,
+                                     preexec_fn=die_with_parent())
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank_load.json")
     args = parser.parse_args(argv)
+    interrupt_on_termination()  # SIGTERM and SIGHUP clean up as Ctrl-C does
 
     from testkit.models import build_qwen3_reranker
 

@@ -256,10 +256,12 @@ class Demo:
         return json.loads(self.kubectl("get", *args, "-o", "json", what=f"kubectl get {args[0]}").stdout)
 
     def start_process(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+        from gateway.testing import die_with_parent   # this checkout's, once main() set the path
+
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=die_with_parent())
         self.processes[name] = proc
         self.progress.say(f"{name}: pid {proc.pid}, log {log.relative_to(ROOT)}")
         return proc
@@ -729,6 +731,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))   # testkit.podrunner and testkit.models, from this checkout
+    from testkit.processes import interrupt_on_termination
+    interrupt_on_termination()   # SIGTERM and SIGHUP clean up as Ctrl-C does
     if args.port is None:
         port = README_PORT if not port_in_use(README_PORT) else free_port()
     elif port_in_use(args.port):

@@ -187,6 +187,14 @@ async def relay(request: web.Request, response: BackendResponse) -> web.StreamRe
     return out
 
 
+def retry_headers(response: BackendResponse, settings: Settings) -> dict[str, str]:
+    """The Retry-After of a backend's 429 or 503 that a translated route re-renders: the
+    backend's own, else GATEWAY_RETRY_AFTER (as the gateway's own 429)."""
+    if response.status not in (429, 503):
+        return {}
+    return {"Retry-After": response.headers.get("Retry-After") or str(settings.retry_after)}
+
+
 async def read_bounded(response: BackendResponse, limit: int) -> bytes:
     """A backend's answer read whole, refused past `limit` bytes (a translated answer must be
     parsed, so it cannot be streamed)."""
@@ -214,7 +222,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     async def answer(response: BackendResponse) -> web.StreamResponse:
         if response.status >= 400:
             return openai_error_from_backend(
-                response.status, await read_bounded(response, ERROR_BODY_BYTES)
+                response.status, await read_bounded(response, ERROR_BODY_BYTES),
+                retry_headers(response, settings),
             )
         return await relay(request, response)
 
@@ -242,7 +251,8 @@ def rerank_handler(path: str, version: str) -> Handler:
                 response, settings.max_body_bytes if response.status < 400 else ERROR_BODY_BYTES
             )
             if response.status >= 400:
-                return cohere_error_from_backend(response.status, raw)
+                return cohere_error_from_backend(response.status, raw,
+                                                 retry_headers(response, settings))
             tokens = int(response.headers.get("x-compute-tokens", "0") or 0)
             return web.json_response(translated.cohere_answer(json.loads(raw), tokens))
 

@@ -75,23 +75,25 @@ def backend_error_message(body: bytes) -> str:
     return str(parsed)[:500]
 
 
-def openai_error_from_backend(status: int, body: bytes) -> web.Response:
+def openai_error_from_backend(status: int, body: bytes,
+                              headers: dict[str, str] | None = None) -> web.Response:
     """A backend's error on an OpenAI route, re-rendered as the OpenAI error object."""
     kind = {400: "bad_request", 413: "payload_too_large", 422: "invalid_request",
             424: "backend", 429: "overloaded", 503: "unavailable"}.get(status, "backend")
     message = backend_error_message(body)
     return web.json_response(
         {"error": {"message": message, "type": kind, "param": None, "code": kind}},
-        status=status,
+        status=status, headers=headers,
     )
 
 
-def cohere_error_from_backend(status: int, body: bytes) -> web.Response:
+def cohere_error_from_backend(status: int, body: bytes,
+                              headers: dict[str, str] | None = None) -> web.Response:
     """TEI's `{"error", "error_type"}` answered as the reranker service's `{"message", "type"}`."""
     kind = {400: "invalid_request", 413: "payload_too_large", 422: "invalid_request",
             424: "backend", 429: "overloaded", 503: "not_ready"}.get(status, "backend")
     return web.json_response({"message": backend_error_message(body), "type": kind},
-                             status=status)
+                             status=status, headers=headers)
 
 
 # --- Cohere rerank over TEI ----------------------------------------------------------------------

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         "from zero, or pods starting); past it the answer is 503 with Retry-After.",
     )
     retry_after: int = Field(
-        1, ge=1, description="Seconds in the Retry-After header of a 429."
+        1, ge=1, description="Seconds in the Retry-After header of a 429, and of a model's "
+        "429 or 503 that gave none, on the routes that translate its answer."
     )
     log_level: str = Field("info", description="Log level.")
 

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import kubernetes
 
 from .podrunner import LocalPodRunner
-from .processes import BackendProcess, free_port, start_process
+from .processes import BackendProcess, die_with_parent, free_port, start_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,15 +60,19 @@ class Stack:
         return texts
 
     def stop(self) -> None:
-        self.gateway.stop()
-        if self.operator.poll() is None:
-            os.killpg(self.operator.pid, signal.SIGTERM)
+        try:
+            self.gateway.stop()
+        finally:
             try:
-                self.operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.operator.pid, signal.SIGKILL)
-                self.operator.wait()
-        self.runner.stop()
+                if self.operator.poll() is None:
+                    os.killpg(self.operator.pid, signal.SIGTERM)
+                    try:
+                        self.operator.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(self.operator.pid, signal.SIGKILL)
+                        self.operator.wait()
+            finally:
+                self.runner.stop()
 
 
 def start_stack(env: Mapping[str, str], namespace: str, modelservices: Sequence[str], model_dir: os.PathLike | str,
@@ -92,7 +96,7 @@ def start_stack(env: Mapping[str, str], namespace: str, modelservices: Sequence[
                 [sys.executable, "-m", "modelservice", f"--namespace={namespace}", "--verbose",
                  f"--address-overrides={overrides}", f"--gateway-metrics-url={gateway.url}/metrics"],
                 env={**env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=die_with_parent())
         client = kubernetes.config.new_client_from_config(config_file=env["KUBECONFIG"])
         runner = LocalPodRunner(client, namespace, modelservices, model_dir, overrides, workdir).start()
     except BaseException:

@@ -99,14 +99,20 @@ class LocalPodRunner:
         return self
 
     def stop(self) -> None:
+        running: list[BackendProcess] = []
+
         async def end() -> None:
             self._wanted.clear()
             if self._watcher is not None:
                 self._watcher.stop()
-            for name in list(self.running):
-                self._stop_pod(name)
+            running.extend(pod.backend for pod in self.running.values())
+            self.running.clear()
         asyncio.run_coroutine_threadsafe(end(), self.loop).result(60)
+        # The running processes are stopped here, not through the pool: its shutdown cancels
+        # what is still queued behind starts in progress.
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for backend in running:
+            self._stop_backend(backend)
         # A start that finished meanwhile reported in on the loop: let those reports run (each
         # stops its process, nothing being wanted any more), then wait for the stops.
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(10)

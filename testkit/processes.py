@@ -5,13 +5,22 @@ runs `python -m <module>` as a process of its own and waits for its /health;
 `start_reranker` does that for the real reranker service (`python -m reranker`) on a tiny model
 from testkit.models; `write_models_file` writes a static GATEWAY_MODELS_FILE for `python -m
 gateway`; `free_port` picks a free loopback port.
+
+No child outlives what started it: `start_process` puts each in a process group of its own,
+stopped whole; the child gets SIGTERM when its parent dies, even by SIGKILL
+(`die_with_parent`, PR_SET_PDEATHSIG); whatever still runs at exit is stopped (atexit); and
+SIGTERM or SIGHUP end the run as Ctrl-C does (`interrupt_on_termination`), so its `finally`
+blocks run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -71,9 +80,52 @@ class ServerThread:
         self._thread.join(10)
 
 
-@dataclass
+# --- children that never outlive what started them ------------------------------------------------
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for Popen: the child gets SIGTERM when this process dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG; strictly when the thread that started it ends, so start
+    long-lived children from a thread that lives as long as they should: the main one, or a
+    pool's)."""
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before the call: no signal will come
+                os._exit(1)
+
+    return set_death_signal
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP end this process as Ctrl-C does (KeyboardInterrupt in the main thread),
+    so that its `finally` blocks and `stop_children` run; left alone where a handler is set."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, signal.default_int_handler)
+
+
+_children: set["BackendProcess"] = set()
+
+
+@atexit.register
+def stop_children() -> None:
+    """Stops every process start_process started that is still running."""
+    for child in list(_children):
+        child.stop()
+
+
+@dataclass(eq=False)
 class BackendProcess:
-    """A server started as a process of its own on a loopback port."""
+    """A server started as a process of its own on a loopback port (leader of its own process
+    group: `stop()` ends the group)."""
 
     process: subprocess.Popen
     port: int
@@ -88,13 +140,20 @@ class BackendProcess:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        _children.discard(self)
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait(10)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path | None) -> None:
@@ -124,13 +183,17 @@ def start_process(
     health_url: str | None = None,
 ) -> BackendProcess:
     """`python -m <module> <args>` with `env` added to this one's, waited for until
-    `<url>/health` (or `health_url`) answers 200."""
+    `<url>/health` (or `health_url`) answers 200. The process never outlives this one: it is
+    stopped at exit (atexit), on SIGTERM or SIGHUP as on Ctrl-C (interrupt_on_termination),
+    and when this one dies by a signal (die_with_parent)."""
+    interrupt_on_termination()
     out = open(log, "wb") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "-m", module, *args], env={**os.environ, **env},
-        stdout=out, stderr=subprocess.STDOUT,
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
     )
     backend = BackendProcess(process, port, log)
+    _children.add(backend)
     try:
         wait_healthy(health_url or backend.url, process, timeout, log)
     except BaseException:

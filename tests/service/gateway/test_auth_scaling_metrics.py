@@ -92,15 +92,19 @@ def test_requests_for_a_model_at_zero_are_held_one_scale_up_and_all_answered(gat
     server, tei = tei_server(kind="reranker")
     scaler = CountingScaler(delay=1.5, address=server.address)
     gw = gateway([(model("r", "rerank", "tei", "r/r", replicas=0), [])], scaler=scaler,
-                 scale_from_zero_timeout=30)
+                 scale_from_zero_timeout=10)
     scaler.gateway = gw
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        answers = [pool.submit(httpx.post, f"{gw.url}/v1/rerank", json=RERANK, timeout=30)
+        answers = [pool.submit(httpx.post, f"{gw.url}/v1/rerank", json=RERANK, timeout=12)
                    for _ in range(5)]
         deadline = time.monotonic() + 5
         while metric(gw.url, "gateway_requests_held", model="apps/r") < 5:
             assert time.monotonic() < deadline, "the requests were not held"
             time.sleep(0.05)
+        # The pod comes up 1.5 s after the scale-up: every held request is answered soon after
+        # (well before the 10 s hold would give up).
+        done, _ = concurrent.futures.wait(answers, timeout=8)
+        assert len(done) == 5, f"{5 - len(done)} held requests not answered 8 s after scale-up"
         assert [a.result().status_code for a in answers] == [200] * 5
     assert len(scaler.calls) == 1 and str(scaler.calls[0]) == "apps/r"
     assert len(tei.received) == 5
@@ -111,11 +115,13 @@ def test_a_model_whose_pods_are_starting_is_waited_for_without_scaling(gateway, 
     server, _ = tei_server(kind="reranker")
     scaler = CountingScaler(delay=0, address=None)
     r = model("r", "rerank", "tei", "r/r", replicas=2)
-    gw = gateway([(r, [])], scaler=scaler, scale_from_zero_timeout=30)
+    gw = gateway([(r, [])], scaler=scaler, scale_from_zero_timeout=10)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(httpx.post, f"{gw.url}/v2/rerank", json=RERANK, timeout=30)
+        answer = pool.submit(httpx.post, f"{gw.url}/v2/rerank", json=RERANK, timeout=12)
         time.sleep(0.5)
         gw.set_endpoints(r.key, [server.address])
+        done, _ = concurrent.futures.wait([answer], timeout=5)
+        assert done, "the held request was not answered 5 s after its pod became ready"
         assert answer.result().status_code == 200
     assert scaler.calls == []
 
@@ -173,3 +179,48 @@ def test_ready_waits_for_the_registry_to_sync(gateway):
         assert httpx.get(f"{server.url}/ready").status_code == 200
     finally:
         server.stop()
+
+
+@pytest.fixture
+def restricted(gateway, tei_server, tmp_path):
+    """Four models over one TEI stand-in: `e` and `x` here (apps), `x` and `y` in `other`; a
+    key for `e` only and a key for `other/x` only."""
+    server, tei = tei_server(kind="reranker")
+    keys = tmp_path / "keys"
+    keys.write_text("sk-e  e\nsk-other-x  other/x\n")
+    models = [model("e", "rerank", "tei", "e/e"), model("x", "rerank", "tei", "x/x"),
+              model("x", "rerank", "tei", "ox/ox", namespace="other"),
+              model("y", "rerank", "tei", "y/y", namespace="other")]
+    return gateway([(m, [server.address]) for m in models], api_keys_file=keys), tei
+
+
+def pass_through(gw, key: str, path: str) -> int:
+    return httpx.post(f"{gw.url}{path}", json={"query": "q", "texts": ["d"]},
+                      headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def test_a_restricted_key_gets_403_for_other_models_on_the_pass_through_routes(restricted):
+    gw, tei = restricted
+    assert pass_through(gw, "sk-e", "/models/e/rerank") == 200
+    assert pass_through(gw, "sk-e", "/namespaces/apps/models/e/rerank") == 200
+    for path in ("/models/x/rerank", "/namespaces/apps/models/x/rerank",
+                 "/namespaces/other/models/x/rerank", "/namespaces/other/models/y/rerank"):
+        assert pass_through(gw, "sk-e", path) == 403, path
+    assert len(tei.received) == 2  # the refused requests reached no pod
+
+
+def test_a_key_for_namespace_slash_name_may_use_that_model_and_no_other(restricted):
+    gw, tei = restricted
+    assert pass_through(gw, "sk-other-x", "/namespaces/other/models/x/rerank") == 200
+    headers = {"Authorization": "Bearer sk-other-x"}
+    allowed = httpx.post(f"{gw.url}/v1/rerank", headers=headers,
+                         json={"model": "other/x", "query": "q", "documents": ["d"]})
+    assert allowed.status_code == 200
+    for name in ("x", "apps/x", "e", "other/y"):  # `x` alone is the home namespace's
+        refused = httpx.post(f"{gw.url}/v1/rerank", headers=headers,
+                             json={"model": name, "query": "q", "documents": ["d"]})
+        assert refused.status_code == 403, name
+    for path in ("/models/x/rerank", "/namespaces/apps/models/x/rerank",
+                 "/namespaces/other/models/y/rerank"):
+        assert pass_through(gw, "sk-other-x", path) == 403, path
+    assert len(tei.received) == 2

@@ -388,3 +388,100 @@ def test_the_request_goes_out_with_the_clients_headers_only(behind_gateway):
     assert httpx.head(f"{gw.url}/models/m/head").status_code == 200
     fine = httpx.get(f"{gw.url}/models/m/get")
     assert (fine.status_code, fine.content) == (200, OK_BODY)
+
+
+@pytest.fixture
+def two_pods(gateway, raw_backend):
+    """A gateway whose one model, `m`, has two pods, both RawBackends answering `respond`."""
+
+    def start(respond: Respond, model_info=MODEL, **settings):
+        backends = [raw_backend(respond), raw_backend(respond)]
+        return backends, gateway([(model_info, [b.address for b in backends])], **settings)
+
+    return start
+
+
+def test_an_answer_broken_off_in_its_body_is_a_502_and_not_sent_elsewhere(two_pods):
+    """The pod may have run the request: it is not sent to the other pod."""
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"c" * 500)
+        await writer.drain()
+        return False
+
+    backends, gw = two_pods(respond)
+    for n in range(4):
+        answer = httpx.post(f"{gw.url}/models/m/embed", content=b"request %d" % n)
+        assert answer.status_code == 502 and answer.json()["type"] == "bad_gateway"
+    bodies = sorted(r.body for backend in backends for r in backend.requests)
+    assert bodies == [b"request %d" % n for n in range(4)]  # each reached exactly one pod
+    assert in_flight(gw) == 0
+
+
+def test_a_503_from_the_last_pod_tried_reaches_the_client_with_its_retry_after(two_pods):
+    """Both pods not ready (as the reranker service answers it): the second pod's 503, with its
+    Retry-After, reaches the client, not a 502."""
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(b'{"message": "not ready", "type": "not_ready"}', 503,
+                            "Retry-After: 7"))
+        await writer.drain()
+        return True
+
+    reranker = model("m", "rerank", "reranker", "m/m")
+    backends, gw = two_pods(respond, reranker)
+    for url, body in ((f"{gw.url}/v2/rerank", {"model": "m", "query": "q", "documents": ["d"]}),
+                      (f"{gw.url}/models/m/v2/rerank", {"query": "q", "documents": ["d"]})):
+        refused = httpx.post(url, json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "7"
+        assert refused.json() == {"message": "not ready", "type": "not_ready"}
+    assert [len(b.requests) for b in backends] == [2, 2]  # each request: one pod, then the other
+
+
+def test_a_503_whose_body_stalls_is_not_put_back_in_the_pool(gateway, raw_backend):
+    """The gateway leaves a 503 unread to retry elsewhere; that connection, with the rest of
+    the 503's body still to come, is closed: the pod's next request gets its own answer."""
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.path == "/first":
+            writer.write(b"HTTP/1.1 503 X\r\nContent-Length: 100\r\n\r\nnot ")
+            await writer.drain()
+            await asyncio.sleep(3)
+            writer.write(b"r" * 96)
+            await writer.drain()
+            return True
+        return await ok(request, writer)
+
+    stalling, healthy = raw_backend(respond), raw_backend(ok)
+    gw = gateway([(MODEL, [stalling.address, healthy.address])], request_timeout=5)
+    # Until the stalling pod has had /first (and its 503 was retried on the healthy one).
+    for _ in range(4):
+        if stalling.requests:
+            break
+        retried = httpx.get(f"{gw.url}/models/m/first", timeout=10)
+        assert (retried.status_code, retried.content) == (200, OK_BODY)
+    assert [r.path for r in stalling.requests] == ["/first"]
+    gw.set_endpoints(MODEL.key, [stalling.address])
+    started = time.monotonic()
+    fine = httpx.get(f"{gw.url}/models/m/second", timeout=10)
+    assert (fine.status_code, fine.content) == (200, OK_BODY)
+    assert time.monotonic() - started < 1
+    assert [r.path for r in stalling.requests] == ["/first", "/second"]
+    assert stalling.connections == 2
+
+
+def test_a_pooled_connection_closed_in_the_answers_head_is_a_502_sent_once(behind_gateway):
+    """Bytes of an answer arrived: the request ran, and it is not sent again on a new
+    connection, as it is when a pooled connection closes before any byte of answer."""
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.path == "/cut":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+            await writer.drain()
+            return False
+        return await ok(request, writer)
+
+    backend, gw = behind_gateway(respond)
+    assert httpx.get(f"{gw.url}/models/m/pooled").status_code == 200
+    assert idle(gw) == 1
+    cut = httpx.get(f"{gw.url}/models/m/cut")
+    assert cut.status_code == 502 and cut.json()["type"] == "bad_gateway"
+    assert [(r.connection, r.path) for r in backend.requests] == [(1, "/pooled"), (1, "/cut")]
+    assert in_flight(gw) == 0

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import standard_models
+from .conftest import model, standard_models
 
 QUERY = "capital of France"
 DOCS = ["Carson City is the capital of Nevada", "Paris is the capital city of France", "Rome",
@@ -129,12 +129,42 @@ def test_tei_rerank_refuses_what_tei_cannot_do_as_the_reranker_service_does(back
     assert missing.status_code == 422 and "documents" in missing.json()["message"]
 
 
-def test_models_are_named_by_name_namespace_or_hugging_face_id(backends, gateway):
-    gw = gateway(standard_models(backends))
+def test_models_are_named_by_name_namespace_or_hugging_face_id(gateway, tei_server):
+    """Each name reaches the pod of the model it names: by name in the gateway's namespace,
+    `namespace/name`, or the Hugging Face id, with a model of the same name in another
+    namespace beside it."""
+    pods = {key: tei_server(kind="reranker") for key in ("apps/minilm", "search/minilm", "apps/bge")}
+    gw = gateway([
+        (model("minilm", "rerank", "tei", "cross-encoder/ms-marco-MiniLM-L-6-v2"),
+         [pods["apps/minilm"][0].address]),
+        (model("minilm", "rerank", "tei", "org/minilm-twin", namespace="search"),
+         [pods["search/minilm"][0].address]),
+        (model("bge", "rerank", "tei", "BAAI/bge-reranker-base"), [pods["apps/bge"][0].address]),
+    ])
     co = cohere.ClientV2(api_key="unused", base_url=gw.url)
-    names = ["minilm", "apps/minilm", "cross-encoder/ms-marco-MiniLM-L-6-v2"]
-    answers = [co.rerank(model=n, query=QUERY, documents=DOCS) for n in names]
-    assert len({tuple(r.relevance_score for r in a.results) for a in answers}) == 1
+    names = {"minilm": "apps/minilm", "apps/minilm": "apps/minilm",
+             "cross-encoder/ms-marco-MiniLM-L-6-v2": "apps/minilm",
+             "search/minilm": "search/minilm", "org/minilm-twin": "search/minilm",
+             "bge": "apps/bge", "BAAI/bge-reranker-base": "apps/bge"}
+    for name in names:
+        assert len(co.rerank(model=name, query=name, documents=DOCS).results) == len(DOCS)
+    for key, (_, tei) in pods.items():
+        reached = [body["query"] for _, body in tei.received]
+        assert reached == [name for name, serving in names.items() if serving == key], key
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_tei_rerank_honours_return_documents_both_ways(backends, gateway, version):
+    gw = gateway(standard_models(backends))
+    for flag in (True, False):
+        results = httpx.post(f"{gw.url}/v{version}/rerank", json={
+            "model": "bge-reranker", "query": QUERY, "documents": DOCS,
+            "return_documents": flag}).json()["results"]
+        assert len(results) == len(DOCS)
+        if flag:
+            assert [r["document"] for r in results] == [{"text": DOCS[r["index"]]} for r in results]
+        else:
+            assert all("document" not in r for r in results), results
 
 
 def test_models_list(backends, gateway):
