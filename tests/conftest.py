@@ -9,6 +9,14 @@ import pytest
 import tei_router
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that runs the real router (through any fixture) is marked `tei`, so that
+    `-m 'not tei'` leaves out the first build on a machine."""
+    for item in items:
+        if "tei_binary" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.tei)
+
+
 @pytest.fixture(scope="session")
 def tei_binary(pytestconfig):
     """The router's path; a cold build shows cargo's progress on the terminal."""
