@@ -35,6 +35,14 @@ cluster-down:
 demo: setup
 	$(PY) demo/demo.py $(DEMO_ARGS)
 
+## tei: TEI's router (text-embeddings-router 1.9.3, candle + ORT, http) for CPU, built with cargo
+## from ../shared/vendor/tei (else the v1.9.3 tag) into the machine-wide cache
+## (EMBEDDING_IMAGES_CACHE, default /var/cache/embedding-images, then tei/); prints its folder.
+## The first build on a machine takes about 15 minutes on two cores; later ones under a second.
+.PHONY: tei
+tei:
+	images/tei/build.sh
+
 ## tools: helm and kubectl into .cache/bin
 tools:
 	tests/cluster/tools.sh

@@ -19,7 +19,9 @@ required), `texts` (array of strings, required), `raw_scores`, `return_text`, `t
 array of `Rank` `{index, score, text?}`, which TEI's router (router/src/http/server.rs) sorts
 by descending score, ties in reverse position, hence the re-sort here. Errors:
 `ErrorResponse` `{error, error_type}` with 400 empty batch, 413 batch too large, 422
-tokenization, 424 backend, 429 overloaded.
+tokenization, 424 backend, 429 overloaded; the 1.9.3 router itself answers 422 for a batch too
+large and axum's plain-text rejection (422, or 400 when not JSON) for a body off the schema
+(tests/service/test_tei_router.py), which `backend_error_message` passes on as the message.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ and response schema of TEI's published OpenAPI document, text-embeddings-inferen
 OpenAICompatResponse, `encoding_format` float or base64), `POST /rerank` (RerankRequest ->
 RerankResponse, ranks sorted by descending score as TEI's router sorts them), `GET /health`,
 `GET /info` (Info); errors as ErrorResponse `{error, error_type}` (OpenAICompatErrorResponse
-`{message, code, type}` on /v1/embeddings) with TEI's statuses: 400 empty batch, 413 batch
-over `max_client_batch_size`, 422 invalid body, 424 wrong model type. Its outputs are
+`{message, code, type}` on /v1/embeddings) with the statuses the real router (1.9.3, built by
+`make tei`) answers: 400 empty batch, 422 batch over `max_client_batch_size` (the OpenAPI
+document says 413), 424 wrong model type; a body that is not the route's schema is axum's
+rejection in plain text, 422 (400 when it is not JSON at all). tests/service/test_tei_stand_in.py
+checks these against the real router on shared cases. Its outputs are
 deterministic: an embedding is a sum of per-word vectors seeded by the word's hash; a rerank
 score is the number of query words in the text minus one, through a sigmoid unless
 `raw_scores`. TEI's images cannot be pulled on these machines; this is what the gateway's TEI
@@ -64,6 +67,15 @@ class _TeiError(Exception):
         self.status, self.message, self.error_type = status, message, error_type
 
 
+class _Rejection(_TeiError):
+    """axum's rejection of a body its Json extractor cannot read: plain text, as TEI sends it."""
+
+    def __init__(self, detail: str, status: int = 422):
+        prefix = ("Failed to parse the request body as JSON" if status == 400
+                  else "Failed to deserialize the JSON body into the target type")
+        super().__init__(status, f"{prefix}: {detail}", "")
+
+
 def _words(text: str) -> list[str]:
     return text.lower().split()
 
@@ -102,8 +114,7 @@ def _inputs(value: Any) -> list[str | list[int]]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) or is_ids(v) for v in value):
         return list(value)
-    raise _TeiError(422, "inputs: expected a string, token ids, or an array of them",
-                    "Validation")
+    raise _Rejection("inputs: data did not match any variant of untagged enum Input")
 
 
 def _boolean(body: dict, name: str, default: bool) -> bool:
@@ -111,7 +122,7 @@ def _boolean(body: dict, name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _TeiError(422, f"{name}: expected a boolean", "Validation")
+        raise _Rejection(f"{name}: invalid type, expected a boolean")
     return value
 
 
@@ -124,9 +135,9 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
         try:
             body = await request.json()
         except ValueError:
-            raise _TeiError(422, "body: not valid JSON", "Validation") from None
+            raise _Rejection("not valid JSON", 400) from None
         if not isinstance(body, dict):
-            raise _TeiError(422, "body: expected a JSON object", "Validation")
+            raise _Rejection("invalid type, expected a JSON object")
         if b.record:
             b.received.append((request.path, body))
         if b.delay:
@@ -136,11 +147,12 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
                             else "unhealthy", "Unhealthy")
         return body
 
-    def check_batch(items: list) -> None:
+    def check_batch(items: list, field: str) -> None:
         if not items:
-            raise _TeiError(400, "Batch is empty", "Empty")
+            prefix = "" if field == "texts" else "Input validation error: "
+            raise _TeiError(400, f"{prefix}`{field}` cannot be empty", "Empty")
         if len(items) > b.max_client_batch_size:
-            raise _TeiError(413, f"batch size {len(items)} > maximum allowed batch size "
+            raise _TeiError(422, f"batch size {len(items)} > maximum allowed batch size "
                             f"{b.max_client_batch_size}", "Validation")
 
     def check_kind(kind: str) -> None:
@@ -156,6 +168,8 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
             async def wrapped(request):
                 try:
                     return await handler(request)
+                except _Rejection as e:
+                    return web.Response(text=e.message, status=e.status)
                 except _TeiError as e:
                     if openai:
                         body = {"message": e.message, "code": e.status, "type": e.error_type}
@@ -170,9 +184,9 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
         body = await body_of(request)
         check_kind("embedding")
         if "inputs" not in body:
-            raise _TeiError(422, "inputs: missing field", "Validation")
+            raise _Rejection("missing field `inputs`")
         inputs = _inputs(body["inputs"])
-        check_batch(inputs)
+        check_batch(inputs, "inputs")
         normalize = _boolean(body, "normalize", True)
         vectors = [_embedding(text, b.dimensions, normalize) for text in inputs]
         return answer(vectors, sum(_tokens(t) if isinstance(t, str) else len(t) for t in inputs))
@@ -182,12 +196,12 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
         body = await body_of(request)
         check_kind("embedding")
         if "input" not in body:
-            raise _TeiError(422, "input: missing field", "Validation")
+            raise _Rejection("missing field `input`")
         inputs = _inputs(body["input"])
-        check_batch(inputs)
+        check_batch(inputs, "input")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
-            raise _TeiError(422, "encoding_format: expected float or base64", "Validation")
+            raise _Rejection("encoding_format: unknown variant, expected `float` or `base64`")
         data = []
         for index, text in enumerate(inputs):
             vector = _embedding(text, b.dimensions, True)
@@ -205,15 +219,17 @@ def tei_app(behaviour: TeiBehaviour | None = None, **kwargs) -> web.Application:
         check_kind("reranker")
         query, texts = body.get("query"), body.get("texts")
         if not isinstance(query, str):
-            raise _TeiError(422, "query: expected a string", "Validation")
+            raise _Rejection("missing field `query`" if query is None
+                             else "query: invalid type, expected a string")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise _TeiError(422, "texts: expected an array of strings", "Validation")
-        check_batch(texts)
+            raise _Rejection("missing field `texts`" if texts is None
+                             else "texts: invalid type, expected a sequence of strings")
+        check_batch(texts, "texts")
         raw_scores = _boolean(body, "raw_scores", False)
         return_text = _boolean(body, "return_text", False)
         _boolean(body, "truncate", False)
         if body.get("truncation_direction", "Right") not in ("Left", "Right"):
-            raise _TeiError(422, "truncation_direction: expected Left or Right", "Validation")
+            raise _Rejection("truncation_direction: unknown variant, expected `Left` or `Right`")
         ranks = []
         for index, text in enumerate(texts):
             rank: dict[str, Any] = {"index": index}

@@ -301,3 +301,24 @@ def test_memory_the_spec_names_wins_and_tei_gets_none(own):
     tei = container(build_children(body(task="embed", model="BAAI/bge-small-en-v1.5",
                                         accelerator="cpu")).deployment)
     assert "resources" not in tei
+
+
+def test_tei_on_cpu_gets_float32_its_served_name_and_a_log_filter_hiding_the_key():
+    """Found with the real router (tests/service/test_tei_operator.py): a TEI built without MKL
+    or ORT defaults to float16 on CPU, names the model by --model-id (a cache path) in its
+    OpenAI answers, and prints --api-key in its start-up log."""
+    cpu = container(build_children(body(task="embed", model="BAAI/bge-small-en-v1.5",
+                                        accelerator="cpu")).deployment)
+    assert cpu["args"][cpu["args"].index("--dtype") + 1] == "float32"
+    # served as the ModelService's name, what the gateway routes by (not the cache's path)
+    assert cpu["args"][cpu["args"].index("--served-model-name") + 1] == "m"
+    log_level = next(e["value"] for e in cpu["env"] if e["name"] == "LOG_LEVEL")
+    assert "text_embeddings_router=warn" in log_level
+    named = container(build_children(body(task="embed", model="BAAI/bge-small-en-v1.5",
+                                          accelerator="cpu", engineArgs={"dtype": "float16"})
+                                     ).deployment)
+    assert named["args"].count("--dtype") == 1
+    assert named["args"][named["args"].index("--dtype") + 1] == "float16"
+    gpu = container(build_children(body(task="embed", model="BAAI/bge-small-en-v1.5",
+                                        accelerator="hopper")).deployment)
+    assert "--dtype" not in gpu["args"]

@@ -1,8 +1,11 @@
 """Fixtures for the gateway tests: real processes and servers on 127.0.0.1 only.
 
 Backends (session-wide): the real reranker service (`python -m reranker`) on the tiny Qwen3
-model and on the tiny MiniLM cross-encoder (testkit/models.py), and the TEI stand-in
-(testkit/tei.py, TEI 1.9.3's OpenAPI schema) as an embedder and as a reranker.
+model and on the tiny MiniLM cross-encoder (testkit/models.py), and the real TEI router
+(tests/conftest.py: `make tei`'s build) serving all-MiniLM-L6-v2 as an embedder and a
+random-weight cross-encoder as a reranker. The TEI stand-in (testkit/tei.py) is left for
+what the real router cannot be made to do on demand: answer slowly (timeouts, the gateway's own
+concurrency cap), fail with a chosen status, and list what reached it (`tei_server`).
 `gateway(...)` starts the gateway in-process (its own event loop in a thread) over a registry
 the test fills, with settings and a scaler the test chooses.
 """
@@ -29,21 +32,17 @@ NAMESPACE = "apps"
 class Backends:
     qwen: object  # BackendProcess: the reranker service on the tiny Qwen3-Reranker
     minilm: object  # BackendProcess: the reranker service on the tiny MiniLM cross-encoder
-    tei_embed: ServerThread
-    tei_rerank: ServerThread
+    tei_embed: object  # tei_router.RouterProcess: the real TEI router on all-MiniLM-L6-v2
+    tei_rerank: object  # tei_router.RouterProcess: the real TEI router on a cross-encoder
 
 
 @pytest.fixture(scope="session")
-def backends(tmp_path_factory):
+def backends(tmp_path_factory, real_tei_embed, real_tei_rerank):
     root = tmp_path_factory.getbasetemp()
     logs = tmp_path_factory.mktemp("logs")
     qwen = start_reranker(shared_tiny_model(root), log=logs / "qwen.log")
     minilm = start_reranker(shared_cross_encoder(root), log=logs / "minilm.log")
-    tei_embed = ServerThread(tei_app(kind="embedding", model_id="BAAI/bge-small-en-v1.5")).start()
-    tei_rerank = ServerThread(tei_app(kind="reranker", model_id="BAAI/bge-reranker-base")).start()
-    yield Backends(qwen, minilm, tei_embed, tei_rerank)
-    for server in (tei_embed, tei_rerank):
-        server.stop()
+    yield Backends(qwen, minilm, real_tei_embed, real_tei_rerank)
     for process in (qwen, minilm):
         process.stop()
 
@@ -58,8 +57,9 @@ def standard_models(b: Backends) -> list[tuple[ModelInfo, list[str]]]:
         (model("qwen3-reranker", "rerank", "reranker", "Qwen/Qwen3-Reranker-0.6B"), [b.qwen.address]),
         (model("minilm", "rerank", "reranker", "cross-encoder/ms-marco-MiniLM-L-6-v2"),
          [b.minilm.address]),
-        (model("bge-reranker", "rerank", "tei", "BAAI/bge-reranker-base"), [b.tei_rerank.address]),
-        (model("bge-small", "embed", "tei", "BAAI/bge-small-en-v1.5"), [b.tei_embed.address]),
+        (model("tei-reranker", "rerank", "tei", "test/tei-cross-encoder"), [b.tei_rerank.address]),
+        (model("all-minilm", "embed", "tei", "sentence-transformers/all-MiniLM-L6-v2"),
+         [b.tei_embed.address]),
     ]
 
 

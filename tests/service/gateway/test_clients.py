@@ -14,13 +14,13 @@ from .conftest import model, standard_models
 QUERY = "capital of France"
 DOCS = ["Carson City is the capital of Nevada", "Paris is the capital city of France", "Rome",
         "France has many cities"]
-RERANKERS = ["qwen3-reranker", "minilm", "bge-reranker"]
+RERANKERS = ["qwen3-reranker", "minilm", "tei-reranker"]
 
 
 def direct_cohere(backends, name: str, **request) -> list[tuple[int, float]]:
     """(index, relevance_score) best first, from the backend itself: the reranker service's
     Cohere API, or TEI's /rerank."""
-    if name == "bge-reranker":
+    if name == "tei-reranker":
         ranks = httpx.post(f"{backends.tei_rerank.url}/rerank",
                            json={"query": request["query"], "texts": request["documents"]}).json()
         ranks = sorted(ranks, key=lambda r: (-r["score"], r["index"]))
@@ -34,8 +34,8 @@ def test_openai_sdk_embeddings_equal_teis_own(backends, gateway):
     gw = gateway(standard_models(backends))
     client = openai.OpenAI(api_key="unused", base_url=f"{gw.url}/v1")
     texts = ["the first text", "a second one"]
-    through = client.embeddings.create(model="bge-small", input=texts)  # base64, decoded by the SDK
-    floats = client.embeddings.create(model="apps/bge-small", input=texts, encoding_format="float")
+    through = client.embeddings.create(model="all-minilm", input=texts)  # base64, decoded by the SDK
+    floats = client.embeddings.create(model="apps/all-minilm", input=texts, encoding_format="float")
     direct = httpx.post(f"{backends.tei_embed.url}/v1/embeddings",
                         json={"input": texts, "encoding_format": "float"}).json()
     expected = [item["embedding"] for item in direct["data"]]
@@ -77,7 +77,7 @@ def test_a_client_cannot_tell_tei_from_the_reranker_service(backends, gateway):
     gw = gateway(standard_models(backends))
     request = {"query": QUERY, "documents": [{"text": d, "id": n} for n, d in enumerate(DOCS)],
                "top_n": 2}
-    tei = httpx.post(f"{gw.url}/v1/rerank", json={"model": "bge-reranker", **request}).json()
+    tei = httpx.post(f"{gw.url}/v1/rerank", json={"model": "tei-reranker", **request}).json()
     ours = httpx.post(f"{gw.url}/v1/rerank", json={"model": "minilm", **request}).json()
     assert tei.keys() == ours.keys() == {"id", "results", "meta"}
     assert tei["meta"].keys() == ours["meta"].keys()
@@ -89,43 +89,52 @@ def test_a_client_cannot_tell_tei_from_the_reranker_service(backends, gateway):
         for result in answer["results"]:
             assert result["document"] == request["documents"][result["index"]]
     v2 = httpx.post(f"{gw.url}/v2/rerank",
-                    json={"model": "bge-reranker", "query": QUERY, "documents": DOCS}).json()
+                    json={"model": "tei-reranker", "query": QUERY, "documents": DOCS}).json()
     assert all("document" not in r for r in v2["results"])
 
 
 def test_tei_ties_keep_request_order_as_the_reranker_service_does(backends, gateway):
-    """TEI sorts ties in reverse position; the reranker service (and so the gateway) in
-    position order."""
+    """TEI lists equal scores in reverse position; the reranker service (and so the gateway) in
+    position order. Equal documents score equally."""
     gw = gateway(standard_models(backends))
-    docs = ["nothing here", "nor here", "France", "nor there"]
+    docs = ["nothing here", "France", "nothing here", "nor there", "France"]
+    direct = httpx.post(f"{backends.tei_rerank.url}/rerank",
+                        json={"query": "France", "texts": docs}).json()
+    scores = {r["index"]: r["score"] for r in direct}
+    assert scores[0] == scores[2] and scores[1] == scores[4]
+    teis = [r["index"] for r in direct]
+    assert teis.index(2) < teis.index(0) and teis.index(4) < teis.index(1)
     answer = httpx.post(f"{gw.url}/rerank",
-                        json={"model": "bge-reranker", "query": "France", "documents": docs}).json()
-    assert [r["index"] for r in answer["results"]] == [2, 0, 1, 3]
+                        json={"model": "tei-reranker", "query": "France", "documents": docs}).json()
+    assert [r["index"] for r in answer["results"]] == sorted(range(5), key=lambda i: (-scores[i], i))
 
 
 def test_tei_rerank_with_rank_fields_and_raw_scores(backends, gateway):
     gw = gateway(standard_models(backends))
     docs = [{"title": "Nevada", "body": "Carson City"}, {"title": "France", "body": "capital Paris"}]
     answer = httpx.post(f"{gw.url}/v1/rerank", json={
-        "model": "bge-reranker", "query": "capital of France", "documents": docs,
+        "model": "tei-reranker", "query": "capital of France", "documents": docs,
         "rank_fields": ["title", "body"], "raw_scores": True}).json()
-    from testkit.tei import tei_rerank_score
-
-    assert [r["index"] for r in answer["results"]] == [1, 0]
-    assert answer["results"][0]["relevance_score"] == pytest.approx(
-        tei_rerank_score("capital of France", "title: France\nbody: capital Paris", True))
-    assert answer["results"][0]["document"] == docs[1]
+    texts = ["title: Nevada\nbody: Carson City", "title: France\nbody: capital Paris"]
+    direct = httpx.post(f"{backends.tei_rerank.url}/rerank", json={
+        "query": "capital of France", "texts": texts, "raw_scores": True}).json()
+    expected = sorted(direct, key=lambda r: (-r["score"], r["index"]))
+    assert [r["index"] for r in answer["results"]] == [r["index"] for r in expected]
+    assert [r["relevance_score"] for r in answer["results"]] == pytest.approx(
+        [r["score"] for r in expected], abs=1e-6)
+    assert any(abs(r["score"]) > 1 or r["score"] < 0 for r in direct)  # logits, not sigmoids
+    assert answer["results"][0]["document"] == docs[expected[0]["index"]]
 
 
 def test_tei_rerank_refuses_what_tei_cannot_do_as_the_reranker_service_does(backends, gateway):
     gw = gateway(standard_models(backends))
-    for name in ("bge-reranker", "minilm"):
+    for name in ("tei-reranker", "minilm"):
         answer = httpx.post(f"{gw.url}/v1/rerank", json={
             "model": name, "query": "q", "documents": ["d"], "instruction": "judge"})
         assert answer.status_code == 422, name
         assert answer.json()["type"] == "invalid_request"
         assert "instruction" in answer.json()["message"]
-    missing = httpx.post(f"{gw.url}/v1/rerank", json={"model": "bge-reranker", "query": "q"})
+    missing = httpx.post(f"{gw.url}/v1/rerank", json={"model": "tei-reranker", "query": "q"})
     assert missing.status_code == 422 and "documents" in missing.json()["message"]
 
 
@@ -158,7 +167,7 @@ def test_tei_rerank_honours_return_documents_both_ways(backends, gateway, versio
     gw = gateway(standard_models(backends))
     for flag in (True, False):
         results = httpx.post(f"{gw.url}/v{version}/rerank", json={
-            "model": "bge-reranker", "query": QUERY, "documents": DOCS,
+            "model": "tei-reranker", "query": QUERY, "documents": DOCS,
             "return_documents": flag}).json()["results"]
         assert len(results) == len(DOCS)
         if flag:
@@ -171,19 +180,20 @@ def test_models_list(backends, gateway):
     gw = gateway(standard_models(backends))
     client = openai.OpenAI(api_key="unused", base_url=f"{gw.url}/v1")
     listed = {m.id: m for m in client.models.list()}
-    assert set(listed) == {"qwen3-reranker", "minilm", "bge-reranker", "bge-small"}
-    assert listed["bge-small"].model_extra["task"] == "embed"
-    assert listed["bge-reranker"].model_extra["engine"] == "tei"
+    assert set(listed) == {"qwen3-reranker", "minilm", "tei-reranker", "all-minilm"}
+    assert listed["all-minilm"].model_extra["task"] == "embed"
+    assert listed["tei-reranker"].model_extra["engine"] == "tei"
     assert listed["qwen3-reranker"].model_extra["ready_replicas"] == 1
 
 
 def test_raw_pass_through_reaches_teis_own_routes(backends, gateway):
     gw = gateway(standard_models(backends))
-    embed = httpx.post(f"{gw.url}/models/bge-small/embed", json={"inputs": ["a text"]})
+    embed = httpx.post(f"{gw.url}/models/all-minilm/embed", json={"inputs": ["a text"]})
     assert embed.status_code == 200
     assert embed.json() == httpx.post(f"{backends.tei_embed.url}/embed",
                                       json={"inputs": ["a text"]}).json()
-    info = httpx.get(f"{gw.url}/namespaces/apps/models/bge-reranker/info")
-    assert info.json()["model_id"] == "BAAI/bge-reranker-base"
+    info = httpx.get(f"{gw.url}/namespaces/apps/models/tei-reranker/info")
+    assert info.json() == httpx.get(f"{backends.tei_rerank.url}/info").json()
+    assert "reranker" in info.json()["model_type"]
     qwen = httpx.get(f"{gw.url}/models/qwen3-reranker/info")
     assert qwen.json()["architecture"] == "qwen3-reranker"

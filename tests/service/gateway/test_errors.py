@@ -33,7 +33,7 @@ def test_a_model_of_the_wrong_task_is_not_found_on_that_route(backends, gateway)
     assert answer.status_code == 404
     assert "rerank model" in answer.json()["error"]["message"]
     answer = httpx.post(f"{gw.url}/v2/rerank",
-                        json={"model": "bge-small", "query": "q", "documents": ["d"]})
+                        json={"model": "all-minilm", "query": "q", "documents": ["d"]})
     assert answer.status_code == 404 and "embed model" in answer.json()["message"]
 
 
@@ -95,16 +95,26 @@ def test_a_backend_timeout_is_a_504(gateway, tei_server):
     assert answer.json()["error"]["type"] == "timeout"
 
 
-def test_teis_own_errors_come_back_in_the_routes_dialect(gateway, tei_server):
-    embed, _ = tei_server(kind="embedding")
-    rerank, _ = tei_server(kind="reranker", max_client_batch_size=2)
-    gw = gateway([(model("e", "embed", "tei", "e/e"), [embed.address]),
-                  (model("r", "rerank", "tei", "r/r"), [rerank.address])])
-    empty = httpx.post(f"{gw.url}/v1/embeddings", json={"model": "e", "input": []})
-    assert empty.status_code == 400
-    assert empty.json()["error"]["message"] == "Batch is empty"
-    too_many = httpx.post(f"{gw.url}/v1/rerank",
-                          json={"model": "r", "query": "q", "documents": ["a", "b", "c"]})
-    assert too_many.status_code == 413
-    assert too_many.json() == {"message": "batch size 3 > maximum allowed batch size 2",
-                               "type": "payload_too_large"}
+def test_teis_own_errors_come_back_in_the_routes_dialect(backends, gateway):
+    """The real router's refusals (empty batch: 400; batch over --max-client-batch-size: 422),
+    with TEI's status and message, in the gateway's dialects."""
+    gw = gateway(standard_models(backends))
+    tei_embed, tei_rerank = backends.tei_embed.url, backends.tei_rerank.url
+    cases = [
+        ("/v1/embeddings", {"model": "all-minilm", "input": []},
+         f"{tei_embed}/v1/embeddings", {"input": []}),
+        ("/v1/embeddings", {"model": "all-minilm", "input": ["x"] * 33},
+         f"{tei_embed}/v1/embeddings", {"input": ["x"] * 33}),
+        ("/v1/rerank", {"model": "tei-reranker", "query": "q", "documents": ["d"] * 33},
+         f"{tei_rerank}/rerank", {"query": "q", "texts": ["d"] * 33, "truncate": True}),
+    ]
+    for route, through, direct_url, direct_body in cases:
+        answer = httpx.post(f"{gw.url}{route}", json=through)
+        direct = httpx.post(direct_url, json=direct_body)
+        assert direct.status_code in (400, 422), direct.text
+        assert answer.status_code == direct.status_code, (route, answer.text)
+        message = direct.json().get("message") or direct.json()["error"]
+        if route == "/v1/embeddings":
+            assert answer.json()["error"]["message"] == message
+        else:
+            assert answer.json()["message"] == message

@@ -58,14 +58,19 @@ Argument: dict "root" $ "component" name "resolved" (embedding-images.model.reso
 {{- if $tei -}}
 {{- $args = list "--model-id" $source "--port" (toString $containerPort) "--hostname" "0.0.0.0" "--served-model-name" $served -}}
 {{- if not $modelCache }}{{ with $v.revision }}{{ $args = concat $args (list "--revision" .) }}{{ end }}{{ end -}}
+{{- /* CPU: float32 unless the values name a dtype (TEI without MKL/ORT defaults to float16) */ -}}
+{{- $teiArgs := deepCopy $ea -}}
+{{- if and (not $gpu) (not (hasKey $teiArgs "dtype")) }}{{ $_ := set $teiArgs "dtype" "float32" }}{{ end -}}
 {{- range $flag := list (list "--max-batch-tokens" "maxBatchTokens") (list "--max-client-batch-size" "maxClientBatchSize") (list "--max-concurrent-requests" "maxConcurrentRequests") (list "--pooling" "pooling") (list "--dtype" "dtype") }}
-{{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
+{{- if hasKey $teiArgs (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $teiArgs (index $flag 1)))) }}{{ end }}
 {{- end -}}
 {{- if $ea.autoTruncate }}{{ $args = append $args "--auto-truncate" }}{{ end -}}
 {{- range $flag := list (list "--max-batch-requests" "maxBatchRequests") (list "--payload-limit" "payloadLimit") (list "--default-prompt" "defaultPrompt") (list "--default-prompt-name" "defaultPromptName") }}
 {{- if hasKey $ea (index $flag 1) }}{{ $args = concat $args (list (index $flag 0) (include "embedding-images.scalar" (index $ea (index $flag 1)))) }}{{ end }}
 {{- end -}}
 {{- $env = append $env (dict "name" "HUGGINGFACE_HUB_CACHE" "value" "/data") -}}
+{{- /* TEI's log filter: hides the start-up line that prints the API key (operator: TEI_LOG_LEVEL) */ -}}
+{{- $env = append $env (dict "name" "LOG_LEVEL" "value" "info,text_embeddings_router=warn,text_embeddings_router::http=info") -}}
 {{- with $ea.apiKeySecretRef }}{{ $env = append $env (include "embedding-images.secretEnv" (list "API_KEY" .) | fromJson) }}{{ end -}}
 {{- else -}}
 {{- $env = append $env (dict "name" "RERANKER_MODEL" "value" $source) -}}
