@@ -240,7 +240,7 @@ start() {
 # mount namespace, so containerd sees kubelet's mounts).
 in_node() { nsenter --net="$netns_path" -- "$@"; }
 
-alive() { [[ -f "$pids/$1.pid" ]] && kill -0 "$(<"$pids/$1.pid")" 2>/dev/null; }
+alive() { [[ -f "$pids/$1.pid" ]] && ours "$(<"$pids/$1.pid")"; }
 
 # stop_pid PID: SIGTERM, up to 10 s, then SIGKILL.
 stop_pid() {
@@ -253,11 +253,36 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-stop_daemon() {
+# stop_pids PID...: SIGTERM to all, up to 10 s for all, then SIGKILL to those left.
+stop_pids() {
+  local pid left
+  (($# == 0)) && return 0
+  kill "$@" 2>/dev/null || true
+  for _ in $(seq 100); do
+    left=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    ((left)) || return 0
+    sleep 0.1
+  done
+  kill -9 "$@" 2>/dev/null || true
+}
+
+# ours PID: true while PID runs a program of this node (its command line names the node's folders;
+# a pid reused by another process is left alone).
+ours() {
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -e "$node/" -e "$RUN/"
+}
+
+# daemon_pid NAME: the pid of the node's daemon NAME when it still runs.
+daemon_pid() {
   local f="$pids/$1.pid"
-  [[ -f "$f" ]] || return 0
-  stop_pid "$(<"$f")"
-  rm -f "$f"
+  [[ -f "$f" ]] && ours "$(<"$f")" && cat "$f"
+}
+
+stop_daemon() {
+  local pid
+  pid="$(daemon_pid "$1")" && stop_pid "$pid"
+  rm -f "$pids/$1.pid"
 }
 
 wait_until() {  # wait_until SECONDS WHAT LOG COMMAND...
@@ -282,6 +307,7 @@ k() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 # up
 
 saved_sysctls="$node/sysctls.saved"
+host_paths="$node/host-paths.created"
 kubelet_sysctls=(kernel.panic kernel.panic_on_oops vm.overcommit_memory)
 
 write_configs() {
@@ -310,6 +336,8 @@ state = "$RUN/containerd"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$RUN/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$cni_bin"
     conf_dir = "$node/cni/net.d"
@@ -455,6 +483,17 @@ cmd_up() {
     || die "the apiserver does not advertise $NODE_IP: the control plane was started without the node's settings (cluster.sh down; cluster.sh up)"
   mkdir -p "$node"
   [[ -f "$saved_sysctls" ]] || sysctl "${kubelet_sysctls[@]}" >"$saved_sysctls"
+  # Host paths the node's programs create (ip netns, kubelet, containerd's shims), removed by down
+  # when they did not exist before and are empty again.
+  if [[ ! -f "$host_paths" ]]; then
+    local p
+    {
+      mountpoint -q /run/netns || echo "mount /run/netns"
+      for p in /run/netns /var/log/containers /run/containerd/s /run/containerd; do
+        [[ -e "$p" ]] || echo "dir $p"
+      done
+    } >"$host_paths"
+  fi
   write_configs "$port"
   setup_network "$port"
   start containerd nsenter --net="$netns_path" -- containerd --config "$node/config/containerd.toml"
@@ -583,14 +622,26 @@ cmd_down() {
   load_network
   # Pods first, while containerd still runs: kill their processes, then the shims.
   stop_daemon kubelet
+  # The API forgets the node and its pods (a node that comes back registers afresh, its
+  # Deployments' pods are made again): nothing stale reads as Ready.
+  if [[ -f "$kubeconfig" ]] && k --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+    k --request-timeout=10s delete pods -A --field-selector "spec.nodeName=$node_name" --force --grace-period=0 \
+      --wait=false >/dev/null 2>&1 || true
+    k --request-timeout=10s delete node "$node_name" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  fi
+  # Every task (pod sandboxes and containers) killed and deleted through containerd, so that each
+  # shim exits and removes its socket; then what may remain, by pid.
+  if alive containerd; then
+    local ctr=(ctr --address "$containerd_sock" -n k8s.io) id
+    for id in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
+      "${ctr[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
+    done
+  fi
   local pid
   for pid in $(pod_pids); do kill -9 "$pid" 2>/dev/null || true; done
-  for pid in $(shim_pids); do stop_pid "$pid"; done
-  stop_daemon kube-proxy
-  stop_daemon containerd
-  for pid in $(shim_pids) $(pod_pids); do kill -9 "$pid" 2>/dev/null || true; done
-  stop_daemon socat-node
-  stop_daemon socat-host
+  stop_pids $(shim_pids)
+  stop_pids $(for d in kube-proxy containerd socat-node socat-host; do daemon_pid "$d" || true; done)
+  rm -f "$pids"/*.pid
   # Mounts under the node's folders, deepest first (kubelet's volumes, containerd's rootfs and
   # pod network namespaces, shm).
   local m
@@ -606,7 +657,13 @@ cmd_down() {
   find /var/log/containers -maxdepth 1 -lname "$node/pods-logs/*" -delete 2>/dev/null || true
   ip netns pids "$NETNS" 2>/dev/null | while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done
   [[ -e "$netns_path" ]] && ip netns delete "$NETNS"
-  ip link show "$VETH_HOST" >/dev/null 2>&1 && ip link delete "$VETH_HOST"
+  # Deleting the namespace deletes the veth pair, a moment later.
+  for _ in $(seq 50); do
+    ip link show "$VETH_HOST" >/dev/null 2>&1 || break
+    ip link delete "$VETH_HOST" 2>/dev/null || true
+    sleep 0.1
+  done
+  ! ip link show "$VETH_HOST" >/dev/null 2>&1 || die "could not delete the link $VETH_HOST"
   nft list table inet "$NFT_TABLE" >/dev/null 2>&1 && nft delete table inet "$NFT_TABLE"
   if [[ -f "$saved_sysctls" ]]; then
     local key value
@@ -615,7 +672,18 @@ cmd_down() {
     done <"$saved_sysctls"
     rm -f "$saved_sysctls"
   fi
+  if [[ -f "$host_paths" ]]; then
+    local kind path
+    while read -r kind path; do
+      case "$kind" in
+        dir) rmdir "$path" 2>/dev/null || true ;;
+        mount) [[ -z "$(ls -A "$path" 2>/dev/null)" ]] && umount "$path" 2>/dev/null || true ;;
+      esac
+    done <"$host_paths"
+    rm -f "$host_paths"
+  fi
   rm -rf "$RUN" "$node/containerd" "$node/kubelet" "$node/cni" "$node/pods-logs" "$pids"
+  rmdir "$(dirname "$RUN")" 2>/dev/null || true
   say "down"
 }
 

@@ -160,7 +160,11 @@ def _host_state() -> dict[str, str]:
         "ip netns": run("ip", "netns", "list"),
         "sysctl": run("sysctl", "kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory"),
         "mounts": "".join(sorted(l.split()[4] + "\n" for l in Path("/proc/self/mountinfo").read_text().splitlines()
-                                 if ".cache/cluster/node" in l or "embedding-images-node" in l)),
+                                 if any(p in l.split()[4] for p in (".cache/cluster/node", "embedding-images-node",
+                                                                    "/run/netns", "/run/containerd")))),
+        "paths": " ".join(p for p in ("/var/log/containers", "/run/containerd", "/run/netns",
+                                      "/run/embedding-images-node") if Path(p).exists()),
+        "cgroups": " ".join(str(p) for p in Path("/sys/fs/cgroup").glob("*/embedding-images-node-*")),
     }
 
 
