@@ -12,6 +12,9 @@
 #                                   start CoreDNS on it
 #   tests/cluster/node.sh down      stop every process by pid, unmount, delete the namespace, the veth,
 #                                   the host's nftables table and restore the sysctls kubelet changed
+#   tests/cluster/node.sh import IMAGE...   copy images of podman's store into the node's containerd
+#                                   (podman save | ctr images import; pods use them with pull policy
+#                                   Never or IfNotPresent)
 #   tests/cluster/node.sh status    exit 0 when the node's kubelet runs
 #   tests/cluster/node.sh env       print the node's settings (NODE_NAME=..., one a line)
 #
@@ -687,6 +690,17 @@ cmd_down() {
   say "down"
 }
 
+cmd_import() {
+  (($# > 0)) || die "usage: node.sh import IMAGE..."
+  load_network
+  alive containerd || die "the node does not run (cluster.sh up)"
+  local start=$SECONDS
+  podman save -q -m --format docker-archive -o /dev/stdout "$@" \
+    | ctr --address "$containerd_sock" -n k8s.io images import - >>"$logs/images.log" 2>&1 \
+    || die "importing $* into the node's containerd failed; see $logs/images.log"
+  say "imported $* in $((SECONDS - start)) s"
+}
+
 cmd_status() {
   [[ -f "$network_env" ]] || { say "not running"; return 1; }
   load_network
@@ -719,7 +733,8 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) die "usage: $0 install|build|built|plan|up|down|status|env" ;;
+    import) shift; cmd_import "$@" ;;
+    *) die "usage: $0 install|build|built|plan|up|down|import|status|env" ;;
   esac
 }
 
