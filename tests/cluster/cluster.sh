@@ -14,6 +14,7 @@
 #   tests/cluster/cluster.sh status    say whether it runs (exit 1 if not) and where its kubeconfig is
 #   tests/cluster/cluster.sh built     exit 0 when the binaries of the pinned versions are cached
 #   tests/cluster/cluster.sh bin-dir   print the folder of those binaries
+#   tests/cluster/cluster.sh cluster-dir   print kwokctl's folder of the cluster (pki/, logs/, pids/)
 #   tests/cluster/cluster.sh pin-k8s vX.Y.Z   rewrite modules/k8s/go.mod for another release
 #
 # Everything lives in .cache/cluster (git-ignored): bin-<versions>/ holds the binaries, kubeconfig
@@ -374,12 +375,13 @@ main() {
     build) cmd_build ;;
     built) have_binaries ;;
     bin-dir) echo "$bin" ;;
+    cluster-dir) echo "$cluster_dir" ;;
     up) cmd_up ;;
     down) mkdir -p "$state"; lock_cluster 120; cmd_down ;;
     status) cmd_status ;;
     restart-apiserver) mkdir -p "$state"; lock_cluster 120; cmd_restart_apiserver ;;
     pin-k8s) cmd_pin_k8s "${2:-}" ;;
-    *) die "usage: $0 build|built|bin-dir|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
+    *) die "usage: $0 build|built|bin-dir|cluster-dir|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
   esac
 }
 

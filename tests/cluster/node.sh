@@ -6,8 +6,9 @@
 #   tests/cluster/node.sh install   apt-get the Debian packages it needs when one is missing
 #   tests/cluster/node.sh build     kubelet and kube-proxy (cluster.sh build), CoreDNS, the local images
 #   tests/cluster/node.sh built     exit 0 when all of those are built and the packages installed
-#   tests/cluster/node.sh plan      choose the node's addresses (once; checked against the host's routes)
-#                                   and print the kwokctl settings the control plane needs for it
+#   tests/cluster/node.sh plan      choose the node's addresses (checked against the host's routes;
+#                                   kept while the node runs) and print the kwokctl settings the
+#                                   control plane needs for it (cluster.sh up appends them)
 #   tests/cluster/node.sh up        start the node in the running control plane, wait for it Ready,
 #                                   start CoreDNS on it
 #   tests/cluster/node.sh down      stop every process by pid, unmount, delete the namespace, the veth,
@@ -153,6 +154,7 @@ cmd_plan() {
   mkdir -p "$node"
   # Chosen again at each start (the host's routes may have changed), kept while the node runs.
   if [[ -f "$network_env" ]] && ! (load_network && alive kubelet); then
+    cmd_down_quiet  # whatever a node that stopped uncleanly left, while its plan still names it
     rm -f "$network_env"
   fi
   if [[ ! -f "$network_env" ]]; then
@@ -190,7 +192,8 @@ EOF
   fi
   # shellcheck disable=SC1090
   source "$network_env"
-  local cluster_dir="$state/kwok/clusters/embedding-images"
+  local cluster_dir
+  cluster_dir="$("$here/cluster.sh" cluster-dir)"
   cat <<EOF
   # The real node (tests/cluster/node.sh): the apiserver's certificate names the node's address
   # (where the apiserver is reached from the node) and the kubernetes Service's IP.
@@ -319,7 +322,8 @@ write_configs() {
   # The node's own kubeconfig: the admin credentials, the server at the node's address (socat).
   sed -e "s#server: https://127.0.0.1:$port#server: https://$NODE_IP:$port#" "$kubeconfig" >"$dir/kubeconfig"
   grep -q "server: https://$NODE_IP:$port" "$dir/kubeconfig" || die "unexpected server in $kubeconfig"
-  local ca="$state/kwok/clusters/embedding-images/pki/ca.crt"
+  local ca
+  ca="$("$here/cluster.sh" cluster-dir)/pki/ca.crt"
   [[ -f "$ca" ]] || die "the cluster's CA $ca is missing"
 
   cat >"$dir/containerd.toml" <<EOF
@@ -477,6 +481,8 @@ cmd_up() {
   fi
   cmd_down_quiet
   cmd_build
+  # A start that fails half-way leaves nothing running (the logs stay in $logs).
+  trap 'if (($? != 0)); then say "tearing the half-started node down (logs: $logs)"; cmd_down_quiet; fi' EXIT
   local port kbin
   kbin="$(k8s_bin)"
   port="$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
@@ -484,7 +490,8 @@ cmd_up() {
   k get endpointslice -n default -l kubernetes.io/service-name=kubernetes \
     -o jsonpath='{.items[*].endpoints[*].addresses[*]}' | grep -qw "$NODE_IP" \
     || die "the apiserver does not advertise $NODE_IP: the control plane was started without the node's settings (cluster.sh down; cluster.sh up)"
-  mkdir -p "$node"
+  rm -rf "$logs"
+  mkdir -p "$node" "$logs"
   [[ -f "$saved_sysctls" ]] || sysctl "${kubelet_sysctls[@]}" >"$saved_sysctls"
   # Host paths the node's programs create (ip netns, kubelet, containerd's shims), removed by down
   # when they did not exist before and are empty again.
@@ -513,6 +520,7 @@ cmd_up() {
   wait_until 120 "node $node_name becoming Ready" "$logs/kubelet.log" node_ready
   local ready_s=$((SECONDS - ready_start))
   start_coredns
+  trap - EXIT
   say "up in $((SECONDS - start_s)) s (node Ready $ready_s s after kubelet started): node $node_name, pods $POD_CIDR, DNS $dns_ip"
 }
 
@@ -618,7 +626,7 @@ shim_pids() {
   done
 }
 
-cmd_down_quiet() { cmd_down >/dev/null 2>&1 || true; }
+cmd_down_quiet() { (cmd_down) >/dev/null 2>&1 || true; }
 
 cmd_down() {
   [[ -f "$network_env" ]] || { say "no node state"; return 0; }

@@ -42,13 +42,26 @@ def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the
         cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str]):
     placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
                  "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
-    values = {"embedding": {"enabled": False}, "reranker": {"enabled": False},
+    # The CRDs may belong to another release of the session already (helm keeps them): then not ours.
+    crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
+    values = {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
               **{c: {"image": {"pullPolicy": "Never"}, **placement} for c in COMPONENTS}}
     start = time.monotonic()
-    subprocess.run(["helm", "install", "real", str(CHART), "-n", namespace, "-f", "-"], input=yaml.safe_dump(values),
-                   env=cluster.env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+    helm = ["helm", "-n", namespace]
+    release = f"node-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
+    install = subprocess.run([*helm, "install", release, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
+                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr
+    try:
+        _check_release(cluster, namespace, release, real_node, chart_images, start)
+    finally:
+        subprocess.run([*helm, "uninstall", release, "--ignore-not-found"], env=cluster.env, capture_output=True, timeout=120)
+
+
+def _check_release(cluster: Cluster, namespace: str, release: str, real_node: RealNode,
+                   chart_images: dict[str, str], start: float) -> None:
     for c in COMPONENTS:
-        cluster.kubectl("rollout", "status", f"deployment/real-embedding-images-{c}", "-n", namespace,
+        cluster.kubectl("rollout", "status", f"deployment/{release}-embedding-images-{c}", "-n", namespace,
                         "--timeout=180s", timeout=190)
     ready_s = time.monotonic() - start
     for c in COMPONENTS:
@@ -63,11 +76,11 @@ def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the
             [status] = pod["status"]["containerStatuses"]
             assert status["ready"] and status["restartCount"] == 0, status
     # The operator reached the API through the kubernetes Service (kube-proxy, then the node's socat).
-    assert "kube-probe" in cluster.kubectl("logs", "-n", namespace, "deployment/real-embedding-images-operator").stdout
+    assert "kube-probe" in cluster.kubectl("logs", "-n", namespace, f"deployment/{release}-embedding-images-operator").stdout
     # A client pod reaches the gateway by its Service's DNS name.
-    service = cluster.get("service", "real-embedding-images-gateway", "-n", namespace)
+    service = cluster.get("service", f"{release}-embedding-images-gateway", "-n", namespace)
     port = service["spec"]["ports"][0]["port"]
-    url = f"http://real-embedding-images-gateway.{namespace}.svc.cluster.local:{port}/health"
+    url = f"http://{release}-embedding-images-gateway.{namespace}.svc.cluster.local:{port}/health"
     client = real_node.pod_spec([real_node.podbin("get", "get", url, "30s")], restartPolicy="Never")
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"}, "spec": client}, namespace)
     pod = wait_for("the client pod to finish",
