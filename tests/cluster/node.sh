@@ -16,6 +16,7 @@
 #   tests/cluster/node.sh import IMAGE...   copy images of podman's store into the node's containerd
 #                                   (podman save | ctr images import; pods use them with pull policy
 #                                   Never or IfNotPresent)
+#   tests/cluster/node.sh restart-kubelet   stop kubelet and start it again (pods keep running)
 #   tests/cluster/node.sh status    exit 0 when the node's kubelet runs
 #   tests/cluster/node.sh env       print the node's settings (NODE_NAME=..., one a line)
 #
@@ -470,6 +471,34 @@ import_images() {
     || die "ctr images import failed; see $logs/images.log"
 }
 
+start_kubelet() {
+  start kubelet nsenter --net="$netns_path" -- "$1/kubelet" \
+    --config "$node/config/kubelet.yaml" --kubeconfig "$node/config/kubeconfig" \
+    --root-dir "$node/kubelet" --cert-dir "$node/kubelet/pki" \
+    --hostname-override "$node_name" --node-ip "$NODE_IP" \
+    --node-labels "embedding-images.io/node=real,type=real"
+}
+
+# Stops kubelet (SIGTERM) and starts it again as up did; its pods' containers keep running under
+# containerd, as on a node whose kubelet restarts. Waits for a node status posted by the new kubelet.
+cmd_restart_kubelet() {
+  load_network
+  alive kubelet || die "the node's kubelet does not run (cluster.sh up)"
+  local start_s=$SECONDS before
+  before="$(k get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')"
+  stop_daemon kubelet
+  start_kubelet "$(k8s_bin)"
+  wait_until 60 "the restarted kubelet posting the node's status" "$logs/kubelet.log" heartbeat_after "$before"
+  wait_until 60 "node $node_name Ready after the kubelet restart" "$logs/kubelet.log" node_ready
+  say "kubelet restarted in $((SECONDS - start_s)) s"
+}
+
+heartbeat_after() {
+  local now
+  now="$(k get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')"
+  [[ -n "$now" && "$now" > "$1" ]]
+}
+
 cmd_up() {
   local start_s=$SECONDS
   [[ -f "$kubeconfig" ]] && k --request-timeout=5s get --raw /readyz >/dev/null 2>&1 \
@@ -510,11 +539,7 @@ cmd_up() {
   wait_until 30 "containerd answering" "$logs/containerd.log" ctr --address "$containerd_sock" version
   import_images
   make_cgroup_root
-  start kubelet nsenter --net="$netns_path" -- "$kbin/kubelet" \
-    --config "$node/config/kubelet.yaml" --kubeconfig "$node/config/kubeconfig" \
-    --root-dir "$node/kubelet" --cert-dir "$node/kubelet/pki" \
-    --hostname-override "$node_name" --node-ip "$NODE_IP" \
-    --node-labels "embedding-images.io/node=real,type=real"
+  start_kubelet "$kbin"
   start kube-proxy nsenter --net="$netns_path" -- "$kbin/kube-proxy" --config "$node/config/kube-proxy.yaml"
   local ready_start=$SECONDS
   wait_until 120 "node $node_name becoming Ready" "$logs/kubelet.log" node_ready
@@ -742,7 +767,8 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     import) shift; cmd_import "$@" ;;
-    *) die "usage: $0 install|build|built|plan|up|down|import|status|env" ;;
+    restart-kubelet) cmd_restart_kubelet ;;
+    *) die "usage: $0 install|build|built|plan|up|down|import|restart-kubelet|status|env" ;;
   esac
 }
 

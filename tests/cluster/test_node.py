@@ -1,8 +1,8 @@
 """Real pods on the real node of the local cluster (tests/cluster/node.sh): a kubelet runs them
 under containerd and runc, their readiness probes decide when they are Ready, a Service name
 resolves through CoreDNS and answers through kube-proxy, a Job writes through a PersistentVolumeClaim,
-nothing of the node's ranges leaves through the machine's eth0, and the tear-down leaves the host
-as it found it."""
+its pods keep running through a kubelet restart, nothing of the node's ranges leaves through the
+machine's eth0, and the tear-down leaves the host as it found it."""
 from __future__ import annotations
 
 import ipaddress
@@ -118,6 +118,24 @@ def test_a_job_writes_through_a_persistent_volume_claim(cluster: Cluster, namesp
     finally:
         # Goes once the namespace's deletion (the fixture's) has released its claim.
         cluster.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
+
+
+def _ready_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return wait_for(f"pod {name} Ready", lambda: (p := cluster.get("pod", name, "-n", namespace))
+                    and _condition(p, "Ready").get("status") == "True" and p, timeout=90)
+
+
+def test_a_kubelet_restart_keeps_the_pods_running_and_the_node_runs_new_ones(
+        cluster: Cluster, namespace: str, real_node: RealNode):
+    server = real_node.podbin("server", "serve", ":8080",
+                              readinessProbe={"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1})
+    cluster.apply(_pod("before", real_node.pod_spec([server])), namespace)
+    [before] = _ready_pod(cluster, namespace, "before")["status"]["containerStatuses"]
+    _node_sh("restart-kubelet")
+    [after] = _ready_pod(cluster, namespace, "before")["status"]["containerStatuses"]
+    assert (after["containerID"], after["restartCount"]) == (before["containerID"], 0)  # the same process
+    cluster.apply(_pod("after", real_node.pod_spec([server])), namespace)
+    assert _ready_pod(cluster, namespace, "after")["spec"]["nodeName"] == real_node.name
 
 
 def _drop_counter(real_node: RealNode) -> int:
