@@ -20,7 +20,7 @@ CHART = ROOT / "charts" / "embedding-images"
 COMPONENTS = ("operator", "gateway")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture  # per test: a node restarted by another test (node.sh down/up) starts empty
 def chart_images(real_node: RealNode) -> dict[str, str]:
     """The operator and gateway images as `make images ONLY=operator,gateway VARIANT=cpu` tags them
     (the chart's default repositories at its appVersion), built when podman lacks them, then
