@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test test-unit cluster-up cluster-down tools bench clean demo
+.PHONY: setup test test-unit test-node cluster-up cluster-down tools bench clean demo
 
 ## setup: create .venv and install the project with its test dependencies and testkit/ (the
 ## test-support package: stand-ins, process helpers, random-weight models; never in an image)
@@ -23,7 +23,12 @@ test: setup
 test-unit: setup
 	$(PYTEST) -q -m 'not cluster and not helm'
 
-## cluster-up / cluster-down: the simulated Kubernetes control plane of tests/cluster
+## test-node: only the tests that run real pods on the real node (marker `node`)
+test-node: setup
+	$(PYTEST) -q -m node
+
+## cluster-up / cluster-down: the Kubernetes control plane of tests/cluster with its simulated
+## nodes and one real node (tests/cluster/node.sh; EMBEDDING_IMAGES_NODE=0 leaves it out)
 cluster-up:
 	tests/cluster/cluster.sh up
 cluster-down:

@@ -327,7 +327,10 @@ class Demo:
                             "component and its log")
         nodes = self.get("nodes")["items"]
         gpus = sum(1 for n in nodes if n["metadata"].get("labels", {}).get("nvidia.com/gpu.present") == "true")
-        self.progress.done(f"{len(nodes)} simulated nodes, {gpus} with NVIDIA GPUs")
+        simulated = sum(1 for n in nodes if n["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake")
+        real = len(nodes) - simulated
+        self.progress.done(f"{simulated} simulated nodes, {gpus} with NVIDIA GPUs"
+                           + (f", {real} real node{'s' if real != 1 else ''}" if real else ""))
 
     def chart(self) -> None:
         self.progress.step(f"the chart: helm upgrade --install {self.release} charts/embedding-images "

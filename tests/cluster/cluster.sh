@@ -3,14 +3,18 @@
 # kube-scheduler and etcd, started by kwokctl on loopback, with nodes and pods simulated by kwok.
 #
 #   tests/cluster/cluster.sh build     build the binaries once (cached by version), print the time
-#   tests/cluster/cluster.sh up        build if needed, start the cluster, create the simulated nodes;
-#                                      a second `up` while it runs does nothing
-#   tests/cluster/cluster.sh down      stop every process of the cluster and delete its state
+#   tests/cluster/cluster.sh up        build if needed, start the cluster, create the simulated nodes
+#                                      and the real node (node.sh; EMBEDDING_IMAGES_NODE=0 leaves it
+#                                      out); a second `up` while it runs does nothing
+#   tests/cluster/cluster.sh down      stop every process of the cluster (the real node's too) and
+#                                      delete its state
 #   tests/cluster/cluster.sh restart-apiserver   kill the running cluster's kube-apiserver and start it
 #                                      again as it was (same command line, environment, directory):
 #                                      an API server restart, nothing else touched
 #   tests/cluster/cluster.sh status    say whether it runs (exit 1 if not) and where its kubeconfig is
 #   tests/cluster/cluster.sh built     exit 0 when the binaries of the pinned versions are cached
+#   tests/cluster/cluster.sh bin-dir   print the folder of those binaries
+#   tests/cluster/cluster.sh cluster-dir   print kwokctl's folder of the cluster (pki/, logs/, pids/)
 #   tests/cluster/cluster.sh pin-k8s vX.Y.Z   rewrite modules/k8s/go.mod for another release
 #
 # Everything lives in .cache/cluster (git-ignored): bin-<versions>/ holds the binaries, kubeconfig
@@ -41,6 +45,8 @@ etcd_version="$(required etcd go.etcd.io/etcd/server/v3)"
 kwok_version="$(required kwok sigs.k8s.io/kwok)"
 bin="$state/bin-k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version"
 k8s_binaries=(kube-apiserver kube-controller-manager kube-scheduler)
+# The real node's binaries (tests/cluster/node.sh), from the same module and version.
+node_binaries=(kubelet kube-proxy)
 
 # missing BINARY...: true when one of them is not in $bin yet.
 missing() {
@@ -52,7 +58,7 @@ missing() {
 }
 
 have_binaries() {
-  ! missing "${k8s_binaries[@]}" etcd kwok kwokctl
+  ! missing "${k8s_binaries[@]}" "${node_binaries[@]}" etcd kwok kwokctl
 }
 
 # go_build PIECE LOG ARGS...: one `go build` in modules/PIECE, logged; names the piece on failure.
@@ -79,11 +85,12 @@ build_k8s() {
     ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
   done
-  # One invocation for the three commands: they share most packages, compiled once.
-  go_build k8s "$state/build-k8s.log" -ldflags "-s -w$ldflags" -o "$1/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+  # One invocation for every missing command: they share most packages, compiled once.
+  local b commands=()
+  for b in "${k8s_binaries[@]}" "${node_binaries[@]}"; do
+    missing "$b" && commands+=("k8s.io/kubernetes/cmd/$b")
+  done
+  go_build k8s "$state/build-k8s.log" -ldflags "-s -w$ldflags" -o "$1/" "${commands[@]}"
 }
 
 build_etcd() {
@@ -107,7 +114,7 @@ cmd_build() {
     rm -rf "$tmp"
     mkdir -p "$tmp" "$bin"
     say "building Kubernetes $k8s_version, etcd $etcd_version, kwok $kwok_version into $bin"
-    missing kube-apiserver kube-controller-manager kube-scheduler && build_k8s "$tmp"
+    missing "${k8s_binaries[@]}" "${node_binaries[@]}" && build_k8s "$tmp"
     missing etcd && build_etcd "$tmp"
     missing kwok kwokctl && build_kwok "$tmp"
     for b in "$tmp"/*; do mv "$b" "$bin/"; done
@@ -119,6 +126,10 @@ cmd_build() {
 }
 
 cluster_dir="$KWOK_WORKDIR/clusters/$cluster_name"
+node_sh="$here/node.sh"
+
+# The real node is part of the cluster unless EMBEDDING_IMAGES_NODE=0.
+with_node() { [[ "${EMBEDDING_IMAGES_NODE:-1}" != 0 ]]; }
 logs="$cluster_dir/logs"
 
 # The apiserver answers /readyz with the admin kubeconfig.
@@ -186,10 +197,14 @@ cmd_up() {
   lock_cluster 1800
   "$here/tools.sh"
   if running; then
+    if with_node && ! "$node_sh" status >/dev/null 2>&1; then
+      "$node_sh" up || die "the real node did not start (tests/cluster/node.sh up); the control plane still runs"
+    fi
     say "already running (KUBECONFIG=$kubeconfig)"
     return 0
   fi
   cmd_build
+  with_node && "$node_sh" build
   if [[ -d "$cluster_dir" ]]; then
     say "removing the state of a cluster that no longer answers"
     cmd_down
@@ -201,11 +216,17 @@ cmd_up() {
   # apiserver answers (its ports are then taken, and the next scan skips them).
   exec 7>"${EMBEDDING_IMAGES_START_LOCK:-/tmp/embedding-images-cluster-start.lock}"
   flock -w 900 7 || die "another local cluster's start still holds ${EMBEDDING_IMAGES_START_LOCK:-/tmp/embedding-images-cluster-start.lock} after 900 s"
+  # kwokctl's settings: the file of this folder, plus what the real node needs (its address in
+  # the apiserver's certificate and --advertise-address; kwok leaving it alone).
+  cp "$here/kwokctl.yaml" "$state/kwokctl.yaml"
+  if with_node; then
+    "$node_sh" plan >>"$state/kwokctl.yaml" || die "could not plan the real node's network (tests/cluster/node.sh plan)"
+  fi
   say "starting kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok (logs: $logs)"
   # kwokctl would download kubectl; the one of tools.sh is used instead. The lock fds are closed
   # for it, or the daemons it starts would hold the locks for as long as they run.
   if ! KWOK_KUBE_VERSION="$k8s_version" KWOK_KUBECTL_BINARY="$(command -v kubectl)" \
-      "$bin/kwokctl" --config "$here/kwokctl.yaml" create cluster --name "$cluster_name" --runtime binary \
+      "$bin/kwokctl" --config "$state/kwokctl.yaml" create cluster --name "$cluster_name" --runtime binary \
       --kube-apiserver-binary "$bin/kube-apiserver" \
       --kube-controller-manager-binary "$bin/kube-controller-manager" \
       --kube-scheduler-binary "$bin/kube-scheduler" \
@@ -230,6 +251,10 @@ cmd_up() {
   wait_until 60 "kube-scheduler taking its leader lease" "$logs/kube-scheduler.log" \
     kubectl --kubeconfig "$kubeconfig" get lease kube-scheduler -n kube-system
   components_alive
+  if with_node && ! "$node_sh" up 7>&- 8>&- 9>&-; then
+    cmd_down >/dev/null 2>&1 || true
+    die "the real node did not start; its logs are in $state/node/logs"
+  fi
   say "up in $((SECONDS - start)) s: KUBECONFIG=$kubeconfig"
 }
 
@@ -249,6 +274,7 @@ ours() {
 
 cmd_down() {
   local pids pid
+  "$node_sh" down || say "tearing down the real node failed (tests/cluster/node.sh down)"
   pids="$(cluster_pids)"
   if [[ -d "$cluster_dir" ]]; then
     local kwokctl="$bin/kwokctl" other
@@ -331,7 +357,7 @@ cmd_pin_k8s() {
     echo "require k8s.io/kubernetes $version"
     echo
     echo "tool ("
-    printf '\tk8s.io/kubernetes/cmd/%s\n' "${k8s_binaries[@]}"
+    printf '\tk8s.io/kubernetes/cmd/%s\n' "${k8s_binaries[@]}" "${node_binaries[@]}"
     echo ")"
     echo
     echo "replace ("
@@ -348,12 +374,14 @@ main() {
   case "${1:-}" in
     build) cmd_build ;;
     built) have_binaries ;;
+    bin-dir) echo "$bin" ;;
+    cluster-dir) echo "$cluster_dir" ;;
     up) cmd_up ;;
     down) mkdir -p "$state"; lock_cluster 120; cmd_down ;;
     status) cmd_status ;;
     restart-apiserver) mkdir -p "$state"; lock_cluster 120; cmd_restart_apiserver ;;
     pin-k8s) cmd_pin_k8s "${2:-}" ;;
-    *) die "usage: $0 build|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
+    *) die "usage: $0 build|built|bin-dir|cluster-dir|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
   esac
 }
 

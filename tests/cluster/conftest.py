@@ -14,8 +14,13 @@ To run the same tests against a cluster of your own (kind, or any cluster you ma
 Nothing is built or started then. Tests that need the simulated GPU nodes (the `gpu_nodes`
 fixture) are skipped on a cluster that has none.
 
+The local cluster also has one real node (tests/cluster/node.sh: kubelet, kube-proxy, containerd
+and CoreDNS in a network namespace of their own), tainted so that only pods that ask for it run
+there; the tests marked `node` use it (`real_node` fixture) and are skipped on a cluster of your
+own.
+
 Fixtures for other test modules: `cluster` (session: kubeconfig, env, `kubectl(...)`),
-`namespace` (a fresh namespace per test, deleted afterwards) and `gpu_nodes`.
+`namespace` (a fresh namespace per test, deleted afterwards), `gpu_nodes` and `real_node`.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import pytest
 
 from control_plane import (BIN, CLUSTER_SH, EXISTING_ENV, LOCAL_KUBECONFIG, ROOT, STATE, TOOLS_SH,
                            Cluster, wait_for)
+from real_node import NODE_SH, RealNode
 
 
 def _tool_env(kubeconfig: Path) -> dict[str, str]:
@@ -71,11 +77,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(item.get_closest_marker("cluster") for item in session.items):
         return
-    if subprocess.run([str(CLUSTER_SH), "built"], cwd=ROOT, capture_output=True).returncode == 0:
+    # The real node's build (kubelet, kube-proxy, CoreDNS, its images) starts with the control plane's.
+    builder = CLUSTER_SH if os.environ.get("EMBEDDING_IMAGES_NODE", "1") == "0" else NODE_SH
+    if subprocess.run([str(builder), "built"], cwd=ROOT, capture_output=True).returncode == 0:
         return
     STATE.mkdir(parents=True, exist_ok=True)
     with open(STATE / "build.log", "ab") as log:
-        _background_build = subprocess.Popen(["nice", str(CLUSTER_SH), "build"], cwd=ROOT, stdout=log,
+        _background_build = subprocess.Popen(["nice", str(builder), "build"], cwd=ROOT, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -145,3 +153,15 @@ def gpu_nodes(cluster: Cluster) -> dict[str, dict[str, Any]]:
             pytest.fail("the local control plane has no GPU nodes: cluster.sh up did not apply nodes.yaml")
         pytest.skip("the existing cluster has no nodes labelled nvidia.com/gpu.present=true")
     return {n["metadata"]["name"]: n for n in nodes}
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> RealNode:
+    """The real node of the local cluster (started by cluster.sh up with the control plane)."""
+    if not cluster.local:
+        pytest.skip("the real node is part of the local cluster only (tests/cluster/node.sh)")
+    status = subprocess.run([str(NODE_SH), "status"], cwd=ROOT, capture_output=True, text=True)
+    if status.returncode != 0:
+        pytest.fail(f"the local cluster runs without its real node ({status.stderr.strip()}); "
+                    "it was started with EMBEDDING_IMAGES_NODE=0: tests/cluster/cluster.sh down, then up")
+    return RealNode.read()

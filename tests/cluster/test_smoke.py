@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from control_plane import CLUSTER_SH, GPU_TAINT, GPU_TOLERATION, HERE, STATE, Cluster, wait_for
+from real_node import NODE_SH, RealNode
 
 pytestmark = pytest.mark.cluster
 
@@ -79,7 +80,8 @@ def test_a_second_up_while_running_changes_nothing(cluster: Cluster):
 def test_every_node_is_ready(cluster: Cluster):
     nodes = cluster.get("nodes")["items"]
     if cluster.local:
-        assert sorted(n["metadata"]["name"] for n in nodes) == sorted(["cpu-1", "cpu-2", *GPU_NODES])
+        real = [RealNode.read().name] if subprocess.run([str(NODE_SH), "status"], capture_output=True).returncode == 0 else []
+        assert sorted(n["metadata"]["name"] for n in nodes) == sorted(["cpu-1", "cpu-2", *GPU_NODES, *real])
     for node in nodes:
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}.get("Ready")
         assert ready == "True", f"node {node['metadata']['name']} is not Ready"

@@ -1,0 +1,91 @@
+"""The chart on the real node: `helm install` with the operator and gateway images that
+`make images` builds (imported into the node's containerd), both Ready by their own probes under a
+real kubelet, the restricted security context enforced by runc, and the gateway answering by its
+Service's DNS name from a client pod."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from control_plane import ROOT, Cluster, wait_for
+from real_node import NODE_SH, RealNode
+
+pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.helm, pytest.mark.images, pytest.mark.slow]
+
+CHART = ROOT / "charts" / "embedding-images"
+COMPONENTS = ("operator", "gateway")
+
+
+@pytest.fixture  # per test: a node restarted by another test (node.sh down/up) starts empty
+def chart_images(real_node: RealNode) -> dict[str, str]:
+    """The operator and gateway images as `make images ONLY=operator,gateway VARIANT=cpu` tags them
+    (the chart's default repositories at its appVersion), built when podman lacks them, then
+    imported into the node's containerd."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in COMPONENTS}
+    if any(subprocess.run(["podman", "image", "exists", r]).returncode != 0 for r in refs.values()):
+        done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman",
+                               "--only", ",".join(COMPONENTS), "--variant", "cpu"],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = subprocess.run([str(NODE_SH), "import", *refs.values()], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return refs
+
+
+def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the_real_node(
+        cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str]):
+    placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
+                 "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
+    # The CRDs may belong to another release of the session already (helm keeps them): then not ours.
+    crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
+    values = {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
+              **{c: {"image": {"pullPolicy": "Never"}, **placement} for c in COMPONENTS}}
+    start = time.monotonic()
+    helm = ["helm", "-n", namespace]
+    release = f"node-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
+    install = subprocess.run([*helm, "install", release, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
+                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr
+    try:
+        _check_release(cluster, namespace, release, real_node, chart_images, start)
+    finally:
+        subprocess.run([*helm, "uninstall", release, "--ignore-not-found"], env=cluster.env, capture_output=True, timeout=120)
+
+
+def _check_release(cluster: Cluster, namespace: str, release: str, real_node: RealNode,
+                   chart_images: dict[str, str], start: float) -> None:
+    for c in COMPONENTS:
+        cluster.kubectl("rollout", "status", f"deployment/{release}-embedding-images-{c}", "-n", namespace,
+                        "--timeout=180s", timeout=190)
+    ready_s = time.monotonic() - start
+    for c in COMPONENTS:
+        pods = cluster.get("pods", "-n", namespace, "-l", f"app.kubernetes.io/component={c}")["items"]
+        assert pods
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == real_node.name
+            [container] = pod["spec"]["containers"]
+            assert container["image"] == chart_images[c]
+            assert container["readinessProbe"]["httpGet"]
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            [status] = pod["status"]["containerStatuses"]
+            assert status["ready"] and status["restartCount"] == 0, status
+    # The operator reached the API through the kubernetes Service (kube-proxy, then the node's socat).
+    assert "kube-probe" in cluster.kubectl("logs", "-n", namespace, f"deployment/{release}-embedding-images-operator").stdout
+    # A client pod reaches the gateway by its Service's DNS name.
+    service = cluster.get("service", f"{release}-embedding-images-gateway", "-n", namespace)
+    port = service["spec"]["ports"][0]["port"]
+    url = f"http://{release}-embedding-images-gateway.{namespace}.svc.cluster.local:{port}/health"
+    client = real_node.pod_spec([real_node.podbin("get", "get", url, "30s")], restartPolicy="Never")
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"}, "spec": client}, namespace)
+    pod = wait_for("the client pod to finish",
+                   lambda: (p := cluster.get("pod", "client", "-n", namespace))["status"].get("phase")
+                   in ("Succeeded", "Failed") and p, timeout=60)
+    [status] = pod["status"]["containerStatuses"]
+    assert pod["status"]["phase"] == "Succeeded", status
+    print(f"helm install to operator and gateway Ready on the real node: {ready_s:.1f} s")
