@@ -33,6 +33,7 @@ class FakeApi:
         self.deployments: dict[str, dict] = {}
         self.services: dict[str, dict] = {}
         self.policies: dict[str, dict] = {}
+        self.claim_templates: dict[str, dict] = {}
         self.applied: list[tuple[str, str]] = []
         self.deleted: list[tuple[str, str]] = []
 
@@ -67,7 +68,7 @@ class FakeApi:
                              "readyReplicas": 0, "availableReplicas": 0}
         store = {"Deployment": self.deployments, "Service": self.services,
                  "NetworkPolicy": self.policies, "PersistentVolumeClaim": self.claims,
-                 "Job": self.jobs}[kind]
+                 "Job": self.jobs, "ResourceClaimTemplate": self.claim_templates}[kind]
         store[name] = obj
         return copy.deepcopy(obj)
 
@@ -100,6 +101,13 @@ class FakeApi:
 
     def list_nodes(self):
         return []
+
+    def list_claim_templates(self, namespace, selector):
+        return [copy.deepcopy(t) for t in self.claim_templates.values()]
+
+    def delete_claim_template(self, namespace, name):
+        self.deleted.append(("ResourceClaimTemplate", name))
+        self.claim_templates.pop(name, None)
 
 
 def modelservice(name, cache="qwen", deleting=False):
@@ -268,3 +276,32 @@ def test_a_new_complete_revision_rolls_the_users(api):
     after = api.deployments["emb"]
     assert after != before
     assert "/models/models/BAAI--bge-small-en-v1.5/v2" in str(after["spec"]["template"])
+
+
+def test_a_roll_by_the_cache_keeps_the_operators_gpu_sharing_mechanism(api):
+    """A new complete revision re-plans the cache's users with the operator's --gpu-sharing: on a
+    device-plugin cluster a shared ModelService keeps asking for the shared resource, not for a
+    DRA claim the cluster has no driver for."""
+    from modelservice.placement.sharing import MEMORY_RESOURCE, SHARED_RESOURCE, SharingMechanism
+
+    api.list_nodes = lambda: [{
+        "metadata": {"name": "gpu-l4", "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-L4", "nvidia.com/gpu.compute.major": "8",
+            "nvidia.com/gpu.compute.minor": "9", "nvidia.com/gpu.memory": "23034"}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"nvidia.com/gpu": "1", SHARED_RESOURCE: "4", MEMORY_RESOURCE: "23034"}}}]
+    api.caches["qwen"] = modelcache(status=complete(users=["emb"]))
+    body = modelservice("emb")
+    del body["spec"]["accelerator"]
+    body["spec"]["gpu"] = {"sharing": {"mode": "Shared"}}
+    api.modelservices["emb"] = body
+    device_plugin = kopf.Memo(kube=api, download=SETTINGS, gpu_sharing=SharingMechanism.DEVICE_PLUGIN)
+    controller.reconcile(api, api.get_modelservice(NS, "emb"), LOG, sharing=SharingMechanism.DEVICE_PLUGIN)
+    old, new = complete(users=["emb"]), complete(path="/models/models/BAAI--bge-small-en-v1.5/v2",
+                                                 users=["emb"])
+    api.caches["qwen"]["status"] = new
+    caching.roll_users(api, NS, old, new, LOG, device_plugin)
+    pod = api.deployments["emb"]["spec"]["template"]["spec"]
+    assert "/models/models/BAAI--bge-small-en-v1.5/v2" in str(pod)
+    assert SHARED_RESOURCE in pod["containers"][0]["resources"].get("limits", {})
+    assert "resourceClaims" not in pod
