@@ -256,7 +256,7 @@ class Demo:
         return json.loads(self.kubectl("get", *args, "-o", "json", what=f"kubectl get {args[0]}").stdout)
 
     def start_process(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        from gateway.testing import die_with_parent   # this checkout's, once main() set the path
+        from testkit.processes import die_with_parent   # this checkout's, once main() set the path
 
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
