@@ -41,7 +41,7 @@ from modelservice.placement.estimate import estimate_memory
 from testkit.dra import published
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD_FILES = [ROOT / "charts" / "embedding-images" / "files" / f"crd-{p}.yaml" for p in ("modelservices", "modelcaches")]
+CRD_FILES = [ROOT / "charts" / "embedding-images" / "crds" / f"{p}.yaml" for p in ("modelservices", "modelcaches")]
 API = "serving.embedding-images.io/v1alpha1"
 FLEET_LABEL = "placement-bench.embedding-images.io/fleet"
 

@@ -22,7 +22,7 @@ from testkit.dra import published
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILES = [ROOT / "charts" / "embedding-images" / "files" / f"crd-{p}.yaml" for p in ("modelservices", "modelcaches")]
+CRD_FILES = [ROOT / "charts" / "embedding-images" / "crds" / f"{p}.yaml" for p in ("modelservices", "modelcaches")]
 L4 = "NVIDIA-L4"
 H100 = "NVIDIA-H100-80GB-HBM3"
 BGE_SMALL = "BAAI/bge-small-en-v1.5"
