@@ -23,16 +23,16 @@ COMPONENTS = ("operator", "gateway")
 @pytest.fixture  # per test: a node restarted by another test (node.sh down/up) starts empty
 def chart_images(real_node: RealNode) -> dict[str, str]:
     """The operator and gateway images as `make images ONLY=operator,gateway VARIANT=cpu` tags them
-    (the chart's default repositories at its appVersion), built when podman lacks them, then
-    imported into the node's containerd."""
+    (the chart's default repositories at its appVersion), built from this checkout (podman's
+    layer cache makes an unchanged build quick; an image of that tag built from another checkout
+    or an older commit would run other code), then imported into the node's containerd."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in COMPONENTS}
-    if any(subprocess.run(["podman", "image", "exists", r]).returncode != 0 for r in refs.values()):
-        done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman",
-                               "--only", ",".join(COMPONENTS), "--variant", "cpu"],
-                              cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman",
+                           "--only", ",".join(COMPONENTS), "--variant", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     done = subprocess.run([str(NODE_SH), "import", *refs.values()], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return refs
