@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .processes import die_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "images" / "tei" / "build.sh"
 ROUTER = "text-embeddings-router"
@@ -152,7 +154,8 @@ def launch(router: Path, args: list[str], *, port: int, log: Path,
     argv = [str(router), *args]
     out = open(log, "wb")
     process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                               env=router_env(threads, env), stdin=subprocess.DEVNULL)
+                               env=router_env(threads, env), stdin=subprocess.DEVNULL,
+                               preexec_fn=die_with_parent())  # never outlives the run that started it
     out.close()
     router_process = RouterProcess(process, port, Path(log), argv)
     try:
