@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from modelservice.placement.estimate import estimate_memory
+from reporting import finish  # benchmarks/ is the script's own folder
 from testkit.dra import published
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,16 +236,14 @@ def main() -> int:
         ("pending (shared) - pending (whole)", result["pending"] - result["pending_whole"], "<= 0",
          result["pending"] <= result["pending_whole"]),
     ]
-    print(f"{result['modelservices']} ModelServices, {result['replicas']} replicas, seed {args.seed}; fleet "
-          + ", ".join(f"{n} x {p}" for p, n in result["fleet"].items()))
-    for key in ("gpus_whole", "gpus_shared", "gpus_lower_bound", "pending", "pending_whole",
-                "seconds_to_all_scheduled", "seconds_to_all_scheduled_whole"):
-        print(f"{key:<32} {result[key]!s:>8}")
-    for name, value, target, ok in checks:
-        print(f"{name:<32} {value!s:>8}  target {target:<7} {'ok' if ok else 'MISSED'}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    keys = ("gpus_whole", "gpus_shared", "gpus_lower_bound", "pending", "pending_whole",
+            "seconds_to_all_scheduled", "seconds_to_all_scheduled_whole")
+    finish(Path(args.out), result,
+           title=(f"{result['modelservices']} ModelServices, {result['replicas']} replicas, seed {args.seed}; "
+                  "fleet " + ", ".join(f"{n} x {p}" for p, n in result["fleet"].items())),
+           notes=[f"{key:<32} {result[key]!s:>8}" for key in keys]
+           + [f"{name:<32} {value!s:>8}  target {target:<7} {'ok' if ok else 'MISSED'}"
+              for name, value, target, ok in checks])
     return 0
 
 
