@@ -40,6 +40,7 @@ from pathlib import Path
 from modelservice.placement.estimate import estimate_memory
 from reporting import finish  # benchmarks/ is the script's own folder
 from testkit.dra import published
+from testkit.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILES = [ROOT / "charts" / "embedding-images" / "crds" / f"{p}.yaml" for p in ("modelservices", "modelcaches")]
@@ -198,7 +199,8 @@ def main() -> int:
     (ROOT / ".cache").mkdir(exist_ok=True)
     log = open(ROOT / ".cache" / "placement_bench.log", "wb")
     operator = subprocess.Popen([sys.executable, "-m", "modelservice", f"--namespace={ns}", "--gpu-sharing=dra"],
-                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent())  # never outlives the benchmark
     try:
         time.sleep(3)  # operator start-up and first watch
         whole = run(env, ns, services, shared=False, settle_s=args.settle_seconds)
