@@ -4,6 +4,9 @@
 //	podbin serve ADDR [READY_AFTER] an HTTP server: GET / answers the pod's hostname, GET /ready
 //	                               answers 503 until READY_AFTER (a Go duration) has passed, then 200
 //	podbin get URL [TIMEOUT]       GETs URL (retrying until TIMEOUT), prints the body
+//	podbin post URL BODY [TIMEOUT] POSTs BODY (JSON) to URL, retrying a refused connection until
+//	                               TIMEOUT (one request may take the rest of it: a held request
+//	                               waits), prints {"status": S, "seconds": T, "body": "..."}
 //	podbin lookup NAME             resolves NAME with the pod's /etc/resolv.conf, prints the addresses
 //	podbin write PATH TEXT         writes TEXT to PATH
 //
@@ -13,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -26,7 +30,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: podbin pause|serve|get|lookup|write ...")
+		fail("usage: podbin pause|serve|get|post|lookup|write ...")
 	}
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "pause":
@@ -45,6 +49,13 @@ func main() {
 			timeout = duration(args[1])
 		}
 		report(get(args[0], timeout))
+	case "post":
+		need(args, 2)
+		timeout := 30 * time.Second
+		if len(args) > 2 {
+			timeout = duration(args[2])
+		}
+		report(post(args[0], args[1], timeout))
 	case "lookup":
 		need(args, 1)
 		addrs, err := net.DefaultResolver.LookupHost(context.Background(), args[0])
@@ -115,6 +126,29 @@ func get(url string, timeout time.Duration) string {
 				return string(body)
 			}
 			err = fmt.Errorf("%s: status %d, %v", url, resp.StatusCode, readErr)
+		}
+		if time.Now().After(deadline) {
+			fail(err.Error())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func post(url, body string, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	for {
+		start := time.Now()
+		client := &http.Client{Timeout: time.Until(deadline)}
+		resp, err := client.Post(url, "application/json", strings.NewReader(body))
+		if err == nil {
+			answer, readErr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if readErr != nil {
+				fail(fmt.Sprintf("%s: reading the answer: %v", url, readErr))
+			}
+			out, _ := json.Marshal(map[string]any{"status": resp.StatusCode,
+				"seconds": time.Since(start).Seconds(), "body": string(answer)})
+			return string(out)
 		}
 		if time.Now().After(deadline) {
 			fail(err.Error())
