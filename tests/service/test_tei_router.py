@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 import torch
-from modelservice.autoscaling.demand import fetch, pod_demand
+from modelservice.autoscaling.demand import Scraper, TeiZeros, fetch, pod_demand
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 TEXTS = ["The capital of France is Paris.", "Stock markets fell sharply on Monday.",
@@ -138,16 +138,41 @@ def test_teis_refusals(real_tei_embed, real_tei_rerank):
                       headers={"content-type": "application/json"}).status_code == 400
 
 
-def test_refusals_before_counting_skew_the_in_flight_estimate(start_tei, minilm_dir):
+def test_refusals_before_counting_do_not_hide_requests_in_flight_from_the_autoscaler(start_tei, minilm_dir):
     """TEI counts some refusals as failures without counting the request (a /rerank on an
-    embedding model, an empty /rerank), so `te_request_count - success - failure` goes below
-    zero and stays there: the reading of modelservice.autoscaling.demand clamps it at zero, which hides as
-    many requests in flight. Recorded here so a TEI upgrade that changes it shows."""
-    router = start_tei(minilm_dir)
+    embedding model), so `te_request_count - success - failure` goes below zero and stays there
+    (recorded here so that a TEI upgrade that changes it shows). The operator's scraper reads a
+    pod against the lowest difference it has seen: after two such refusals and one idle scrape,
+    the requests in flight read in full, as they would on a router that never refused any."""
+    router = start_tei(minilm_dir, args=["--max-batch-tokens", "600"])
     for _ in range(2):
         assert httpx.post(f"{router.url}/rerank", json={"query": "q", "texts": ["a"]}).status_code == 424
     samples = fetch(f"{router.url}/metrics")
     counted = sum(s.value for s in samples if s.name == "te_request_count")
     failed = sum(s.value for s in samples if s.name == "te_request_failure")
     assert (counted, failed) == (0, 2)
-    assert pod_demand("tei", samples) == 0
+    port = int(router.url.rsplit(":", 1)[1])
+    pod = {"metadata": {"name": "tei-0", "namespace": "ns", "uid": "u1"},
+           "status": {"podIP": "127.0.0.1"},
+           "spec": {"containers": [{"ports": [{"name": "http", "containerPort": port}]}]}}
+    scraper, zeros = Scraper(), TeiZeros()
+    try:
+        # Idle: the scraper reads 0, and the pod's zero (-2) is known.
+        assert scraper.read("ns/tei", "tei", [pod], [], {}).demand == 0
+        assert zeros.update("tei-0", fetch(f"{router.url}/metrics")) == -2
+        clamped, read = [], []
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(httpx.post, f"{router.url}/embed", json={"inputs": LONG},
+                                   timeout=120) for _ in range(12)]
+            while not all(f.done() for f in futures):
+                samples = fetch(f"{router.url}/metrics")
+                clamped.append(pod_demand("tei", samples))
+                read.append(pod_demand("tei", samples, zeros.update("tei-0", samples)))
+                time.sleep(0.05)
+        assert all(f.result().status_code == 200 for f in futures)
+        # With 12 requests waiting each reading counts the two the clamp alone would hide.
+        assert max(read) >= 6, read
+        assert all(r - c in (0, 1, 2) for r, c in zip(read, clamped)) and 2 in [r - c for r, c in zip(read, clamped)]
+        assert scraper.read("ns/tei", "tei", [pod], [], {}).demand == 0
+    finally:
+        scraper.close()

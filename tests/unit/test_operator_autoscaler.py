@@ -11,7 +11,7 @@ import pytest
 from modelservice.autoscaling.loop import Autoscaler, GatewaySource
 from modelservice.api.models import parse_modelservice
 from modelservice.placement.plan import Plan
-from modelservice.autoscaling.demand import AddressOverrides, Scraper, parse_metrics, pod_demand
+from modelservice.autoscaling.demand import AddressOverrides, Scraper, TeiZeros, parse_metrics, pod_demand
 from modelservice.controller.status import build_status
 
 
@@ -182,6 +182,34 @@ def test_tei_demand_is_its_queue_plus_requests_in_flight_from_its_counters():
             'te_request_success{method="single"} 8\nte_request_failure{err="validation"} 2\n')
     assert pod_demand("tei", parse_metrics(text)) == 3 + (15 - 8 - 2)
     assert pod_demand("reranker", parse_metrics("# HELP x\nreranker_queue_depth 4.0\n")) == 4
+
+
+def tei_metrics(count: float, success: float, failure: float, queue: float = 0) -> list:
+    return parse_metrics(f'te_queue_size {queue}\nte_request_count{{method="batch"}} {count}\n'
+                         f'te_request_success{{method="batch"}} {success}\n'
+                         f'te_request_failure{{err="model_type"}} {failure}\n')
+
+
+def test_tei_refusals_counted_only_as_failures_do_not_hide_later_requests_in_flight():
+    """TEI counts a /rerank on an embedding model as a failure and never as a request: after
+    two of them count - success - failure is -2 when idle, and 3 requests in flight read as 1
+    with a clamp at zero. The pod's lowest reading is its zero."""
+    zeros = TeiZeros()
+    idle = tei_metrics(count=10, success=10, failure=2)
+    assert pod_demand("tei", idle, zeros.update("p1", idle)) == 0
+    busy = tei_metrics(count=13, success=10, failure=2, queue=1)
+    assert pod_demand("tei", busy) == 1 + 1                       # the clamp alone: 2 hidden
+    assert pod_demand("tei", busy, zeros.update("p1", busy)) == 1 + 3
+    # A restarted container starts its counters, and its zero, again.
+    restarted = tei_metrics(count=2, success=0, failure=0)
+    assert pod_demand("tei", restarted, zeros.update("p1", restarted)) == 2
+    # Before the pod was ever idle the zero is not known: never more than in flight is read.
+    fresh = tei_metrics(count=5, success=1, failure=3)           # 2 refusals + 1 failure: 3 in flight
+    assert pod_demand("tei", fresh, zeros.update("p2", fresh)) == 1
+    # A pod gone from the list is forgotten.
+    assert zeros.update("p3", idle) == -2
+    zeros.keep(["p2"])
+    assert zeros.update("p3", busy) == 0
 
 
 def test_the_reconciles_status_keeps_what_the_autoscaler_wrote_while_enabled():

@@ -7,7 +7,15 @@ demand is what it holds: requests in flight plus queued.
   `te_request_count` - `te_request_success` - `te_request_failure` (summed over their labels;
   TEI 1.9 has no in-flight gauge). A request whose client went away is counted by none of the
   last two, so a TEI pod that saw cancelled requests reads a little busier than it is until it
-  restarts: that errs on the side of capacity.
+  restarts: that errs on the side of capacity. The other way round, TEI counts some refusals
+  as failures without counting the request (an empty `texts` or any `/rerank` on a model that
+  is not a reranker: `te_request_failure` before `te_request_count`), which would leave the
+  difference below zero for good and hide as many requests in flight. So the scraper keeps,
+  per pod, the lowest difference it has read (a pod's true count in flight is never below
+  zero, and the refusals only ever lower it): that is the pod's zero, and what it reads above
+  it is in flight. The zero is exact once the pod has been idle at one scrape since its last
+  such refusal, and never reads more than is in flight; it starts again when the pod's
+  counters do (a restarted container).
 The gateway adds `gateway_requests_held{model="<ns>/<name>"}`: requests waiting for a ready
 replica (the signal from zero). Requests it has forwarded (`gateway_requests_in_flight`) are the
 pods' requests seen from the gateway, for longer (from the forward to the last byte back, where
@@ -71,14 +79,49 @@ def _total(samples: Iterable[MetricSample], *names: str) -> float:
     return sum(s.value for s in samples if s.name in names)
 
 
-def pod_demand(engine: str, samples: Sequence[MetricSample]) -> float:
-    """Requests in flight plus queued at one pod of `engine` (module docstring)."""
+def tei_counted(samples: Sequence[MetricSample]) -> float:
+    """TEI's `te_request_count` (every label): it only grows while the container runs."""
+    return _total(samples, "te_request_count", "te_request_count_total")
+
+
+def tei_in_flight(samples: Sequence[MetricSample]) -> float:
+    """count - success - failure from TEI's counters, before any correction (may be below 0)."""
+    return (tei_counted(samples)
+            - _total(samples, "te_request_success", "te_request_success_total")
+            - _total(samples, "te_request_failure", "te_request_failure_total"))
+
+
+def pod_demand(engine: str, samples: Sequence[MetricSample], zero: float = 0.0) -> float:
+    """Requests in flight plus queued at one pod of `engine` (module docstring); for TEI,
+    `zero` is the pod's lowest counter difference seen (TeiZeros), 0 when none is known."""
     if engine == "reranker":
         return max(0.0, _total(samples, "reranker_queue_depth"))
-    in_flight = (_total(samples, "te_request_count", "te_request_count_total")
-                 - _total(samples, "te_request_success", "te_request_success_total")
-                 - _total(samples, "te_request_failure", "te_request_failure_total"))
-    return max(0.0, _total(samples, "te_queue_size")) + max(0.0, in_flight)
+    return max(0.0, _total(samples, "te_queue_size")) + max(0.0, tei_in_flight(samples) - min(zero, 0.0))
+
+
+class TeiZeros:
+    """Per TEI pod, the lowest `count - success - failure` read so far (module docstring), and
+    the count it was read at, so that counters that start again (a restarted container) start
+    the zero again."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, float]] = {}   # pod key -> (lowest, last count)
+
+    def update(self, pod: str, samples: Sequence[MetricSample]) -> float:
+        """The pod's zero after this reading (<= 0)."""
+        counted, raw = tei_counted(samples), tei_in_flight(samples)
+        lowest, last = self._seen.get(pod, (0.0, 0.0))
+        if counted < last:            # the counters started again
+            lowest = 0.0
+        lowest = min(lowest, raw)
+        self._seen[pod] = (lowest, counted)
+        return lowest
+
+    def keep(self, pods: Iterable[str]) -> None:
+        """Forget the pods not named (gone)."""
+        keep = set(pods)
+        for pod in [p for p in self._seen if p not in keep]:
+            del self._seen[pod]
 
 
 def _of_model(samples: Sequence[MetricSample], name: str, model: str) -> float:
@@ -165,6 +208,7 @@ class Scraper:
         self.overrides = overrides or AddressOverrides(None)
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelservice-scrape")
+        self._zeros: dict[str, TeiZeros] = {}   # model -> its TEI pods' zeros
 
     def read(self, model: str, engine: str, pods: Sequence[Mapping[str, Any]], gateway_urls: Sequence[str],
              last: Mapping[str, float]) -> Reading:
@@ -175,8 +219,12 @@ class Scraper:
         pod_results = list(self._pool.map(lambda u: fetch(u, self.timeout) if u else None, urls))
         gateway_results = list(self._pool.map(lambda u: fetch(u, self.timeout), gateway_urls))
         complete = all(r is not None for r in pod_results + gateway_results)
-        per_pod = {name: pod_demand(engine, r) if r is not None else last.get(name, 0.0)
-                   for name, r in zip(names, pod_results)}
+        zeros = self._zeros.setdefault(model, TeiZeros())
+        keys = [p["metadata"].get("uid") or p["metadata"]["name"] for p in pods]
+        zeros.keep(keys)
+        per_pod = {name: (pod_demand(engine, r, zeros.update(key, r) if engine != "reranker" else 0.0)
+                          if r is not None else last.get(name, 0.0))
+                   for name, key, r in zip(names, keys, pod_results)}
         answered = [r for r in gateway_results if r is not None]
         waiting = sum(held(r, model) for r in answered)
         through_gateway = sum(forwarded(r, model) for r in answered)
