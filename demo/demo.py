@@ -12,12 +12,13 @@
 6. `kubectl get modelservices -o wide` and where each model's pods run;
 7. the reranker pods of the CPU reranker examples brought to life: the local pod runner
    (testkit/podrunner.py) starts the reranker (`python -m reranker`) for each of their ready pods,
-   with the pod's own environment, on a loopback port, and writes the gateway's address override
+   with the pod's own environment, on a loopback port, and writes its address into a file
    (pod -> 127.0.0.1:port). The model is a tiny random-weight Qwen3 reranker with the real Qwen3
    tokenizer, built into .cache/demo (no download; the answers are real computations of a model
    that knows nothing, so the scores are not meaningful). kwok's pod IPs are never sent anything;
-8. the gateway (`python -m gateway`) with the chart Deployment's settings, authenticated as the
-   chart's gateway ServiceAccount, routing through that override only;
+8. the gateway (`python -m gateway`, started by `python -m testkit.loopback gateway`, which
+   routes each pod to its address in that file) with the chart Deployment's settings,
+   authenticated as the chart's gateway ServiceAccount;
 9. the curl examples of README.md's "Gateway" section against it, by model name;
 10. scale from zero: the CPU reranker scaled to 0 replicas, and one request through the gateway
    that brings it back (the gateway patches its scale subresource and holds the request).
@@ -46,6 +47,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".cache" / "bin"
 STATE = ROOT / ".cache" / "demo"
+# The pod runner's address file: each ready pod's reranker process on 127.0.0.1 (testkit/loopback.py).
+ADDRESSES = STATE / "pod-addresses.json"
 CLUSTER_SH = ROOT / "tests" / "cluster" / "cluster.sh"
 TOOLS_SH = ROOT / "tests" / "cluster" / "tools.sh"
 LOCAL_KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
@@ -531,9 +534,9 @@ class Demo:
                                   f"{pod.backend.address}, log {pod.backend.log.relative_to(ROOT)}\n"
                                   f"  with the pod's {own}")
 
-    def overrides(self) -> dict[str, str]:
+    def pod_addresses(self) -> dict[str, str]:
         try:
-            return json.loads((STATE / "address-overrides.json").read_text())
+            return json.loads(ADDRESSES.read_text())
         except (OSError, ValueError):
             return {}
 
@@ -550,11 +553,10 @@ class Demo:
         logs.mkdir(parents=True, exist_ok=True)
         self.progress.say("kwok's pods run no process: each ready pod gets the real reranker with "
                           "the pod's own RERANKER_* environment\n"
-                          "on 127.0.0.1, and the gateway's "
-                          f"address override ({(STATE / 'address-overrides.json').relative_to(ROOT)}) "
-                          "maps the pod to it")
+                          "on 127.0.0.1, and writes the pod's address there into "
+                          f"{ADDRESSES.relative_to(ROOT)} for the gateway")
         self.runner = LocalPodRunner(self.admin_client(), self.namespace, self.local_models, model,
-                                     STATE / "address-overrides.json", logs).start()
+                                     ADDRESSES, logs).start()
         wanted = {name: int(self.get("modelservice", name, "-n", self.namespace)["spec"].get("replicas", 1))
                   for name in self.local_models}
 
@@ -566,7 +568,7 @@ class Demo:
 
         self.wait("a reranker process for every ready pod", all_running, 180)
         self.note_pod_processes()
-        self.progress.done(f"{len(self.runner.running)} reranker process(es): {json.dumps(self.overrides())}")
+        self.progress.done(f"{len(self.runner.running)} reranker process(es): {json.dumps(self.pod_addresses())}")
 
     def http(self, path: str, timeout: float = 5) -> tuple[int, Any]:
         """GET on the demo's gateway: (status, parsed JSON body or None); (0, None) when it does
@@ -599,14 +601,12 @@ class Demo:
                     if k not in ("GATEWAY_HOST", "GATEWAY_PORT")}
         kubeconfig = self.service_account_kubeconfig(pod["serviceAccountName"], "gateway")
         env = {**settings, "GATEWAY_NAMESPACE": self.namespace, "GATEWAY_HOST": "127.0.0.1",
-               "GATEWAY_PORT": str(self.port),
-               "GATEWAY_ADDRESS_OVERRIDES": str(STATE / "address-overrides.json")}
-        self.progress.say(" ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "GATEWAY_ADDRESS_OVERRIDES")
-                          + " python -m gateway")
-        self.progress.say(f"(GATEWAY_ADDRESS_OVERRIDES={(STATE / 'address-overrides.json').relative_to(ROOT)}: "
+               "GATEWAY_PORT": str(self.port)}
+        self.progress.say(" ".join(f"{k}={v}" for k, v in sorted(env.items())) + " python -m gateway")
+        self.progress.say(f"(through python -m testkit.loopback gateway {ADDRESSES.relative_to(ROOT)}: "
                           "only the pods it names are routed, to 127.0.0.1)")
         log = STATE / "gateway.log"
-        self.start_process("gateway", [sys.executable, "-m", "gateway"],
+        self.start_process("gateway", [sys.executable, "-m", "testkit.loopback", "gateway", str(ADDRESSES)],
                            {**self.env, **env, "KUBECONFIG": str(kubeconfig)}, log)
         self.wait("the gateway's watches to sync (/ready)", lambda: self.http("/ready")[0] == 200, 60,
                   alive=("gateway", log))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,8 +19,13 @@ from .registry import Registry, load_models_file
 from .scaling import NoScaler
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from . import kube
 
-async def build(settings: Settings) -> web.Application:
+
+async def build(settings: Settings, addresses: kube.PodAddresses | None = None) -> web.Application:
+    """The gateway's application; with a cluster, each ready pod routed at the address
+    `addresses` gives (default: its own, `gateway.kube.PodAddresses`)."""
     registry = Registry(settings.home_namespace)
     if settings.models_file is not None:
         load_models_file(settings.models_file, registry)
@@ -29,7 +35,7 @@ async def build(settings: Settings) -> web.Application:
     app = create_app(settings, registry, kube.KubeScaler(settings))
 
     async def sources(app: web.Application):
-        task = asyncio.create_task(kube.run_sources(settings, registry))
+        task = asyncio.create_task(kube.run_sources(settings, registry, addresses=addresses))
         yield
         task.cancel()
 
@@ -37,7 +43,7 @@ async def build(settings: Settings) -> web.Application:
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, addresses: kube.PodAddresses | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] in {"-h", "--help"}:
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         uvloop = None
     web.run_app(
-        build(settings),
+        build(settings, addresses),
         host=settings.host,
         port=settings.port,
         access_log=None,  # no per-request log line: /metrics counts requests

@@ -17,24 +17,18 @@ The `kubernetes` client is synchronous: each watch runs in a daemon thread of it
 event loop's default executor, which the HTTP side needs) and hands every change over to the
 event loop with `call_soon_threadsafe`, where all state lives; nothing here takes a lock.
 
-Address override (tests and `make demo` only; off by default): `GATEWAY_ADDRESS_OVERRIDES`
-names a JSON file `{"<namespace>/<pod name>": "127.0.0.1:<port>"}`, re-read when it changes
-(its size and modification time are checked twice a second: a local file, not the API). When it
-is set, a ready pod the file names is routed to that address, and a pod it does not name is not
-routed at all: the local pod runner (testkit/podrunner.py) writes a pod's entry once the process
-standing in for it answers, so a request held while a pod starts goes to that process, never to
-a pod IP that nothing on the machine may reach.
+Where a ready pod's requests go is `PodAddresses`'s to say: the address its EndpointSlice
+gives. `run_sources` takes another where pods are reached some other way (the tests' simulated
+pods, whose stand-in processes listen on loopback: testkit/loopback.py).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import kubernetes
@@ -58,7 +52,6 @@ ALL_NAMESPACES = "*"
 WATCH_SECONDS = 240
 LIST_SECONDS = 60
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
-OVERRIDE_CHECK_SECONDS = 0.5
 
 
 def load_config() -> kubernetes.client.ApiClient:
@@ -98,7 +91,7 @@ def model_info(obj: Mapping[str, Any]) -> ModelInfo:
 
 
 class PodAddress(NamedTuple):
-    """A ready endpoint as the EndpointSlice gives it, before any address override."""
+    """A ready endpoint as the EndpointSlice gives it."""
 
     pod: str
     address: str   # "ip:port", "[ipv6]:port"
@@ -124,51 +117,21 @@ def ready_addresses(slice_: Mapping[str, Any]) -> tuple[PodAddress, ...]:
     return tuple(found)
 
 
-class AddressOverrides:
-    """The address override file (see the module docstring); `None` path: off."""
+class PodAddresses:
+    """Turns a ready pod into the address the gateway sends its requests to: the pod's own, as
+    its EndpointSlice gives it. The one place the gateway makes that choice.
 
-    def __init__(self, path: os.PathLike | str | None):
-        self.path = Path(path) if path else None
-        self._signature: tuple[int, int, int] | None = None
-        self.addresses: dict[str, str] = {}
+    `address(namespace, pod)` is that address, or None for a pod not to be routed. `watch(changed)`
+    runs as long as the sources do and calls `changed()` whenever addresses change other than
+    through an EndpointSlice (then every model's endpoints are computed again); a pod's own
+    address changes only with its slice, so here it never calls it.
+    """
 
-    @property
-    def enabled(self) -> bool:
-        return self.path is not None
+    def address(self, namespace: str, pod: PodAddress) -> str | None:
+        return pod.address
 
-    def reload_if_changed(self) -> bool:
-        """Reads the file again when it changed since the last read; True when its content did.
-        A missing file is empty; a file being rewritten (invalid JSON) keeps the last content."""
-        if self.path is None:
-            return False
-        try:
-            st = self.path.stat()
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            signature = None
-        if signature == self._signature:
-            return False
-        self._signature = signature
-        if signature is None:
-            new: dict[str, str] = {}
-        else:
-            try:
-                new = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
-            except (OSError, ValueError, AttributeError) as exc:
-                log.warning("address override file %s unreadable (%s); keeping the previous one",
-                            self.path, exc)
-                self._signature = None
-                return False
-        changed, self.addresses = new != self.addresses, new
-        return changed
-
-    def endpoints(self, namespace: str, ready: Sequence[PodAddress]) -> list[Endpoint]:
-        """The endpoints to route to: each ready pod's own address, or with the override on,
-        the address the file gives, and no endpoint for a pod the file does not name."""
-        if self.path is None:
-            return [Endpoint(p.pod, p.address) for p in ready]
-        return [Endpoint(p.pod, self.addresses[f"{namespace}/{p.pod}"])
-                for p in ready if f"{namespace}/{p.pod}" in self.addresses]
+    async def watch(self, changed: Callable[[], None]) -> None:
+        await asyncio.Event().wait()
 
 
 # --- the state on the event loop -----------------------------------------------------------------
@@ -192,9 +155,9 @@ class Sources:
     slice of that model's Service, whichever arrived first.
     """
 
-    def __init__(self, registry: Registry, overrides: AddressOverrides, watches: int):
+    def __init__(self, registry: Registry, watches: int, addresses: PodAddresses | None = None):
         self.registry = registry
-        self.overrides = overrides
+        self.addresses = addresses or PodAddresses()
         self.models: dict[ModelKey, ModelInfo] = {}
         self.slices: dict[SliceKey, SliceState] = {}
         self.pushed: dict[ModelKey, tuple[Endpoint, ...]] = {}
@@ -270,7 +233,8 @@ class Sources:
             if skey.namespace == key.namespace and state.service == key.name:
                 for p in state.ready:
                     ready.setdefault(p.pod, p)
-        endpoints = tuple(sorted(self.overrides.endpoints(key.namespace, list(ready.values())),
+        endpoints = tuple(sorted((Endpoint(p.pod, address) for p in ready.values()
+                                  if (address := self.addresses.address(key.namespace, p)) is not None),
                                  key=lambda e: e.pod))
         if self.pushed.get(key) != endpoints:
             self.pushed[key] = endpoints
@@ -399,14 +363,15 @@ def watched_namespaces(settings: Any) -> list[str | None]:
 
 
 async def run_sources(settings: Any, registry: Registry,
-                      api_client: kubernetes.client.ApiClient | None = None) -> None:
-    """Keeps `registry` equal to the cluster until cancelled (see the module docstring)."""
+                      api_client: kubernetes.client.ApiClient | None = None,
+                      addresses: PodAddresses | None = None) -> None:
+    """Keeps `registry` equal to the cluster until cancelled (see the module docstring); each
+    ready pod routed at the address `addresses` gives (default: its own)."""
     loop = asyncio.get_running_loop()
     client = api_client or load_config()
     namespaces = watched_namespaces(settings)
-    overrides = AddressOverrides(settings.address_overrides)
-    overrides.reload_if_changed()
-    sources = Sources(registry, overrides, watches=2 * len(namespaces))
+    addresses = addresses or PodAddresses()
+    sources = Sources(registry, watches=2 * len(namespaces), addresses=addresses)
     watchers: list[Watcher] = []
     for namespace in namespaces:
         where = namespace or "all namespaces"
@@ -419,16 +384,12 @@ async def run_sources(settings: Any, registry: Registry,
             f"endpointslices in {where}", loop, list_slices, slice_args,
             on_list=lambda items, w=f"eps/{namespace}", ns=namespace: sources.list_slices(w, ns, items),
             on_event=sources.slice_event))
-    log.info("watching ModelServices and EndpointSlices in %s%s",
-             ", ".join(ns or "all namespaces" for ns in namespaces),
-             f"; address overrides from {overrides.path}" if overrides.enabled else "")
+    log.info("watching ModelServices and EndpointSlices in %s",
+             ", ".join(ns or "all namespaces" for ns in namespaces))
     for watcher in watchers:
         watcher.start()
     try:
-        while True:
-            await asyncio.sleep(OVERRIDE_CHECK_SECONDS if overrides.enabled else 3600)
-            if overrides.reload_if_changed():
-                sources.push_all()
+        await addresses.watch(sources.push_all)
     finally:
         for watcher in watchers:
             watcher.stop()

@@ -33,12 +33,6 @@ class Settings(BaseSettings):
         description="A static JSON list of models and endpoints (outside a cluster, tests, "
         "benchmarks); when set, nothing is read from Kubernetes and nothing is scaled.",
     )
-    address_overrides: Path | None = Field(
-        None,
-        description="Tests and `make demo` only: a JSON file {\"<namespace>/<pod>\": "
-        "\"127.0.0.1:<port>\"} giving the address of those pods, re-read when it changes; when set, "
-        "pods it does not name are not routed; off by default.",
-    )
     api_keys_file: Path | None = Field(
         None,
         description="A file of API keys (a mounted Secret), one per line, optionally followed "
@@ -73,8 +67,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("namespace", "namespaces", "models_file", "address_overrides",
-                     "api_keys_file", mode="before")
+    @field_validator("namespace", "namespaces", "models_file", "api_keys_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         return value or None

@@ -1,12 +1,13 @@
 """Test-only: the whole serving path on the local control plane, every process on 127.0.0.1.
 
 `start_stack` runs, for the reranker ModelServices of one namespace,
-* the operator (`python -m modelservice --namespace=<ns>`), its autoscaler reading the pods at the
-  address override file's entries and the gateway's `gateway_requests_held` at the gateway's
-  /metrics;
+* the operator (`python -m modelservice --namespace=<ns>`, through `python -m testkit.loopback
+  operator`), its autoscaler reading the pods at their entries of the address file and the
+  gateway's `gateway_requests_held` at the gateway's /metrics;
 * the local pod runner (podrunner.py): a real reranker process on a tiny model for every Ready
-  pod, written into the override file;
-* the gateway (`python -m gateway`), routing through the same override file.
+  pod, written into the address file;
+* the gateway (`python -m gateway`, through `python -m testkit.loopback gateway`), routing through
+  the same address file.
 
 Nothing is ever sent to a pod IP of the simulated cluster. `ClosedLoopLoad` is a bounded load
 of a few clients, each sending its next request when the last is answered. The autoscaling
@@ -46,7 +47,7 @@ class Stack:
     operator: subprocess.Popen
     operator_log: Path
     runner: LocalPodRunner
-    overrides: Path
+    addresses: Path
 
     def pod_metrics(self) -> dict[str, str]:
         """Each running reranker's /metrics text, by pod name (read at its loopback address)."""
@@ -80,32 +81,32 @@ def start_stack(env: Mapping[str, str], namespace: str, modelservices: Sequence[
     """Starts the gateway, the operator (serving `namespace` only) and the pod runner for
     `modelservices`; `env` carries KUBECONFIG (and PATH); logs go to `workdir`."""
     workdir = Path(workdir)
-    overrides = workdir / "overrides.json"
+    addresses = workdir / "addresses.json"
     port = free_port()
     gateway = start_process(
-        "gateway", {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_NAMESPACE": namespace,
-                    "GATEWAY_NAMESPACES": namespace, "GATEWAY_ADDRESS_OVERRIDES": str(overrides),
-                    "GATEWAY_SCALE_FROM_ZERO_TIMEOUT": "120", **(gateway_env or {})},
-        port, log=workdir / "gateway.log", timeout=60)
+        "testkit.loopback", {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
+                             "GATEWAY_NAMESPACE": namespace, "GATEWAY_NAMESPACES": namespace,
+                             "GATEWAY_SCALE_FROM_ZERO_TIMEOUT": "120", **(gateway_env or {})},
+        port, args=("gateway", str(addresses)), log=workdir / "gateway.log", timeout=60)
     operator_log = workdir / "operator.log"
     operator = None
     runner = None
     try:
         with open(operator_log, "ab") as out:
             operator = subprocess.Popen(
-                [sys.executable, "-m", "modelservice", f"--namespace={namespace}", "--verbose",
-                 f"--address-overrides={overrides}", f"--gateway-metrics-url={gateway.url}/metrics"],
+                [sys.executable, "-m", "testkit.loopback", "operator", str(addresses),
+                 f"--namespace={namespace}", "--verbose", f"--gateway-metrics-url={gateway.url}/metrics"],
                 env={**env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent())
         client = kubernetes.config.new_client_from_config(config_file=env["KUBECONFIG"])
-        runner = LocalPodRunner(client, namespace, modelservices, model_dir, overrides, workdir).start()
+        runner = LocalPodRunner(client, namespace, modelservices, model_dir, addresses, workdir).start()
     except BaseException:
         gateway.stop()
         if operator is not None:
             os.killpg(operator.pid, signal.SIGKILL)
             operator.wait()
         raise
-    return Stack(namespace, gateway.url, gateway, operator, operator_log, runner, overrides)
+    return Stack(namespace, gateway.url, gateway, operator, operator_log, runner, addresses)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ A pod that mounts a PersistentVolumeClaim bound to a hostPath (or local) Persist
 ModelCache's users do, keeps its own RERANKER_MODEL when it lies on that volume: the path is
 mapped to the volume's folder on this machine, as a kubelet would mount it, and the reranker
 loads what the cache's download put there. Once the process answers /health it writes
-`{"<namespace>/<pod>": "127.0.0.1:<port>"}` into the gateway's address override file
-(GATEWAY_ADDRESS_OVERRIDES); a pod that goes away, or stops being ready, loses its entry and its
-process. The tests of tests/cluster and `make demo` share it; nothing in the gateway imports it.
+`{"<namespace>/<pod>": "127.0.0.1:<port>"}` into the address file that the gateway and the
+operator started by `python -m testkit.loopback` read (loopback.py); a pod that goes away, or
+stops being ready, loses its entry and its process. The tests of tests/cluster and the
+benchmarks share it; nothing in the product imports it.
 """
 from __future__ import annotations
 
@@ -67,13 +68,13 @@ class LocalPodRunner:
 
     def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str,
                  modelservices: Iterable[str], model_dir: os.PathLike | str,
-                 overrides_file: os.PathLike | str, log_dir: os.PathLike | str,
+                 addresses_file: os.PathLike | str, log_dir: os.PathLike | str,
                  start_timeout: float = 180):
         self.client = api_client
         self.namespace = namespace
         self.selector = f"{MODELSERVICE_LABEL} in ({','.join(sorted(modelservices))})"
         self.model_dir = str(model_dir)
-        self.overrides_file = Path(overrides_file)
+        self.addresses_file = Path(addresses_file)
         self.log_dir = Path(log_dir)
         self.start_timeout = start_timeout
         self.running: dict[str, RunningPod] = {}
@@ -84,7 +85,7 @@ class LocalPodRunner:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="podrunner", daemon=True)
         self._watcher: Watcher | None = None
-        self._write_overrides()
+        self._write_addresses()
 
     def start(self) -> "LocalPodRunner":
         self._thread.start()
@@ -120,7 +121,7 @@ class LocalPodRunner:
             thread.join(60)
         for name in list(self.running):   # started while stopping
             self.running.pop(name).backend.stop()
-        self._write_overrides()
+        self._write_addresses()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
@@ -150,7 +151,7 @@ class LocalPodRunner:
         pod = self.running.pop(name, None)
         if pod is not None:
             log.info("pod %s/%s went away: stopping its reranker", self.namespace, name)
-            self._write_overrides()
+            self._write_addresses()
             self._stop_backend(pod.backend)
 
     def _stop_backend(self, backend) -> None:
@@ -171,13 +172,13 @@ class LocalPodRunner:
             self._stop_backend(pod.backend)
             return
         self.running[name] = pod
-        self._write_overrides()
+        self._write_addresses()
 
-    def _write_overrides(self) -> None:
-        """Rewrites the override file whole (a rename, so the gateway never reads half of it)."""
-        tmp = self.overrides_file.with_name(self.overrides_file.name + ".tmp")
+    def _write_addresses(self) -> None:
+        """Rewrites the address file whole (a rename, so the gateway never reads half of it)."""
+        tmp = self.addresses_file.with_name(self.addresses_file.name + ".tmp")
         tmp.write_text(json.dumps({f"{self.namespace}/{n}": p.backend.address for n, p in sorted(self.running.items())}))
-        os.replace(tmp, self.overrides_file)
+        os.replace(tmp, self.addresses_file)
 
     # in the pool ----------------------------------------------------------------------------
 

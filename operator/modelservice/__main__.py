@@ -14,10 +14,14 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import kopf
 
 from .controller.scope import SYSTEM_NAMESPACES, parse_namespace_list
+
+if TYPE_CHECKING:
+    from .autoscaling.demand import PodAddress
 
 
 def parse_peers(text: str) -> tuple[dict, ...]:
@@ -97,9 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-selector", metavar="LABELS", default=os.environ.get("MODELSERVICE_GATEWAY_SELECTOR"),
                         help="label selector of the gateway's pods, each read at its http port (env "
                              "MODELSERVICE_GATEWAY_SELECTOR)")
-    parser.add_argument("--address-overrides", metavar="FILE", default=os.environ.get("MODELSERVICE_ADDRESS_OVERRIDES"),
-                        help="tests and demo only: the gateway's address override file; pods are read for "
-                             "autoscaling at its addresses, never at their IPs (env MODELSERVICE_ADDRESS_OVERRIDES)")
     pods = parser.add_argument_group("Pod defaults (a ModelService's spec.pod extends them)")
     pods.add_argument("--image-pull-secrets", metavar="NAME,...", type=parse_names,
                       default=os.environ.get("MODELSERVICE_IMAGE_PULL_SECRETS", ""),
@@ -130,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, pod_address: PodAddress | None = None) -> int:
+    """Runs the operator until it is stopped; its autoscaler reads each pod's metrics at the
+    address `pod_address` gives (default: the pod's own, autoscaling.demand.pod_address)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 labels=args.pod_labels, annotations=args.pod_annotations),
                        gateway_metrics_urls=tuple(args.gateway_metrics_url),
                        gateway_namespace=args.gateway_namespace, gateway_selector=args.gateway_selector,
-                       address_overrides=args.address_overrides,
+                       pod_address=pod_address,
                        gpu_sharing=SharingMechanism(args.gpu_sharing),
                        download=cache_handlers.DownloadSettings(
                            image=args.downloader_image, hf_endpoint=args.hf_endpoint,

@@ -601,7 +601,6 @@ def test_gateway_is_on_with_the_operator_two_replicas_behind_a_service_and_a_pdb
     env = env_of(c)
     assert env["GATEWAY_NAMESPACES"] == "models" and env["GATEWAY_PORT"] == "8080"
     assert env["GATEWAY_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert "GATEWAY_ADDRESS_OVERRIDES" not in env, "the address override is for tests and the demo only"
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert (c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]) == ("/health", "/ready")
     assert pod_spec(dep)["serviceAccountName"] == GW

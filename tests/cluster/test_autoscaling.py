@@ -2,7 +2,8 @@
 
 The operator (`python -m modelservice`, this namespace only) reads demand from real reranker
 processes that the local pod runner starts for the ModelService's Ready pods, and the requests the
-gateway (`python -m gateway`) holds, both through the address override file; a few closed-loop
+gateway (`python -m gateway`) holds, both started by `python -m testkit.loopback` on the
+runner's address file; a few closed-loop
 clients send reranks through the gateway. Every request goes to 127.0.0.1, never to a kwok pod IP
 (testkit/localstack.py).
 """

@@ -7,7 +7,8 @@ the gateway) and the tests read its `Registry`: the models that exist, the ready
 pods going away, scale from zero through the scale subresource.
 
 Nothing here sends HTTP to a pod: kwok's pod IPs are simulated and must never be reached. The
-end-to-end test routes through the address override to processes on 127.0.0.1 only.
+end-to-end test starts the gateway through `python -m testkit.loopback gateway`, which routes
+pods to their processes on 127.0.0.1 only (testkit/loopback.py).
 """
 from __future__ import annotations
 
@@ -269,10 +270,10 @@ def test_scale_from_zero_writes_one_replica_once_for_many_waiting_requests(clust
 def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_model_at_zero(
         cluster, ns, tmp_path):
     """A reranker ModelService on CPU; the local pod runner starts the real reranker for its pod
-    with the pod's own env on 127.0.0.1 and writes the address override; `python -m gateway`
-    (admin kubeconfig, the override on) serves a Cohere SDK rerank by the ModelService's name.
-    Scaled to 0 by hand, the next request scales it back to 1 through the gateway, waits for the
-    new pod's process and succeeds. Every request goes to 127.0.0.1."""
+    with the pod's own env on 127.0.0.1 and writes its address; `python -m gateway` (admin
+    kubeconfig, started by `python -m testkit.loopback gateway` on that address file) serves a
+    Cohere SDK rerank by the ModelService's name. Scaled to 0 by hand, the next request scales it
+    back to 1 through the gateway, waits for the new pod's process and succeeds. Every request goes to 127.0.0.1."""
     import cohere
 
     from testkit.podrunner import LocalPodRunner
@@ -280,24 +281,24 @@ def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_
     from testkit.models import shared_tiny_model
 
     model_dir = shared_tiny_model(tmp_path / "models")
-    overrides = tmp_path / "overrides.json"
+    addresses = tmp_path / "addresses.json"
     cluster.apply(modelservice("qwen", replicas=1, engineArgs={"maxDocuments": 8}), namespace=ns)
-    runner = LocalPodRunner(admin_client(cluster), ns, ["qwen"], model_dir, overrides, tmp_path).start()
+    runner = LocalPodRunner(admin_client(cluster), ns, ["qwen"], model_dir, addresses, tmp_path).start()
     port = free_port()
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "testkit.loopback", "gateway", str(addresses)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**cluster.env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
                  "GATEWAY_NAMESPACE": ns, "GATEWAY_NAMESPACES": ns,
-                 "GATEWAY_ADDRESS_OVERRIDES": str(overrides), "GATEWAY_SCALE_FROM_ZERO_TIMEOUT": "120"})
+                 "GATEWAY_SCALE_FROM_ZERO_TIMEOUT": "120"})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, gateway, 60, log)
         first = wait_for("the runner's process for the pod", lambda: list(runner.running), timeout=120)
         # The process runs with the pod's env: the operator's RERANKER_MAX_DOCUMENTS included.
         assert runner.running[first[0]].env["RERANKER_MAX_DOCUMENTS"] == "8"
-        assert json.loads(overrides.read_text()) == {f"{ns}/{first[0]}": runner.running[first[0]].backend.address}
+        assert json.loads(addresses.read_text()) == {f"{ns}/{first[0]}": runner.running[first[0]].backend.address}
         co = cohere.ClientV2(api_key="unused", base_url=url, timeout=180)
         docs = ["Paris is the capital of France.", "Bananas are yellow.", "France's capital city is Paris."]
 
@@ -310,7 +311,7 @@ def test_cohere_rerank_through_the_gateway_reaches_the_pods_process_and_wakes_a_
 
         cluster.kubectl("scale", "modelservice", "qwen", "-n", ns, "--replicas=0")
         wait_for("the pod's process to stop", lambda: not runner.running, timeout=60)
-        wait_for("no routable pod in the gateway", lambda: not json.loads(overrides.read_text()))
+        wait_for("no routable pod in the gateway", lambda: not json.loads(addresses.read_text()))
 
         def models_at_zero():
             with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:

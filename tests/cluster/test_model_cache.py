@@ -359,7 +359,7 @@ def test_the_jobs_own_command_fills_the_volume_and_new_replicas_fetch_nothing(cl
     hub.reset_counters()
     cluster.apply(reranker("rr", "qwen"), ns)
     runner = LocalPodRunner(admin_client(cluster), ns, ["rr"], tmp_path / "no-model-here",
-                            tmp_path / "overrides.json", tmp_path).start()
+                            tmp_path / "addresses.json", tmp_path).start()
     try:
         def serving(count: int):
             return len(runner.running) == count and list(runner.running.values())

@@ -1,6 +1,6 @@
 """The gateway's Kubernetes half without a cluster: which endpoints of an EndpointSlice are routed,
 what it keeps of a ModelService, how watch lists and events become registry state, and the
-address override. The same code against the real control plane: tests/cluster/test_gateway.py.
+addresses pods are routed at. The same code against the real control plane: tests/cluster/test_gateway.py.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from gateway import kube
-from gateway.kube import AddressOverrides, PodAddress, Sources, model_info, ready_addresses
+from gateway.kube import PodAddress, PodAddresses, Sources, model_info, ready_addresses
 from gateway.registry import Endpoint, ModelKey, Registry
 from modelservice.api import models as operator_models
 from modelservice.placement.plan import PlanError, resolve_engine
@@ -86,9 +86,9 @@ def test_the_watched_api_is_the_operators_and_the_crd_has_the_scale_subresource(
 
 # --- lists and events -> registry ----------------------------------------------------------------
 
-def sources(watches: int = 2, overrides: AddressOverrides | None = None) -> tuple[Sources, Registry]:
+def sources(watches: int = 2, addresses: PodAddresses | None = None) -> tuple[Sources, Registry]:
     registry = Registry(home_namespace=NS)
-    return Sources(registry, overrides or AddressOverrides(None), watches=watches), registry
+    return Sources(registry, watches=watches, addresses=addresses), registry
 
 
 def test_a_slice_seen_before_its_modelservice_counts_and_pods_in_two_slices_count_once():
@@ -134,34 +134,14 @@ def test_synced_once_every_watch_has_listed():
     assert registry.synced
 
 
-# --- address override ----------------------------------------------------------------------------
+# --- pod addresses -------------------------------------------------------------------------------
 
-def test_with_the_override_on_only_the_pods_it_names_are_routed_and_it_is_reread(tmp_path):
-    path = tmp_path / "overrides.json"
-    overrides = AddressOverrides(path)
-    s, registry = sources(overrides=overrides)
-    overrides.reload_if_changed()          # no file yet: nothing is routed
+def test_pods_are_routed_at_their_own_addresses():
+    s, registry = sources()
     s.list_models("ms", NS, [ms("m")])
     s.list_slices("eps", NS, [eps("m-a", "m", endpoint("m-1", "10.0.0.1"), endpoint("m-2", "10.0.0.2"))])
-    key = ModelKey(NS, "m")
-    assert registry.endpoints(key) == ()
-    path.write_text(json.dumps({f"{NS}/m-1": "127.0.0.1:40001", "elsewhere/m-2": "127.0.0.1:40002"}))
-    assert overrides.reload_if_changed()
-    s.push_all()
-    assert registry.endpoints(key) == (Endpoint("m-1", "127.0.0.1:40001"),)
-    path.write_text("{ half written")
-    assert not overrides.reload_if_changed()
-    assert overrides.addresses == {f"{NS}/m-1": "127.0.0.1:40001", "elsewhere/m-2": "127.0.0.1:40002"}
-    path.write_text(json.dumps({f"{NS}/m-1": "127.0.0.1:40001", f"{NS}/m-2": "127.0.0.1:40002"}))
-    assert overrides.reload_if_changed() and not overrides.reload_if_changed()
-    s.push_all()
-    assert [e.address for e in registry.endpoints(key)] == ["127.0.0.1:40001", "127.0.0.1:40002"]
-
-
-def test_without_the_override_pods_keep_their_own_addresses():
-    overrides = AddressOverrides(None)
-    assert not overrides.reload_if_changed()
-    assert overrides.endpoints(NS, [PodAddress("m-1", "10.0.0.1:8080")]) == [Endpoint("m-1", "10.0.0.1:8080")]
+    assert registry.endpoints(ModelKey(NS, "m")) == (Endpoint("m-1", "10.0.0.1:8080"), Endpoint("m-2", "10.0.0.2:8080"))
+    assert PodAddresses().address(NS, PodAddress("m-1", "10.0.0.1:8080")) == "10.0.0.1:8080"
 
 
 class ScaleApi:

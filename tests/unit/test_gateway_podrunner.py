@@ -19,7 +19,7 @@ class Backend:
 
 
 def test_a_process_that_finishes_starting_while_the_runner_stops_is_stopped(tmp_path):
-    runner = LocalPodRunner(None, "ns", ["m"], tmp_path, tmp_path / "overrides.json", tmp_path)
+    runner = LocalPodRunner(None, "ns", ["m"], tmp_path, tmp_path / "addresses.json", tmp_path)
     runner._thread.start()  # the runner's loop, without the pod watch (no API here)
     backend, gate = Backend(), threading.Event()
 
@@ -32,13 +32,13 @@ def test_a_process_that_finishes_starting_while_the_runner_stops_is_stopped(tmp_
     threading.Timer(0.3, gate.set).start()  # finishes after stop() has begun
     runner.stop()
     assert backend.stopped.is_set(), "the process that finished starting during stop() was left running"
-    assert (tmp_path / "overrides.json").read_text() == "{}"
+    assert (tmp_path / "addresses.json").read_text() == "{}"
 
 
 def test_a_running_process_is_stopped_even_when_the_pool_is_busy_as_the_runner_stops(tmp_path):
     """stop() hands each running process's stop to the pool; starts still in progress fill the
     pool, and its shutdown must not drop the stops queued behind them."""
-    runner = LocalPodRunner(None, "ns", ["m"], tmp_path, tmp_path / "overrides.json", tmp_path)
+    runner = LocalPodRunner(None, "ns", ["m"], tmp_path, tmp_path / "addresses.json", tmp_path)
     runner._thread.start()
     running, gate = Backend(), threading.Event()
     runner.running["pod-0"] = RunningPod(running, {}, 0.1)
@@ -49,4 +49,4 @@ def test_a_running_process_is_stopped_even_when_the_pool_is_busy_as_the_runner_s
     threading.Timer(0.3, gate.set).start()
     runner.stop()
     assert running.stopped.is_set(), "a running process was left running by stop()"
-    assert (tmp_path / "overrides.json").read_text() == "{}"
+    assert (tmp_path / "addresses.json").read_text() == "{}"

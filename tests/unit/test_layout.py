@@ -6,6 +6,7 @@ dodges a circle at start-up is still a circle in the design.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,29 @@ def test_product_packages_import_no_test_machinery(package):
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
                           if n.split(".")[0] in ("testkit", "tests", "pytest", "hypothesis")]
     assert offenders == []
+
+
+# What the product must never hold again: a test-only way to send pods' traffic elsewhere
+# (issue 23). Simulated pods are reached at loopback through testkit.loopback, which replaces
+# the product's own pod-address seams from outside.
+ADDRESS_HOOK = re.compile(r"address[-_ ]?overrides?|addressoverrides|loopback[-_ ]?addresses", re.IGNORECASE)
+# The product's places: its packages with their READMEs, the chart, the images.
+PRODUCT_PLACES = [*PACKAGES.values(), ROOT / "charts", ROOT / "images"]
+
+
+def test_no_address_override_hook_in_the_product():
+    hits = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+            for place in PRODUCT_PLACES for path in sorted(place.rglob("*"))
+            if path.is_file() and path.suffix in {".py", ".md", ".yaml", ".yml", ".tpl", ".txt", ".json", ""}
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+            if ADDRESS_HOOK.search(line)]
+    assert hits == [], "an address-override hook is back in the product"
+
+
+def test_the_gateway_and_the_operator_take_no_address_setting():
+    from gateway.settings import Settings
+    from modelservice.__main__ import parse_args
+
+    assert [name for name in Settings.model_fields if "address" in name or "override" in name] == []
+    with pytest.raises(SystemExit):
+        parse_args(["--address-overrides=/tmp/addresses.json"])

@@ -1,5 +1,6 @@
 """The autoscaling loop (modelservice.autoscaling.loop, modelservice.autoscaling.demand) against a fake API and real
-HTTP metrics servers on 127.0.0.1 (reached through the address override, as on the test cluster)."""
+HTTP metrics servers on 127.0.0.1 (reached through testkit.loopback's address file, as on the test
+cluster)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import pytest
 from modelservice.autoscaling.loop import Autoscaler, GatewaySource
 from modelservice.api.models import parse_modelservice
 from modelservice.placement.plan import Plan
-from modelservice.autoscaling.demand import AddressOverrides, Scraper, TeiZeros, parse_metrics, pod_demand
+from modelservice.autoscaling.demand import Scraper, TeiZeros, parse_metrics, pod_address, pod_demand
 from modelservice.controller.status import build_status
+from testkit.loopback import OperatorAddresses
 
 
 class Metrics:
@@ -96,10 +98,10 @@ def servers(tmp_path):
         m.close()
 
 
-def overrides(tmp_path, mapping) -> AddressOverrides:
-    path = tmp_path / "overrides.json"
+def overrides(tmp_path, mapping) -> OperatorAddresses:
+    path = tmp_path / "addresses.json"
     path.write_text(json.dumps(mapping))
-    return AddressOverrides(path)
+    return OperatorAddresses(path)
 
 
 def test_demand_scales_up_with_status_and_event_and_a_silent_pod_blocks_scale_down(tmp_path, servers):
@@ -129,7 +131,7 @@ def test_demand_scales_up_with_status_and_event_and_a_silent_pod_blocks_scale_do
     assert kube.events[-1][0] == "ScaledDown"
 
 
-def test_a_pod_without_an_override_entry_is_never_contacted_and_counts_as_unanswered(tmp_path, servers):
+def test_a_pod_without_an_address_is_never_contacted_and_counts_as_unanswered(tmp_path, servers):
     a = servers("reranker_queue_depth 0\n")
     kube = FakeKube(1, {"minReplicas": 0, "maxReplicas": 2, "scaleDownDelaySeconds": 0, "windowSeconds": 1},
                     [pod("p1", ip="127.0.0.1"), pod("p2")])
@@ -221,3 +223,18 @@ def test_the_reconciles_status_keeps_what_the_autoscaler_wrote_while_enabled():
     assert build_status(parse_modelservice(body), now="t", plan=plan)["autoscaling"]["desiredReplicas"] == 2
     body["spec"]["autoscaling"]["enabled"] = False
     assert "autoscaling" not in build_status(parse_modelservice(body), now="t", plan=plan)
+
+
+def test_a_pod_is_read_at_its_own_ip_and_http_port(servers):
+    """Without another seam the autoscaler reads a pod at its IP and its container port named
+    http; a pod without an IP yet is not read (its reading is incomplete)."""
+    a = servers("reranker_queue_depth 3\n")
+    host, port = a.address.rsplit(":", 1)
+    served = pod("p1", ip=host)
+    served["spec"]["containers"][0]["ports"] = [{"name": "metrics", "containerPort": 9}, {"name": "http", "containerPort": int(port)}]
+    assert pod_address(served) == a.address
+    starting = pod("p2")
+    del starting["status"]["podIP"]
+    assert pod_address(starting) is None
+    reading = Scraper().read("ns/rr", "reranker", [served, starting], [], {})
+    assert (reading.demand, reading.complete) == (3.0, False)

@@ -27,23 +27,18 @@ twice.
 A pod or gateway that does not answer is not idle: the reading says it is incomplete (the policy
 then never scales down on it) and the pod's last answer stands in for it.
 
-Address override (tests and `make demo` only; off by default): the gateway's file
-(`GATEWAY_ADDRESS_OVERRIDES` format, `{"<ns>/<pod>": "127.0.0.1:<port>"}`), named by
-`--address-overrides` / MODELSERVICE_ADDRESS_OVERRIDES. When set, a pod is read at its entry's
-address, and a ready pod without an entry is not read at all (incomplete), so nothing is ever
-sent to a pod IP of a simulated cluster.
+A pod is read at the address `pod_address` gives (its IP and its `http` container port); the
+Scraper takes another where pods are reached some other way (the tests' simulated pods, whose
+stand-in processes listen on loopback: testkit/loopback.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -138,44 +133,19 @@ def forwarded(samples: Sequence[MetricSample], model: str) -> float:
     return _of_model(samples, "gateway_requests_in_flight", model)
 
 
-class AddressOverrides:
-    """The override file, re-read when its size or modification time changes; `path` None: off."""
-
-    def __init__(self, path: os.PathLike | str | None):
-        self.path = Path(path) if path else None
-        self._stamp: tuple[int, int] | None = None
-        self._map: dict[str, str] = {}
-
-    @property
-    def enabled(self) -> bool:
-        return self.path is not None
-
-    def get(self) -> dict[str, str]:
-        if self.path is None:
-            return {}
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            if stamp != self._stamp:
-                self._map = {str(k): str(v) for k, v in json.loads(self.path.read_text() or "{}").items()}
-                self._stamp = stamp
-        except (OSError, ValueError) as exc:
-            log.warning("address override file %s unreadable (%s); keeping the previous one", self.path, exc)
-        return self._map
-
-
-def pod_address(pod: Mapping[str, Any], overrides: AddressOverrides) -> str | None:
-    """host:port to read a pod's metrics at: its override entry when overrides are on (None
-    without one), else its IP and the container port named http."""
-    meta = pod.get("metadata") or {}
-    if overrides.enabled:
-        return overrides.get().get(f"{meta.get('namespace')}/{meta.get('name')}")
+def pod_address(pod: Mapping[str, Any]) -> str | None:
+    """host:port to read a pod's metrics at: its IP and the container port named http (None
+    before it has an IP, or without that port)."""
     ip = (pod.get("status") or {}).get("podIP")
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == "http" and ip:
                 return f"{ip}:{port['containerPort']}"
     return None
+
+
+# Turns a pod (the API's JSON) into the host:port its metrics are read at, or None: not read.
+PodAddress = Callable[[Mapping[str, Any]], "str | None"]
 
 
 def fetch(url: str, timeout: float = TIMEOUT_S) -> list[MetricSample] | None:
@@ -201,11 +171,12 @@ class Reading:
 
 class Scraper:
     """Reads a model's demand from its ready pods and the gateways (`gateway_urls`: their
-    /metrics URLs, fixed or found by the caller)."""
+    /metrics URLs, fixed or found by the caller), each pod at the address `address` gives
+    (default: `pod_address`, its own; a pod it gives None is not read and the reading is
+    incomplete)."""
 
-    def __init__(self, overrides: AddressOverrides | None = None, timeout: float = TIMEOUT_S,
-                 workers: int = 16):
-        self.overrides = overrides or AddressOverrides(None)
+    def __init__(self, address: PodAddress = pod_address, timeout: float = TIMEOUT_S, workers: int = 16):
+        self.address = address
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelservice-scrape")
         self._zeros: dict[str, TeiZeros] = {}   # model -> its TEI pods' zeros
@@ -215,7 +186,7 @@ class Scraper:
         """`model` is "<namespace>/<name>"; `pods` its ready pods; `last` the previous reading's
         per-pod demand."""
         names = [p["metadata"]["name"] for p in pods]
-        urls = [(f"http://{address}/metrics" if (address := pod_address(p, self.overrides)) else None) for p in pods]
+        urls = [(f"http://{address}/metrics" if (address := self.address(p)) else None) for p in pods]
         pod_results = list(self._pool.map(lambda u: fetch(u, self.timeout) if u else None, urls))
         gateway_results = list(self._pool.map(lambda u: fetch(u, self.timeout), gateway_urls))
         complete = all(r is not None for r in pod_results + gateway_results)

@@ -32,7 +32,7 @@ from ..api.models import DEFAULT_TARGET_REQUESTS, Autoscaling, parse_modelservic
 from ..controller.clock import now
 from ..controller.kube import Kube
 from ..placement.builders import build_selector
-from .demand import Reading, Scraper, pod_address
+from .demand import Reading, Scraper
 from .policy import History, Policy, Reason, decide, observe, scaled
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class _Model:
 @dataclass(frozen=True)
 class GatewaySource:
     """Where the gateways' metrics are: fixed URLs, and the pods of a label selector in a namespace
-    (read at their `http` port, or through the address override)."""
+    (read where the scraper's `address` says: their `http` port)."""
 
     urls: tuple[str, ...] = ()
     namespace: str | None = None
@@ -130,7 +130,7 @@ class Autoscaler:
         urls = list(self.gateways.urls)
         if self.gateways.selector and self.gateways.namespace:
             for pod in self.kube.list_pods(self.gateways.namespace, self.gateways.selector):
-                if pod_is_ready(pod) and (address := pod_address(pod, self.scraper.overrides)):
+                if pod_is_ready(pod) and (address := self.scraper.address(pod)):
                     urls.append(f"http://{address}/metrics")
         return urls
 

@@ -53,7 +53,7 @@ from ..api.models import (
     parse_modelcache,
     parse_modelservice,
 )
-from ..autoscaling.demand import AddressOverrides, Scraper
+from ..autoscaling.demand import Scraper, pod_address
 from ..autoscaling.loop import Autoscaler, GatewaySource
 from ..cache.builders import cache_mount
 from ..placement.builders import (
@@ -158,7 +158,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.resync.start()
     # The autoscaling loop (autoscaling/loop.py); its sources from the command line (__main__).
     memo.autoscaler = Autoscaler(
-        memo.kube, Scraper(AddressOverrides(memo.get("address_overrides"))),
+        memo.kube, Scraper(memo.get("pod_address") or pod_address),
         GatewaySource(urls=tuple(memo.get("gateway_metrics_urls") or ()),
                       namespace=memo.get("gateway_namespace"), selector=memo.get("gateway_selector")))
     memo.autoscaler.start()
