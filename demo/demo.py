@@ -83,7 +83,7 @@ NODE_ENGINE_ARGS = {"maxBatchTokens": 512, "maxLength": 256}
 # whole new copy); the node's containerd holds each imported image twice (the archive's layers
 # and their unpacked snapshot).
 IMAGE_SIZE_ESTIMATE = {"operator": 0.5e9, "gateway": 0.5e9, "reranker": 6.5e9}
-DISK_MARGIN = 2e9
+DISK_MARGIN = 2e9             # left free besides the node kubelet's eviction threshold (Demo.margin)
 STEPS = 11
 class DemoError(Exception):
     """A step failed; the message says which and what to look at."""
@@ -424,27 +424,31 @@ class Demo:
         held = self.run(str(NODE_SH), "image-id", ref, what="the node's images").stdout.strip()
         return image is not None and held == image["Id"]
 
+    @staticmethod
+    def margin() -> float:
+        """Free disk the demo leaves: the real node's kubelet evicts its pods and deletes its images
+        below 1% free (node.sh's evictionHard), and 2 GB more for everything else."""
+        return DISK_MARGIN + 0.01 * shutil.disk_usage(ROOT).total
+
     def check_disk(self, what: str, need: float) -> None:
         free = shutil.disk_usage(ROOT).free
         self.progress.say(f"disk: {what} needs about {gigabytes(need)}, {gigabytes(free)} free")
         if free < need:
             raise NotEnoughDisk(f"not enough disk for {what}: about {gigabytes(need)} needed (with a "
-                            f"{gigabytes(DISK_MARGIN)} margin), {gigabytes(free)} free on the file system of "
+                            f"{gigabytes(self.margin())} margin), {gigabytes(free)} free on the file system of "
                             f"{ROOT}; free some (podman image prune removes podman's unused images)")
 
     def images(self) -> dict[str, str]:
         refs = image_refs()
         self.progress.step("the images: operator, gateway and reranker (cpu) built from this checkout and "
                            f"imported into {self.node.name}'s containerd")
-        built = {c: self.podman_image(ref) for c, ref in refs.items()}
-        sizes = {c: (built[c] or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c in refs}
-        # Up front, what each image the node lacks will take: its import, and its build when
-        # podman has no copy yet. One podman has is assumed to build from cache; the check before
-        # the imports catches one whose code changed (a new copy in podman's store).
+        sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
+        # Up front, what the images may take: a build writes a new copy when this checkout's code
+        # differs from the image of that tag (another checkout's or commit's), and an image the
+        # node lacks is imported, which holds it twice.
         lacking = [c for c, ref in refs.items() if not self.node_holds(ref)]
-        if lacking:
-            self.check_disk(f"building and importing {', '.join(lacking)}",
-                            sum((2 if built[c] else 3) * sizes[c] for c in lacking) + DISK_MARGIN)
+        self.check_disk("building the images" + (f" and importing {', '.join(lacking)}" if lacking else ""),
+                        sum(sizes.values()) + sum(2 * sizes[c] for c in lacking) + self.margin())
         for c, ref in refs.items():
             log = STATE / f"build-{c}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -465,7 +469,7 @@ class Demo:
         missing = [c for c, ref in refs.items() if not self.node_holds(ref)]
         if missing:
             self.check_disk(f"importing {', '.join(missing)} into the node (each image twice: its layers "
-                            "and their unpacked copy)", sum(2 * sizes[c] for c in missing) + DISK_MARGIN)
+                            "and their unpacked copy)", sum(2 * sizes[c] for c in missing) + self.margin())
         for c, ref in refs.items():
             start = time.monotonic()
             print(f"    {c}: node.sh import {ref}", flush=True)

@@ -132,6 +132,7 @@ def test_make_demo_succeeds(demo_run):
 
 def test_the_images_are_built_and_on_the_node_with_podmans_image_ids(demo_run):
     text = step(demo_run["out"], 3)
+    assert re.search(r"disk: building the images.* needs about [\d.]+ GB, [\d.]+ GB free", text), text
     imported = re.findall(r"^    (\w+): imported in", text, re.M)
     if imported:   # free disk was checked first, for exactly those images
         assert re.search(rf"disk: importing {', '.join(imported)} into the node .* needs about [\d.]+ GB, "
