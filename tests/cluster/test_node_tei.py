@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -74,9 +75,21 @@ def cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
     return list((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1))
 
 
+def schedulable_or_fail(cluster: Cluster, real_node: RealNode) -> None:
+    """Fail at once, naming the cause, when the kubelet has tainted the node for pressure (say disk
+    pressure: the machine's disk under the kubelet's 10% free), instead of pods Pending for minutes."""
+    node = cluster.get("node", real_node.name)
+    pressure = [t["key"] for t in node["spec"].get("taints") or [] if t["key"] != real_node.taint_key]
+    if pressure:
+        free = shutil.disk_usage(ROOT)
+        pytest.fail(f"the real node {real_node.name} is tainted {pressure} (disk: {free.free / 2**30:.0f} GiB "
+                    f"free of {free.total / 2**30:.0f} GiB); no pod can be scheduled there")
+
+
 def test_tei_pod_serves_embeddings_through_the_gateway_by_dns_name_on_the_real_node(
         cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str],
         embedding_image: str, real_tei_embed):
+    schedulable_or_fail(cluster, real_node)
     placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
                  "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
     crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
@@ -89,14 +102,23 @@ def test_tei_pod_serves_embeddings_through_the_gateway_by_dns_name_on_the_real_n
     assert install.returncode == 0, install.stderr
     try:
         for c in chart_images:
-            cluster.kubectl("rollout", "status", f"deployment/{release}-embedding-images-{c}", "-n", namespace,
-                            "--timeout=180s", timeout=190)
+            rollout = cluster.kubectl("rollout", "status", f"deployment/{release}-embedding-images-{c}", "-n",
+                                      namespace, "--timeout=180s", timeout=190, check=False)
+            assert rollout.returncode == 0, f"{c} not rolled out:\n{_pods_and_events(cluster, namespace)}"
         _serve_and_ask(cluster, namespace, release, real_node, embedding_image, placement, real_tei_embed)
     finally:
         cluster.kubectl("delete", "modelservices", "--all", "-n", namespace, "--wait=true", "--timeout=60s",
                         check=False)
         subprocess.run([*helm, "uninstall", release, "--ignore-not-found"], env=cluster.env, capture_output=True,
                        timeout=120)
+
+
+def _pods_and_events(cluster: Cluster, namespace: str) -> str:
+    """What a failure message needs: the pods (ErrImageNeverPull when the kubelet's image garbage
+    collection removed an imported image from a full disk) and the namespace's last events."""
+    pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+    events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout
+    return f"{pods}\n{events[-3000:]}"
 
 
 def _serve_and_ask(cluster: Cluster, namespace: str, release: str, real_node: RealNode, image: str,
@@ -118,11 +140,9 @@ def _serve_and_ask(cluster: Cluster, namespace: str, release: str, real_node: Re
     try:
         ms = wait_for(f"ModelService {name} Ready", ready, timeout=240, interval=1)
     except AssertionError:
-        pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
-        events = cluster.kubectl("get", "events", "-n", namespace, check=False).stdout
         logs = cluster.kubectl("logs", "-n", namespace, "-l", f"serving.embedding-images.io/modelservice={name}",
                                "--tail=40", check=False)
-        raise AssertionError(f"not Ready:\n{pods}\n{events[-3000:]}\n{logs.stdout}{logs.stderr}")
+        raise AssertionError(f"not Ready:\n{_pods_and_events(cluster, namespace)}\n{logs.stdout}{logs.stderr}")
     _figures["ModelService applied to Ready (s)"] = time.monotonic() - applied
     assert ms["status"]["image"] == image
 
