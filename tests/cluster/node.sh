@@ -391,8 +391,9 @@ authentication:
 authorization: {mode: Webhook}
 registerWithTaints:
 - {key: $taint_key, value: "true", effect: NoSchedule}
-# The disk is shared with image builds: never evict or collect images because of it.
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+# The disk is shared with image builds (other checkouts' too, gigabytes at a time): never evict pods
+# or collect images because of it; 1% (2.5 GB here) was reached, and the node lost its pause image.
+evictionHard: {memory.available: "100Mi", nodefs.available: "100Mi", imagefs.available: "100Mi", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
