@@ -2,7 +2,7 @@
 operator itself).
 
 The Hub cannot be reached from the test machines, so `HubServer` serves local files as model
-repositories over plain HTTP on 127.0.0.1, in the Hub's published URL layout, implementing what
+repositories over plain HTTP on 127.0.0.1 (or the address given), in the Hub's published URL layout, implementing what
 the installed huggingface_hub client (2.4) calls for a download:
 
 - `GET /api/models/{org}/{name}/revision/{rev}` (`HfApi.model_info`; `?blobs=true` adds each
@@ -124,9 +124,13 @@ def files_of(directory: str | Path) -> dict[str, Path]:
 
 
 class HubServer:
-    """The Hub stand-in on 127.0.0.1 in a thread; `start()`, `url`, `stop()` (or `with`)."""
+    """The Hub stand-in in a thread; `start()`, `url`, `stop()` (or `with`).
 
-    def __init__(self):
+    It listens on 127.0.0.1 unless `host` names another local address: the real node's pods
+    reach it on the host side of the node's veth (tests/cluster/real_node.py, `host_ip`)."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.repos: dict[str, HubRepo] = {}
         self.cuts: dict[tuple[str, str], _Cut] = {}
         self.lock = threading.Lock()
@@ -173,7 +177,7 @@ class HubServer:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._server.server_address[1]}"
 
     def start(self) -> "HubServer":
         hub = self
@@ -181,7 +185,7 @@ class HubServer:
         class Handler(_Handler):
             server_hub = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

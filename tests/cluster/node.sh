@@ -15,7 +15,8 @@
 #                                   the host's nftables table and restore the sysctls kubelet changed
 #   tests/cluster/node.sh import IMAGE...   copy images of podman's store into the node's containerd
 #                                   (podman save | ctr images import; pods use them with pull policy
-#                                   Never or IfNotPresent)
+#                                   Never or IfNotPresent); an image the node already holds under
+#                                   that name with the same image id is not copied again
 #   tests/cluster/node.sh restart-kubelet   stop kubelet and start it again (pods keep running)
 #   tests/cluster/node.sh status    exit 0 when the node's kubelet runs
 #   tests/cluster/node.sh env       print the node's settings (NODE_NAME=..., one a line)
@@ -390,8 +391,9 @@ authentication:
 authorization: {mode: Webhook}
 registerWithTaints:
 - {key: $taint_key, value: "true", effect: NoSchedule}
-# The disk is shared with image builds: never evict or collect images because of it.
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+# The disk is shared with image builds (other checkouts' too, gigabytes at a time): never evict pods
+# or collect images because of it; 1% (2.5 GB here) was reached, and the node lost its pause image.
+evictionHard: {memory.available: "100Mi", nodefs.available: "100Mi", imagefs.available: "100Mi", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -727,11 +729,48 @@ cmd_import() {
   (($# > 0)) || die "usage: node.sh import IMAGE..."
   load_network
   alive containerd || die "the node does not run (cluster.sh up)"
-  local start=$SECONDS
-  podman save -q -m --format docker-archive -o /dev/stdout "$@" \
+  local start=$SECONDS ref id wanted=() replaced=()
+  for ref in "$@"; do
+    id="$(node_image_id "$ref")"
+    if [[ -n "$id" && "$id" == "$(podman image inspect --format '{{.Id}}' "$ref" 2>/dev/null)" ]]; then
+      say "$ref: the node holds this image already"
+    else
+      wanted+=("$ref")
+      [[ -z "$id" ]] || replaced+=("$ref")
+      # The id name too, unless another name holds the same image: removing an id name removes
+      # every name of that image.
+      [[ -z "$id" ]] || ctr --address "$containerd_sock" -n k8s.io images ls -q \
+        | grep -v -x -e "$ref" -e "sha256:$id" | grep -q -x -F -f <(node_names_of "$id") \
+        || replaced+=("sha256:$id")
+    fi
+  done
+  ((${#wanted[@]})) || return 0
+  # The images replaced go first, by their names and by the id the CRI plugin names each image by
+  # too, so that their layers (gigabytes for the reranker) are not kept beside the new ones on a
+  # disk that image builds share; a running container keeps what it uses.
+  ((${#replaced[@]} == 0)) \
+    || ctr --address "$containerd_sock" -n k8s.io images rm "${replaced[@]}" >>"$logs/images.log" 2>&1 || true
+  podman save -q -m --format docker-archive -o /dev/stdout "${wanted[@]}" \
     | ctr --address "$containerd_sock" -n k8s.io images import - >>"$logs/images.log" 2>&1 \
-    || die "importing $* into the node's containerd failed; see $logs/images.log"
-  say "imported $* in $((SECONDS - start)) s"
+    || die "importing ${wanted[*]} into the node's containerd failed; see $logs/images.log"
+  say "imported ${wanted[*]} in $((SECONDS - start)) s"
+}
+
+# The names of the node's images whose id is $1.
+node_names_of() {
+  local name
+  for name in $(ctr --address "$containerd_sock" -n k8s.io images ls -q); do
+    [[ "$(node_image_id "$name")" != "$1" ]] || echo "$name"
+  done
+}
+
+# The image id (its config's digest, as podman names an image) of the node's image named $1, or nothing.
+node_image_id() {
+  local manifest
+  manifest="$(ctr --address "$containerd_sock" -n k8s.io images ls "name==$1" 2>/dev/null | awk 'NR == 2 { print $3 }')"
+  [[ -n "$manifest" ]] || return 0
+  ctr --address "$containerd_sock" -n k8s.io content get "$manifest" 2>/dev/null \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"].removeprefix("sha256:"))' 2>/dev/null || true
 }
 
 cmd_status() {
