@@ -23,7 +23,10 @@ empty files in builder stages, which the final stages never copy. When the publi
 Debian's archive (images/debian_base.py, `make images-base`). The reranker's torch wheels are
 downloaded once into a wheelhouse under .cache/images/pip, keyed by torch version, Python version
 and index, which the build reads as pip's `find-links`. The TEI base of the embedding images is
-pulled first; when it cannot be, the embedding images are skipped with a message saying so.
+pulled first; when it cannot be, the CPU embedding image is built from TEI's router compiled on
+this machine (images/tei/build.sh, `make tei`; images/embedding/Dockerfile.router, on the minimal
+Debian runtime of images/debian_base.py) and the GPU ones are skipped with a message saying so.
+HF_ENDPOINT (`--hf-endpoint`) is the Hub the embedding images' model stage downloads from.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -58,6 +61,9 @@ BUILD_DIR_TARGET = "/etc/embedding-images-build"
 CA_TARGET = f"{BUILD_DIR_TARGET}/ca.crt"
 WHEELS_TARGET = f"{BUILD_DIR_TARGET}/wheels"
 WHEELHOUSE = REPO / ".cache" / "images" / "pip"
+# The image format of podman builds: Docker's, because the OCI image config has no health check
+# (podman's default, oci, drops every HEALTHCHECK with a warning).
+PODMAN_FORMAT = "docker"
 # pip settings of the machine that a build inside a container can use as they are; `cert` is
 # rewritten to the mounted bundle, host paths (find-links, client-cert) mean nothing inside.
 PIP_PASSED_KEYS = ("index-url", "extra-index-url", "trusted-host", "timeout", "retries")
@@ -72,6 +78,8 @@ class Build:
     dockerfile: str
     tag: str
     build_args: dict[str, str] = field(default_factory=dict)
+    # Named build contexts besides the repository (`--build-context name=folder`, `COPY --from=name`).
+    contexts: dict[str, str] = field(default_factory=dict)
 
 
 def load_yaml(path: Path) -> dict:
@@ -163,6 +171,8 @@ def build_plan(
 def build_command(build: Build, *, push: bool, platform: str, hf_token_secret: bool) -> list[str]:
     """The `docker buildx build` argv for one build; the context is the repository root."""
     cmd = ["docker", "buildx", "build", "--file", build.dockerfile, "--tag", build.tag]
+    for name, folder in build.contexts.items():
+        cmd += ["--build-context", f"{name}={folder}"]
     for key, value in build.build_args.items():
         cmd += ["--build-arg", f"{key}={value}"]
     if platform:
@@ -262,7 +272,9 @@ def podman_command(build: Build, *, python_image: str, mounts: BuildMounts | Non
     """The `podman build` argv for one build: chroot isolation and the host network, as an
     unprivileged container allows; the context is the repository root."""
     cmd = ["podman", "build", "--isolation", "chroot", "--network", "host", "--layers",
-           "--file", build.dockerfile, "--tag", build.tag]
+           "--format", PODMAN_FORMAT, "--file", build.dockerfile, "--tag", build.tag]
+    for name, folder in build.contexts.items():
+        cmd += ["--build-context", f"{name}={folder}"]
     args = dict(build.build_args)
     if python_image:
         args["PYTHON_IMAGE"] = python_image
@@ -278,6 +290,28 @@ def podman_command(build: Build, *, python_image: str, mounts: BuildMounts | Non
         cmd += ["--secret", f"id=hf_token,src={hf_token_file}"]
     cmd.append(".")
     return cmd
+
+
+ROUTER_DOCKERFILE = "images/embedding/Dockerfile.router"
+TEI_BUILD = REPO / "images" / "tei" / "build.sh"
+
+
+def tei_router_dir() -> Path:
+    """The folder of TEI's router built on this machine, as images/tei/build.sh prints it (a cache
+    hit in well under a second; cargo, about 15 minutes on two quiet cores, the first time)."""
+    done = subprocess.run([str(TEI_BUILD)], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"make images: {TEI_BUILD.relative_to(REPO)} failed (exit {done.returncode}); "
+                         "the CPU embedding image needs TEI's router")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def router_build(build: Build, *, router_dir: Path, runtime_image: str) -> Build:
+    """The CPU embedding build on TEI's router built here instead of TEI's image: the same tag,
+    model and model stage (Dockerfile.router), the router's folder as the build context `router`."""
+    args = {k: v for k, v in build.build_args.items() if k != "BASE_IMAGE"}
+    return replace(build, dockerfile=ROUTER_DOCKERFILE, build_args={**args, "RUNTIME_IMAGE": runtime_image},
+                   contexts={"router": str(router_dir)})
 
 
 def qualified(image: str) -> str:
@@ -364,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
                         "with podman, default: the Dockerfiles' when it can be pulled, else the local Debian base")
     parser.add_argument("--torch-index-url", default="", help="index the reranker's torch comes from "
                         "(TORCH_INDEX_URL), e.g. the machine's own index when the CPU index is out of reach")
+    parser.add_argument("--hf-endpoint", default=os.environ.get("HF_ENDPOINT", ""),
+                        help="Hub the embedding images' model stage downloads from (default: the "
+                        "HF_ENDPOINT variable, else huggingface.co); with podman the build runs on the "
+                        "host network, so a mirror on 127.0.0.1 works")
     args = parser.parse_args(argv)
 
     components = tuple(c for c in args.only.split(",") if c) or COMPONENTS
@@ -380,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:
         parser.error(str(err))
+    if args.hf_endpoint:
+        plan = [replace(b, build_args={**b.build_args, "HF_ENDPOINT": args.hf_endpoint})
+                if b.component == "embedding" else b for b in plan]
     if args.dry_run:  # auto prints the Docker commands: a dry run asks no engine
         engine, error = ("podman" if args.engine == "podman" else "docker"), None
     else:
@@ -437,6 +478,7 @@ def podman_main(plan: list[Build], args: argparse.Namespace) -> int:
     if python_version and any(b.component == "reranker" for b in plan):
         wheelhouse = torch_wheelhouse(version=dockerfile_arg("images/reranker/Dockerfile", "TORCH_VERSION"),
                                       python_version=python_version, index_url=args.torch_index_url)
+    cpu_variants = {row["name"] for row in load_yaml(VARIANTS)["variants"] if not row["gpu"]}
     built, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="embedding-images-build-") as tmp:
         pip_conf = Path(tmp) / "pip.conf"
@@ -448,11 +490,17 @@ def podman_main(plan: list[Build], args: argparse.Namespace) -> int:
         mounts = BuildMounts(pip_conf, ca, wheelhouse)
         for build in plan:
             if build.component == "embedding" and (error := pull_error(build.build_args["BASE_IMAGE"])):
-                print(f"==> embedding {build.variant}: skipped, its base {build.build_args['BASE_IMAGE']} "
-                      f"cannot be pulled here ({error}). Its Dockerfile is still checked by "
-                      "tests/unit/test_images.py; build it where the registry is reachable.", flush=True)
-                skipped.append(build.tag)
-                continue
+                if build.variant not in cpu_variants:
+                    print(f"==> embedding {build.variant}: skipped, its base {build.build_args['BASE_IMAGE']} "
+                          f"cannot be pulled here ({error}). Its Dockerfile is still checked by "
+                          "tests/unit/test_images.py; build it where the registry is reachable.", flush=True)
+                    skipped.append(build.tag)
+                    continue
+                print(f"==> embedding {build.variant}: its base {build.build_args['BASE_IMAGE']} cannot be "
+                      f"pulled here ({error}); building it on TEI's router built here "
+                      f"({TEI_BUILD.relative_to(REPO)}) and the Debian runtime base", flush=True)
+                build = router_build(build, router_dir=tei_router_dir(),
+                                     runtime_image=debian_base.ensure(debian_base.RUNTIME))
             cmd = podman_command(build, python_image=python_image, mounts=mounts,
                                  torch_index_url=args.torch_index_url, platform_=args.platform,
                                  hf_token_file=token_file)

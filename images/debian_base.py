@@ -11,6 +11,12 @@ Debian marks its python3 externally managed (PEP 668): pip refuses to install ou
 environment, which the model stages of the Dockerfiles do (`pip install huggingface_hub`). The
 official python images carry no such marker, so the tarball's hook removes it and the
 Dockerfiles run unchanged on either base.
+
+`ensure(RUNTIME)` makes the other base, the runtime of the embedding image built from TEI's router
+(images/embedding/Dockerfile.router): no Python, no apt, no perl; mmdebstrap's `custom` variant
+with the shell and tools dpkg and the image's health check use, and the libraries `ldd` lists
+for `text-embeddings-router` and `libonnxruntime.so` (libc6, libgcc-s1, libstdc++6, libssl3),
+without documentation, manual pages or translations (about 40 MB).
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ PACKAGES = ("ca-certificates", "python-is-python3", "python3", "python3-pip", "p
 REPOSITORY = "localhost/embedding-images/python-base"
 # The python3 of each suite, for wheels downloaded ahead of a build (images/build.py).
 PYTHON_VERSIONS = {"bookworm": "3.11", "trixie": "3.13"}
+# What dpkg needs to install packages (it checks for diff, find, grep, sed, tar, ...) and the shell
+# and coreutils of the health check, then what `ldd text-embeddings-router` names.
+RUNTIME_PACKAGES = ("base-files", "base-passwd", "bash", "coreutils", "dash", "diffutils", "dpkg",
+                    "findutils", "grep", "gzip", "sed", "tar", "libc-bin",
+                    "libc6", "libgcc-s1", "libstdc++6", "libssl3")
+RUNTIME_REPOSITORY = "localhost/embedding-images/runtime-base"
+# Paths a runtime image never reads (dpkg leaves them out as it installs).
+RUNTIME_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 
 
 @dataclass(frozen=True)
@@ -41,10 +55,21 @@ class Base:
 
     suite: str
     packages: tuple[str, ...]
+    # mmdebstrap's variant (minbase: apt and the required packages; custom: `packages` only), the
+    # paths dpkg leaves out, the repository of the image and its default command.
+    variant: str = "minbase"
+    excludes: tuple[str, ...] = ()
+    repository: str = REPOSITORY
+    cmd: str = "python3"
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256("\n".join([self.suite, *sorted(self.packages)]).encode()).hexdigest()
+        # The Python base's key covers the suite and the packages only (what it always covered),
+        # so the tarballs and images made before the runtime base existed keep their names.
+        parts = [self.suite, *sorted(self.packages)]
+        if (self.variant, self.excludes) != ("minbase", ()):
+            parts += [f"variant={self.variant}", *[f"exclude={e}" for e in self.excludes]]
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return f"{self.suite}-{digest[:12]}"
 
     @property
@@ -53,7 +78,12 @@ class Base:
 
     @property
     def image(self) -> str:
-        return f"{REPOSITORY}:{self.key}"
+        return f"{self.repository}:{self.key}"
+
+
+PYTHON = Base(SUITE, PACKAGES)
+RUNTIME = Base(SUITE, RUNTIME_PACKAGES, variant="custom", excludes=RUNTIME_EXCLUDES,
+               repository=RUNTIME_REPOSITORY, cmd="bash")
 
 
 def log(message: str) -> None:
@@ -66,7 +96,8 @@ def make_tarball(base: Base) -> None:
         raise SystemExit("images-base: mmdebstrap is not installed (apt-get install mmdebstrap)")
     base.tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = base.tarball.with_suffix(".partial.tar")
-    cmd = ["mmdebstrap", "--variant=minbase", f"--include={','.join(base.packages)}",
+    cmd = ["mmdebstrap", f"--variant={base.variant}", f"--include={','.join(base.packages)}",
+           *[f"--dpkgopt=path-exclude={path}" for path in base.excludes],
            "--customize-hook=rm -f \"$1\"/usr/lib/python3*/EXTERNALLY-MANAGED",
            # apt's package lists are 40 MB the images never use.
            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/*",
@@ -80,14 +111,14 @@ def image_exists(engine: str, image: str) -> bool:
     return subprocess.run([engine, "image", "exists", image], capture_output=True).returncode == 0
 
 
-def ensure(base: Base = Base(SUITE, PACKAGES), engine: str = "podman") -> str:
+def ensure(base: Base = PYTHON, engine: str = "podman") -> str:
     """The base image's name, building the tarball and importing it when missing."""
     if image_exists(engine, base.image):
         return base.image
     if not base.tarball.is_file():
         make_tarball(base)
     log(f"importing {base.tarball.relative_to(REPO)} as {base.image}")
-    subprocess.run([engine, "import", "--quiet", "--change", "CMD [\"python3\"]", str(base.tarball), base.image],
+    subprocess.run([engine, "import", "--quiet", "--change", f"CMD [\"{base.cmd}\"]", str(base.tarball), base.image],
                    check=True, stdout=subprocess.DEVNULL)
     return base.image
 
@@ -97,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default=SUITE, help=f"Debian suite (default {SUITE})")
     parser.add_argument("--engine", default=os.environ.get("ENGINE") or "podman",
                         help="podman (default) or buildah; docker works too")
+    parser.add_argument("--runtime", action="store_true",
+                        help="the runtime base of the embedding image built from TEI's router, not the Python base")
     args = parser.parse_args(argv)
-    print(ensure(Base(args.suite, PACKAGES), args.engine))
+    base = RUNTIME if args.runtime else PYTHON
+    print(ensure(Base(args.suite, base.packages, base.variant, base.excludes, base.repository, base.cmd), args.engine))
     return 0
 
 

@@ -20,7 +20,8 @@ there; the tests marked `node` use it (`real_node` fixture) and are skipped on a
 own.
 
 Fixtures for other test modules: `cluster` (session: kubeconfig, env, `kubectl(...)`),
-`namespace` (a fresh namespace per test, deleted afterwards), `gpu_nodes` and `real_node`.
+`namespace` (a fresh namespace per test, deleted afterwards), `gpu_nodes`, `real_node` and
+`chart_images` (the operator and gateway images of this checkout in the real node's containerd).
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from control_plane import (BIN, CLUSTER_SH, EXISTING_ENV, LOCAL_KUBECONFIG, ROOT, STATE, TOOLS_SH,
                            Cluster, wait_for)
@@ -165,3 +168,25 @@ def real_node(cluster: Cluster) -> RealNode:
         pytest.fail(f"the local cluster runs without its real node ({status.stderr.strip()}); "
                     "it was started with EMBEDDING_IMAGES_NODE=0: tests/cluster/cluster.sh down, then up")
     return RealNode.read()
+
+
+CHART = ROOT / "charts" / "embedding-images"
+CHART_COMPONENTS = ("operator", "gateway")
+
+
+@pytest.fixture  # per test: a node restarted by another test (node.sh down/up) starts empty
+def chart_images(real_node: RealNode) -> dict[str, str]:
+    """The operator and gateway images as `make images ONLY=operator,gateway VARIANT=cpu` tags them
+    (the chart's default repositories at its appVersion), built from this checkout (podman's
+    layer cache makes an unchanged build quick; an image of that tag built from another checkout
+    or an older commit would run other code), then imported into the node's containerd."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in CHART_COMPONENTS}
+    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman",
+                           "--only", ",".join(CHART_COMPONENTS), "--variant", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = subprocess.run([str(NODE_SH), "import", *refs.values()], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return refs

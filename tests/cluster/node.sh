@@ -392,8 +392,9 @@ authentication:
 authorization: {mode: Webhook}
 registerWithTaints:
 - {key: $taint_key, value: "true", effect: NoSchedule}
-# The disk is shared with image builds: never evict or collect images because of it.
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+# The disk is shared with image builds (other checkouts' too, gigabytes at a time): never evict pods
+# or collect images because of it; 1% (2.5 GB here) was reached, and the node lost its pause image.
+evictionHard: {memory.available: "100Mi", nodefs.available: "100Mi", imagefs.available: "100Mi", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -736,17 +737,32 @@ cmd_import() {
       say "$ref: the node holds this image already"
     else
       wanted+=("$ref")
-      [[ -z "$id" ]] || replaced+=("sha256:$id")
+      [[ -z "$id" ]] || replaced+=("$ref")
+      # The id name too, unless another name holds the same image: removing an id name removes
+      # every name of that image.
+      [[ -z "$id" ]] || ctr --address "$containerd_sock" -n k8s.io images ls -q \
+        | grep -v -x -e "$ref" -e "sha256:$id" | grep -q -x -F -f <(node_names_of "$id") \
+        || replaced+=("sha256:$id")
     fi
   done
   ((${#wanted[@]})) || return 0
+  # The images replaced go first, by their names and by the id the CRI plugin names each image by
+  # too, so that their layers (gigabytes for the reranker) are not kept beside the new ones on a
+  # disk that image builds share; a running container keeps what it uses.
+  ((${#replaced[@]} == 0)) \
+    || ctr --address "$containerd_sock" -n k8s.io images rm "${replaced[@]}" >>"$logs/images.log" 2>&1 || true
   podman save -q -m --format docker-archive -o /dev/stdout "${wanted[@]}" \
     | ctr --address "$containerd_sock" -n k8s.io images import - >>"$logs/images.log" 2>&1 \
     || die "importing ${wanted[*]} into the node's containerd failed; see $logs/images.log"
-  # The CRI plugin names every image by its id too: drop the names of the images replaced, so that
-  # their layers (gigabytes for the reranker) go once no container uses them.
-  ((${#replaced[@]} == 0)) || ctr --address "$containerd_sock" -n k8s.io images rm "${replaced[@]}" >>"$logs/images.log" 2>&1 || true
   say "imported ${wanted[*]} in $((SECONDS - start)) s"
+}
+
+# The names of the node's images whose id is $1.
+node_names_of() {
+  local name
+  for name in $(ctr --address "$containerd_sock" -n k8s.io images ls -q); do
+    [[ "$(node_image_id "$name")" != "$1" ]] || echo "$name"
+  done
 }
 
 # The image id (its config's digest, as podman names an image) of the node's image named $1, or nothing.

@@ -23,6 +23,7 @@ class RealNode:
     taint_key: str
     dns_ip: str
     podbin_image: str
+    pause_image: str
     netns: str
     veth_host: str
     host_ip: str
@@ -36,7 +37,8 @@ class RealNode:
         out = subprocess.run([str(NODE_SH), "env"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         return cls(name=env["NODE_NAME"], taint_key=env["TAINT_KEY"], dns_ip=env["DNS_IP"],
-                   podbin_image=env["PODBIN_IMAGE"], netns=env["NETNS"], veth_host=env["VETH_HOST"],
+                   podbin_image=env["PODBIN_IMAGE"],
+                   pause_image=env["PAUSE_IMAGE"], netns=env["NETNS"], veth_host=env["VETH_HOST"],
                    host_ip=env["HOST_IP"], node_ip=env["NODE_IP"],
                    pod_cidr=ipaddress.ip_network(env["POD_CIDR"]), nft_table=env["NFT_TABLE"],
                    state=Path(env["STATE"]))

@@ -5,37 +5,18 @@ Service's DNS name from a client pod."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 from control_plane import ROOT, Cluster, wait_for
-from real_node import NODE_SH, RealNode
+from real_node import RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.helm, pytest.mark.images, pytest.mark.slow]
 
 CHART = ROOT / "charts" / "embedding-images"
-COMPONENTS = ("operator", "gateway")
-
-
-@pytest.fixture  # per test: a node restarted by another test (node.sh down/up) starts empty
-def chart_images(real_node: RealNode) -> dict[str, str]:
-    """The operator and gateway images as `make images ONLY=operator,gateway VARIANT=cpu` tags them
-    (the chart's default repositories at its appVersion), built from this checkout (podman's
-    layer cache makes an unchanged build quick; an image of that tag built from another checkout
-    or an older commit would run other code), then imported into the node's containerd."""
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in COMPONENTS}
-    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman",
-                           "--only", ",".join(COMPONENTS), "--variant", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    done = subprocess.run([str(NODE_SH), "import", *refs.values()], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return refs
+COMPONENTS = ("operator", "gateway")  # as the conftest's chart_images builds them
 
 
 def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the_real_node(

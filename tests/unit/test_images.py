@@ -84,8 +84,8 @@ def split_arg(cmd) -> tuple[str, str]:
     return name, default
 
 
-def load(name: str) -> Image:
-    path = IMAGES / name / "Dockerfile"
+def load(name: str, file: str = "Dockerfile") -> Image:
+    path = IMAGES / name / file
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
     for cmd in dockerfile.parse_file(str(path)):
@@ -591,14 +591,76 @@ def test_fetch_model_without_a_model_bakes_nothing(tmp_path):
     assert "baking no model" in out.stderr
 
 
-def test_build_plan_refuses_a_reranker_tag_shared_by_cpu_and_gpu():
+def load_build_script():
     spec = importlib.util.spec_from_file_location("images_build", IMAGES / "build.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build          # dataclasses look their module up
     spec.loader.exec_module(build)
+    return build
+
+
+def test_build_plan_refuses_a_reranker_tag_shared_by_cpu_and_gpu():
+    build = load_build_script()
     table = json.loads(json.dumps(TABLE))
     gpu_row = next(v for v in table["variants"] if v["gpu"])
     gpu_row["rerankerTag"] = next(v for v in table["variants"] if not v["gpu"])["rerankerTag"]
     with pytest.raises(ValueError, match="one tag is one image"):
         build.build_plan(table, registry="r", embedding_model="m/x", operator_tag="1",
                          components=("reranker",))
+
+
+# --- the CPU embedding image on TEI's router built here (Dockerfile.router) ------------------
+
+def commands(stage: Stage, *names: str) -> list[str]:
+    return [c.original for c in stage.commands if not names or c.cmd in names]
+
+
+def test_router_embedding_image_is_the_embedding_image_on_another_base():
+    """A pod spec written for TEI's image runs the router-built one unchanged: the same model
+    stage, entrypoint, command, user, port, health check, label names and environment (plus the
+    router's PATH and the CA bundle's SSL_CERT_FILE), the same baked-model copies."""
+    tei, router = load("embedding"), load("embedding", "Dockerfile.router")
+    assert [commands(s) for s in tei.stages[:-1]] == [commands(s) for s in router.stages[:-1]]
+    for cmd in ("ENTRYPOINT", "CMD", "USER", "EXPOSE", "HEALTHCHECK"):
+        assert commands(tei.final, cmd) == commands(router.final, cmd), cmd
+    labels = lambda image: [k for c in image.final.all("LABEL") for k in c.value[::2]]  # noqa: E731
+    assert labels(tei) == labels(router)
+    env = router.env(router.final)
+    assert {k: env[k] for k in tei.env(tei.final)} == tei.env(tei.final)
+    assert set(env) - set(tei.env(tei.final)) == {"PATH", "SSL_CERT_FILE"}
+    copies = lambda image: [c.original for c in image.final.all("COPY") if "/models" in c.value or "/data" in c.value]  # noqa: E731
+    assert copies(tei) == copies(router)
+    # The router's folder (build.sh's output) lands first on PATH; no RUN could leave a build mount.
+    [router_copy] = [c for c in router.final.all("COPY") if "--from=router" in c.flags]
+    assert env["PATH"].split(":")[0] == router_copy.value[-1].rstrip("/")
+    assert not router.final.all("RUN")
+
+
+def test_router_embedding_image_arguments_are_documented_and_its_runtime_is_debian_bases():
+    assert documented_args("embedding-router") == load("embedding", "Dockerfile.router").args()
+    build = load_build_script()
+    default = load("embedding", "Dockerfile.router").global_args["RUNTIME_IMAGE"]
+    assert default == build.debian_base.RUNTIME.image, "RUNTIME_IMAGE's default is not the runtime base's name"
+    assert default.rsplit(":", 1)[-1] != build.debian_base.PYTHON.key
+
+
+def test_cpu_embedding_build_falls_back_to_the_router_with_its_folder_as_a_build_context(tmp_path):
+    build = load_build_script()
+    [tei] = build.build_plan(TABLE, registry="r", embedding_model="sentence-transformers/all-MiniLM-L6-v2",
+                             operator_tag="1", components=("embedding",), variants=("cpu",))
+    router = build.router_build(tei, router_dir=tmp_path, runtime_image="localhost/runtime:1")
+    assert router.tag == tei.tag and router.dockerfile == "images/embedding/Dockerfile.router"
+    assert router.build_args == {"MODEL_ID": "sentence-transformers/all-MiniLM-L6-v2",
+                                 "RUNTIME_IMAGE": "localhost/runtime:1"}
+    cmd = build.podman_command(router, python_image="p:1", mounts=None, torch_index_url="", platform_="",
+                               hf_token_file=None)
+    assert cmd[cmd.index("--build-context") + 1] == f"router={tmp_path}"
+    assert (ROOT / router.dockerfile).is_file()
+
+
+def test_make_images_passes_hf_endpoint_to_the_embedding_builds_only():
+    out = make("images", "DRY_RUN=1", "ONLY=embedding,operator", env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:8900"})
+    assert out.returncode == 0, out.stderr
+    for b in docker_builds(out.stdout):
+        wanted = "http://127.0.0.1:8900" if b["file"] == "images/embedding/Dockerfile" else None
+        assert b["build_args"].get("HF_ENDPOINT") == wanted, b
