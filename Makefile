@@ -34,9 +34,10 @@ cluster-up:
 cluster-down:
 	tests/cluster/cluster.sh down
 
-## demo: the simulated cluster, the chart, the examples, the operator, rerankers for the CPU
-## reranker's pods and the gateway with the README's Gateway curl examples, no Docker needed
-## (KEEP=1 leaves the cluster up; DEMO_ARGS=--help)
+## demo: the local cluster with its real node, the images built and imported, the chart, the
+## examples (the CPU reranker in a real pod), a request by DNS name, the README's Gateway curl
+## examples through a port-forward and scale from zero, no Docker needed (KEEP=1 leaves the
+## cluster up; DEMO_ARGS=--help)
 demo: setup
 	$(PY) demo/demo.py $(DEMO_ARGS)
 

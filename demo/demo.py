@@ -1,30 +1,41 @@
-"""`make demo`: the whole toolkit on one machine, without Docker and without a download.
+"""`make demo`: the whole toolkit on one machine, its CPU models in real pods, without Docker and
+without a download from the Hub.
 
 1. helm and kubectl into .cache/bin (tests/cluster/tools.sh);
-2. the simulated control plane of tests/cluster (a real kube-apiserver, scheduler and
-   controller-manager with kwok's simulated CPU and GPU nodes), built on first use; a cluster that
-   already runs is used as it is, and so is the one of `--kubeconfig`;
-3. the chart (helm upgrade --install), with its operator RBAC but without its own models;
-4. every ModelService of examples/ (kubectl apply);
-5. the operator as a local process (`python -m modelservice` with the chart Deployment's own
-   arguments), authenticated as the chart's ServiceAccount, until every ModelService is Ready or
-   its unready pods are explained (the scheduler's reason);
-6. `kubectl get modelservices -o wide` and where each model's pods run;
-7. the reranker pods of the CPU reranker examples brought to life: the local pod runner
-   (testkit/podrunner.py) starts the reranker (`python -m reranker`) for each of their ready pods,
-   with the pod's own environment, on a loopback port, and writes its address into a file
-   (pod -> 127.0.0.1:port). The model is a tiny random-weight Qwen3 reranker with the real Qwen3
-   tokenizer, built into .cache/demo (no download; the answers are real computations of a model
-   that knows nothing, so the scores are not meaningful). kwok's pod IPs are never sent anything;
-8. the gateway (`python -m gateway`, started by `python -m testkit.loopback gateway`, which
-   routes each pod to its address in that file) with the chart Deployment's settings,
-   authenticated as the chart's gateway ServiceAccount;
-9. the curl examples of README.md's "Gateway" section against it, by model name;
-10. scale from zero: the CPU reranker scaled to 0 replicas, and one request through the gateway
-   that brings it back (the gateway patches its scale subresource and holds the request).
+2. the local cluster (tests/cluster/cluster.sh up): a real kube-apiserver, scheduler and
+   controller-manager, kwok's simulated CPU and GPU nodes, and one real node (`real-1`,
+   tests/cluster/node.sh: kubelet, kube-proxy, containerd and CoreDNS in a network namespace of
+   their own); a cluster that already runs is used as it is;
+3. the images: the operator, gateway and CPU reranker images built from this checkout
+   (images/build.py --engine podman --variant cpu) and imported into the real node's containerd
+   (`node.sh import`, which skips an image the node holds already with the same image id); free
+   disk is checked first;
+4. the model: the Hub stand-in (testkit/hub.py) on the host side of the real node's veth serves
+   a tiny random-weight Qwen3 reranker with the real Qwen3 tokenizer (testkit/models.py) as
+   Qwen/Qwen3-Reranker-0.6B: nothing leaves the machine, and the scores are real computations
+   of a model that knows nothing;
+5. the chart (helm upgrade --install): the operator and the gateway as pods on the real node
+   (its nodeSelector and the toleration of its taint, pull policy Never), the operator's download
+   Jobs pointed at the Hub stand-in;
+6. the examples: a ModelCache filled by the operator's download Job pod on the real node (a
+   static hostPath PersistentVolume: no provisioner runs here), the CPU reranker example reading
+   it on the real node, every other example placed on kwok's simulated nodes (placement only);
+7. `kubectl get modelservices -o wide` and where each model's pods run;
+8. a client pod on the real node asks the gateway for a rerank by its Service's DNS name
+   (http://<release>-embedding-images-gateway.<namespace>.svc.cluster.local:8080), through
+   CoreDNS and kube-proxy to the gateway pod and on to the reranker pod;
+9. the curl examples of README.md's "Gateway" section from this machine, through
+   `kubectl port-forward svc/<gateway>` (kwok's pod IPs are never sent anything);
+10. scale from zero: the CPU reranker scaled to 0 replicas, and one request by DNS name that the
+   gateway holds while it scales the model to 1 and a real pod starts and loads the model;
+11. the TEI embedding pod on the real node (OpenAI-shaped /v1/embeddings by model name through
+   the gateway), once this checkout has the CPU embedding image (images/embedding): skipped,
+   saying so, until then.
 
-Then it stops the gateway, the rerankers and the operator, and stops the cluster when it started
-it (or removes the release and the namespace from a cluster it found running), unless KEEP=1.
+Then it removes what it created (the ModelServices and the cache first, while the operator still
+runs, then the release, the namespace and the volume) and stops the cluster when it started it,
+unless KEEP=1. The images stay in the node's containerd while the node runs, so a second demo on
+the same cluster imports nothing.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -47,22 +59,38 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".cache" / "bin"
 STATE = ROOT / ".cache" / "demo"
-# The pod runner's address file: each ready pod's reranker process on 127.0.0.1 (testkit/loopback.py).
-ADDRESSES = STATE / "pod-addresses.json"
 CLUSTER_SH = ROOT / "tests" / "cluster" / "cluster.sh"
+NODE_SH = ROOT / "tests" / "cluster" / "node.sh"
 TOOLS_SH = ROOT / "tests" / "cluster" / "tools.sh"
+BUILD_PY = ROOT / "images" / "build.py"
 LOCAL_KUBECONFIG = ROOT / ".cache" / "cluster" / "kubeconfig"
 CHART = ROOT / "charts" / "embedding-images"
+VARIANTS = CHART / "files" / "variants.yaml"
 EXAMPLES = ROOT / "examples"
 README = ROOT / "README.md"
 CRD = "modelservices.serving.embedding-images.io"
+API = "serving.embedding-images.io/v1alpha1"
 README_SECTION = "Gateway"   # the README section whose curl examples the demo runs
 README_PORT = 8080           # the gateway's port in those examples (and its default)
-STEPS = 10
-
-
+COMPONENTS = ("operator", "gateway", "reranker")   # the images the demo builds and imports
+CACHE = "qwen3-reranker"     # the ModelCache the CPU reranker example reads
+STORAGE_CLASS = "demo-static"
+# The CPU reranker's pod on the real node: the example asks for 2 CPUs and 4Gi for the real
+# 0.6B model; the tiny stand-in needs far less, and the node shares two cores with everything.
+NODE_RESOURCES = {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+NODE_ENGINE_ARGS = {"maxBatchTokens": 512, "maxLength": 256}
+# Disk the images take, when podman has no copy to measure (a build of changed code may write a
+# whole new copy); the node's containerd holds each imported image twice (the archive's layers
+# and their unpacked snapshot).
+IMAGE_SIZE_ESTIMATE = {"operator": 0.5e9, "gateway": 0.5e9, "reranker": 6.5e9}
+DISK_MARGIN = 2e9             # left free besides the node kubelet's eviction threshold (Demo.margin)
+STEPS = 11
 class DemoError(Exception):
     """A step failed; the message says which and what to look at."""
+
+
+class NotEnoughDisk(DemoError):
+    """The images need more free disk than the machine has (exit status 3)."""
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
@@ -104,19 +132,49 @@ def is_rerank(command: str) -> bool:
     return curl_path(command).endswith("rerank")
 
 
-def local_rerankers(docs: list[dict[str, Any]]) -> list[str]:
-    """The examples whose pods the demo runs for real: rerank models on CPU served by the
-    reranker service (its tiny Qwen3 stands in for their model; TEI cannot run here)."""
+def node_rerankers(docs: list[dict[str, Any]]) -> list[str]:
+    """The examples whose pods run on the real node: rerank models on CPU served by the reranker
+    service (the tiny Qwen3 of the Hub stand-in is their model here)."""
     return [d["metadata"]["name"] for d in docs
             if d["spec"].get("task") == "rerank" and d["spec"].get("accelerator") == "cpu"
             and d["spec"].get("engine", "auto") in ("auto", "reranker")]
 
 
-def literal_env(container: dict[str, Any], prefix: str) -> dict[str, str]:
-    """A container's `prefix*` variables with literal values (those from fields or Secrets are
-    the pod's own)."""
-    return {e["name"]: str(e["value"]) for e in container.get("env") or []
-            if e["name"].startswith(prefix) and "value" in e}
+def on_the_node(doc: dict[str, Any], placement: dict[str, Any], cache: str) -> dict[str, Any]:
+    """A CPU reranker example as the demo applies it: on the real node, its model from the
+    ModelCache, with the requests a tiny model needs."""
+    spec = {**doc["spec"], **placement, "cache": {"modelCache": cache}, "resources": NODE_RESOURCES,
+            "engineArgs": {**(doc["spec"].get("engineArgs") or {}), **NODE_ENGINE_ARGS}}
+    return {**doc, "spec": spec}
+
+
+def image_refs() -> dict[str, str]:
+    """The tags images/build.py gives the operator, gateway and CPU reranker images (the chart's
+    default repositories at its appVersion, the reranker's of variants.yaml)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    variants = yaml.safe_load(VARIANTS.read_text())
+    [cpu] = [v for v in variants["variants"] if v["name"] == "cpu"]
+    refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in ("operator", "gateway")}
+    refs["reranker"] = f"{variants['reranker']['repository']}:{cpu['rerankerTag']}"
+    return refs
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def client_answers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each `podbin post` container of a finished client pod printed (its termination
+    message: status, seconds, body), in order."""
+    got = []
+    for status in [*(pod["status"].get("initContainerStatuses") or []), *pod["status"]["containerStatuses"]]:
+        terminated = status["state"].get("terminated") or {}
+        if terminated.get("exitCode") != 0:
+            raise DemoError(f"the client pod's request {status['name']} got no answer: "
+                            f"{terminated.get('message') or terminated.get('reason')}")
+        got.append(json.loads(terminated["message"]))
+    return got
 
 
 def summarize(answer: Any) -> list[str]:
@@ -225,16 +283,19 @@ class Demo:
     port: int
     keep: bool
     timeout: float
-    kubeconfig: Path | None = None  # a cluster of the user's: nothing started or stopped
     progress: Progress = field(default_factory=Progress)
     env: dict[str, str] = field(default_factory=dict)
+    node: Any = None                # tests/cluster/real_node.py's RealNode, once the cluster runs
+    hub: Any = None                 # testkit.hub.HubServer, while it serves
     started_cluster: bool = False
     installed_release: bool = False
     created_crd: bool = False
+    volume: Path | None = None      # the ModelCache's hostPath folder
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    runner: Any = None              # testkit.podrunner.LocalPodRunner, once started
-    pod_processes: dict[str, Any] = field(default_factory=dict)  # pod -> its BackendProcess, every one seen
-    local_models: list[str] = field(default_factory=list)
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)   # the examples by name
+    node_models: list[str] = field(default_factory=list)
+    url: str = ""                   # the gateway's in-cluster address (its Service's DNS name)
+    reranker_pods: list[str] = field(default_factory=list)   # every reranker pod seen, in order
 
     # -- subprocess helpers --
 
@@ -249,7 +310,7 @@ class Demo:
             raise DemoError(f"{what}: {cmd[0]} not found") from None
         if check and proc.returncode != 0:
             raise DemoError(f"{what}: `{shlex.join(cmd)}` failed ({proc.returncode}):\n"
-                            f"{(proc.stderr or proc.stdout).strip()}")
+                            f"{(proc.stderr or proc.stdout).strip()[-3000:]}")
         return proc
 
     def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
@@ -258,12 +319,16 @@ class Demo:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json", what=f"kubectl get {args[0]}").stdout)
 
-    def start_process(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest),
+                     what=f"applying {manifest['kind']} {manifest['metadata']['name']}")
+
+    def start_process(self, name: str, cmd: list[str], log: Path) -> subprocess.Popen:
         from testkit.processes import die_with_parent   # this checkout's, once main() set the path
 
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=die_with_parent())
         self.processes[name] = proc
         self.progress.say(f"{name}: pid {proc.pid}, log {log.relative_to(ROOT)}")
@@ -271,73 +336,174 @@ class Demo:
 
     def stop_process(self, name: str) -> None:
         proc = self.processes.pop(name, None)
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGINT)  # kopf and uvicorn both shut down cleanly on SIGINT
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         print(f"    stopped the {name} (pid {proc.pid})", flush=True)
 
     def wait(self, what: str, probe: Callable[[], Any], timeout: float,
-             alive: tuple[str, Path] | None = None) -> Any:
+             explain: Callable[[], str] | None = None) -> Any:
         deadline = time.monotonic() + timeout
         while True:
-            if alive is not None:
-                proc = self.processes[alive[0]]
-                if proc.poll() is not None:
-                    raise DemoError(f"the {alive[0]} exited ({proc.returncode}) while waiting for "
-                                    f"{what}; last lines of {alive[1].relative_to(ROOT)}:\n{tail(alive[1])}")
             result = probe()
             if result:
                 return result
             if time.monotonic() > deadline:
-                extra = f"; last lines of {alive[1].relative_to(ROOT)}:\n{tail(alive[1])}" if alive else ""
-                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
-            time.sleep(0.5)
+                raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                + (f"\n{explain()}" if explain else ""))
+            time.sleep(1)
+
+    def describe(self) -> str:
+        """What a failure needs: the namespace's pods, its latest events, the operator's log."""
+        pods = self.kubectl("get", "pods", "-n", self.namespace, "-o", "wide", what="pods", check=False).stdout
+        events = self.kubectl("get", "events", "-n", self.namespace, "--sort-by=.lastTimestamp",
+                              what="events", check=False).stdout
+        log = self.kubectl("logs", "-n", self.namespace, "-l", "app.kubernetes.io/component=operator",
+                           "--tail=30", what="the operator's log", check=False).stdout
+        return f"pods:\n{pods}\nevents (latest):\n{events[-3000:]}\noperator log:\n{log}"
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """The real node's selector and the toleration of its taint."""
+        return {"nodeSelector": {"kubernetes.io/hostname": self.node.name},
+                "tolerations": [{"key": self.node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
+
+    @property
+    def gateway_service(self) -> str:
+        return f"{self.release}-embedding-images-gateway"
 
     # -- steps --
 
     def tools(self) -> None:
         self.progress.step("helm and kubectl (tests/cluster/tools.sh)")
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                    "KUBECONFIG": str(LOCAL_KUBECONFIG)}
         self.run(str(TOOLS_SH), what="installing helm and kubectl", timeout=600)
         version = self.run(str(BIN / "helm"), "version", "--short", what="helm version").stdout.strip()
         self.progress.done(f"helm {version}, kubectl in {BIN.relative_to(ROOT)}")
 
     def cluster(self) -> None:
-        if self.kubeconfig is not None:
-            self.progress.step(f"the cluster of {self.kubeconfig} (used as it is)")
-            self.env["KUBECONFIG"] = str(self.kubeconfig)
-            self.kubectl("version", what="reaching the cluster", timeout=30)
-            self.progress.done()
-            return
-        self.progress.step("the simulated control plane (tests/cluster/cluster.sh up)")
-        self.env["KUBECONFIG"] = str(LOCAL_KUBECONFIG)
+        self.progress.step("the local cluster and its real node (tests/cluster/cluster.sh up)")
         if self.run(str(CLUSTER_SH), "status", what="cluster status", check=False).returncode == 0:
-            self.progress.done("already running: used as it is and left running")
-            return
-        if self.run(str(CLUSTER_SH), "built", what="cluster binaries", check=False).returncode != 0:
-            self.progress.say("first use: building kube-apiserver, etcd and kwok from the Go module "
-                              "proxy (about 10 minutes on two cores; log .cache/cluster/build*.log)")
-        self.started_cluster = True
-        # Its progress lines go straight to the terminal.
-        up = subprocess.run([str(CLUSTER_SH), "up"], cwd=ROOT, env=self.env)
-        if up.returncode != 0:
-            raise DemoError("tests/cluster/cluster.sh up failed; its message above names the "
-                            "component and its log")
+            self.progress.say("already running: used as it is and left running")
+        else:
+            if self.run(str(CLUSTER_SH), "built", what="cluster binaries", check=False).returncode != 0:
+                self.progress.say("first use: building kube-apiserver, etcd, kwok, kubelet and CoreDNS from "
+                                  "the Go module proxy (about 20 minutes on two cores; log .cache/cluster/build*.log)")
+            self.started_cluster = True
+            up = subprocess.run([str(CLUSTER_SH), "up"], cwd=ROOT, env=self.env)   # its progress on the terminal
+            if up.returncode != 0:
+                raise DemoError("tests/cluster/cluster.sh up failed; its message above names the "
+                                "component and its log")
+        if self.run(str(NODE_SH), "status", what="the real node", check=False).returncode != 0:
+            raise DemoError("the cluster runs without its real node (it was started with EMBEDDING_IMAGES_NODE=0): "
+                            "tests/cluster/cluster.sh down, then make demo again")
+        sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+        from real_node import RealNode   # the node's settings as node.sh env prints them
+
+        self.node = RealNode.read()
         nodes = self.get("nodes")["items"]
         gpus = sum(1 for n in nodes if n["metadata"].get("labels", {}).get("nvidia.com/gpu.present") == "true")
         simulated = sum(1 for n in nodes if n["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake")
-        real = len(nodes) - simulated
-        self.progress.done(f"{simulated} simulated nodes, {gpus} with NVIDIA GPUs"
-                           + (f", {real} real node{'s' if real != 1 else ''}" if real else ""))
+        self.progress.done(f"{simulated} simulated nodes ({gpus} with NVIDIA GPUs) and the real node "
+                           f"{self.node.name} (pods {self.node.pod_cidr})")
+
+    def podman_image(self, ref: str) -> dict[str, Any] | None:
+        proc = self.run("podman", "image", "inspect", ref, what="podman", check=False)
+        return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+
+    def node_holds(self, ref: str) -> bool:
+        """Whether the node's containerd holds `ref` with podman's image id (node.sh image-id)."""
+        image = self.podman_image(ref)
+        held = self.run(str(NODE_SH), "image-id", ref, what="the node's images").stdout.strip()
+        return image is not None and held == image["Id"]
+
+    @staticmethod
+    def margin() -> float:
+        """Free disk the demo leaves: the real node's kubelet evicts its pods and deletes its images
+        below 1% free (node.sh's evictionHard), and 2 GB more for everything else."""
+        return DISK_MARGIN + 0.01 * shutil.disk_usage(ROOT).total
+
+    def check_disk(self, what: str, need: float) -> None:
+        free = shutil.disk_usage(ROOT).free
+        self.progress.say(f"disk: {what} needs about {gigabytes(need)}, {gigabytes(free)} free")
+        if free < need:
+            raise NotEnoughDisk(f"not enough disk for {what}: about {gigabytes(need)} needed (with a "
+                            f"{gigabytes(self.margin())} margin), {gigabytes(free)} free on the file system of "
+                            f"{ROOT}; free some (podman image prune removes podman's unused images)")
+
+    def images(self) -> dict[str, str]:
+        refs = image_refs()
+        self.progress.step("the images: operator, gateway and reranker (cpu) built from this checkout and "
+                           f"imported into {self.node.name}'s containerd")
+        sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
+        # Up front, what the images may take: a build writes a new copy when this checkout's code
+        # differs from the image of that tag (another checkout's or commit's), and an image the
+        # node lacks is imported, which holds it twice.
+        lacking = [c for c, ref in refs.items() if not self.node_holds(ref)]
+        self.check_disk("building the images" + (f" and importing {', '.join(lacking)}" if lacking else ""),
+                        sum(sizes.values()) + sum(2 * sizes[c] for c in lacking) + self.margin())
+        for c, ref in refs.items():
+            log = STATE / f"build-{c}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            start = time.monotonic()
+            print(f"    {c}: building {ref} (log {log.relative_to(ROOT)})", flush=True)
+            with open(log, "w") as out:
+                built = subprocess.run([sys.executable, str(BUILD_PY), "--engine", "podman", "--only", c,
+                                        "--variant", "cpu"], cwd=ROOT, env=self.env, stdout=out,
+                                       stderr=subprocess.STDOUT)
+            if built.returncode != 0:
+                raise DemoError(f"building the {c} image failed; last lines of {log.relative_to(ROOT)}:\n{tail(log)}")
+            image = self.podman_image(ref)
+            if image is None:
+                raise DemoError(f"images/build.py built no {ref}; see {log.relative_to(ROOT)}")
+            sizes[c] = image["Size"]
+            self.progress.say(f"{c}: built in {time.monotonic() - start:.1f} s, image {image['Id'][:12]}, "
+                              f"{gigabytes(image['Size'])}")
+        missing = [c for c, ref in refs.items() if not self.node_holds(ref)]
+        if missing:
+            self.check_disk(f"importing {', '.join(missing)} into the node (each image twice: its layers "
+                            "and their unpacked copy)", sum(2 * sizes[c] for c in missing) + self.margin())
+        for c, ref in refs.items():
+            start = time.monotonic()
+            print(f"    {c}: node.sh import {ref}", flush=True)
+            done = self.run(str(NODE_SH), "import", ref, what=f"importing {ref} into the node", timeout=900)
+            skipped = "holds this image already" in done.stderr
+            self.progress.say(f"{c}: " + ("the node holds this image already (same image id): nothing to import"
+                                          if skipped else f"imported in {time.monotonic() - start:.1f} s"))
+        self.progress.done()
+        return refs
+
+    def model(self) -> None:
+        self.progress.step(f"the model: the Hub stand-in on {self.node.host_ip} (the host side of "
+                           f"{self.node.name}'s veth)")
+        model = STATE / "tiny-qwen3-reranker"
+        if not (model / "config.json").is_file():
+            self.progress.say(f"building a random-weight Qwen3 reranker with the real Qwen3 tokenizer "
+                              f"into {model.relative_to(ROOT)} (once)")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            from testkit.models import build_qwen3_reranker  # the builder the tests use
+
+            build_qwen3_reranker(model, "tiny")
+        from testkit.hub import HubServer, files_of
+
+        self.hub = HubServer(host=self.node.host_ip).start()
+        for name, doc in self.docs.items():
+            if name in self.node_models:
+                self.hub.add_repo(doc["spec"]["model"], files_of(model))
+                self.progress.say(f"{self.hub.url}: {doc['spec']['model']} (the tiny stand-in)")
+        self.progress.done()
 
     def chart(self) -> None:
         self.progress.step(f"the chart: helm upgrade --install {self.release} charts/embedding-images "
-                           f"-n {self.namespace}")
+                           f"-n {self.namespace}, operator and gateway on {self.node.name}")
+
         def namespace_usable() -> bool:
             ns = self.kubectl("get", "namespace", self.namespace, "-o", "jsonpath={.status.phase}",
                               what="the namespace", check=False)
@@ -347,128 +513,119 @@ class Demo:
             self.progress.say(f"namespace {self.namespace} is still being deleted (an earlier run); waiting")
             self.wait(f"namespace {self.namespace} to be deleted", namespace_usable, 120)
         crd = self.kubectl("get", "crd", CRD, "-o", "json", what="CRD", check=False)
-        values = ["--set", "embedding.enabled=false", "--set", "reranker.enabled=false",
-                  "--set", f"operator.watchNamespaces={{{self.namespace}}}"]
         if crd.returncode == 0:
             owner = json.loads(crd.stdout)["metadata"].get("annotations", {})
-            ours = (owner.get("meta.helm.sh/release-name") == self.release
-                    and owner.get("meta.helm.sh/release-namespace") == self.namespace)
-            if not ours:
-                # Another release (or kubectl) owns it: the chart leaves it alone.
+            if not (owner.get("meta.helm.sh/release-name") == self.release
+                    and owner.get("meta.helm.sh/release-namespace") == self.namespace):
                 self.progress.say(f"the ModelService CRD is already installed (owner: "
                                   f"{owner.get('meta.helm.sh/release-name', 'not Helm')}); using it")
         else:
             self.created_crd = True
+        on_node = {"image": {"pullPolicy": "Never"}, **self.placement}
+        values = {"crds": {"enabled": crd.returncode != 0},
+                  "embedding": {"enabled": False}, "reranker": {"enabled": False},
+                  "operator": {**on_node, "hfEndpoint": self.hub.url, "watchNamespaces": [self.namespace]},
+                  "gateway": on_node}
+        values = json.loads(json.dumps(values))   # no YAML anchors in what is shown
+        self.progress.say(yaml.safe_dump(values, default_flow_style=None, width=200))
         self.installed_release = True
+        start = time.monotonic()
         proc = self.run(str(BIN / "helm"), "upgrade", "--install", self.release, str(CHART),
-                        "--namespace", self.namespace, "--create-namespace", *values,
-                        "--wait", "--timeout", "3m", what="installing the chart", timeout=240)
+                        "--namespace", self.namespace, "--create-namespace", "-f", "-",
+                        "--wait", "--timeout", "4m", input=yaml.safe_dump(values),
+                        what="installing the chart", timeout=300)
         status = next((line for line in proc.stdout.splitlines() if line.startswith("STATUS:")), "")
         self.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s",
                      what="the ModelService CRD")
-        self.progress.done(f"release {self.release} {status.lower() or 'installed'}; the CRD is served")
+        for c in ("operator", "gateway"):
+            for pod in self.get("pods", "-n", self.namespace, "-l", f"app.kubernetes.io/component={c}")["items"]:
+                self.progress.say(f"{c}: pod {pod['metadata']['name']} on {pod['spec'].get('nodeName')}, "
+                                  f"{'Ready' if pod_ready(pod) else 'not Ready'}")
+        self.progress.done(f"release {self.release} {status.lower() or 'installed'}, its pods Ready by their "
+                           f"probes {time.monotonic() - start:.1f} s after helm install")
 
     def examples(self) -> list[dict[str, Any]]:
         found = example_modelservices()
-        self.progress.step(f"the examples: kubectl apply -n {self.namespace} -f examples/<{len(found)} files>")
+        self.progress.step(f"the examples: a ModelCache filled on {self.node.name}, the CPU reranker there, "
+                           f"the others on the simulated nodes")
         if not found:
             raise DemoError("examples/ has no ModelService manifests")
-        args = [a for path, _ in found for a in ("-f", str(path.relative_to(ROOT)))]
-        out = self.kubectl("apply", "-n", self.namespace, *args, what="applying examples/").stdout
-        self.progress.say(out)
+        self.docs = {doc["metadata"]["name"]: doc for _, doc in found}
+        # Static provisioning, as an administrator would: no provisioner runs on this cluster.
+        self.volume = STATE / f"cache-{self.namespace}"
+        self.volume.mkdir(parents=True, exist_ok=True)
+        self.volume.chmod(0o777)   # written by the download Job's non-root user
+        from modelservice.cache.builders import claim_name
+
+        model = self.docs[self.node_models[0]]["spec"]["model"]
+        self.kubectl("apply", "-f", "-", what="the cache's PersistentVolume", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{self.namespace}-cache"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
+                     "hostPath": {"path": str(self.volume), "type": "Directory"},
+                     "claimRef": {"namespace": self.namespace, "name": claim_name(CACHE)}}}))
+        self.apply({"apiVersion": API, "kind": "ModelCache", "metadata": {"name": CACHE},
+                    "spec": {"model": model, "size": "1Gi", "storageClassName": STORAGE_CLASS, **self.placement}})
+        self.progress.say(f"modelcache/{CACHE}: {model} on a hostPath volume ({self.volume.relative_to(ROOT)})")
+        start = time.monotonic()
+
+        def downloaded() -> dict[str, Any] | None:
+            mc = self.get("modelcache", CACHE, "-n", self.namespace)
+            cached = condition(mc, "Cached")
+            if cached.get("reason") == "DownloadFailed":
+                raise DemoError(f"the download Job failed: {cached.get('message')}\n{self.describe()}")
+            return mc if cached.get("status") == "True" else None
+
+        mc = self.wait(f"the ModelCache {CACHE} Downloaded by its Job's pod", downloaded, 240, self.describe)
+        jobs = [p for p in self.get("pods", "-n", self.namespace, "-l", "job-name")["items"]]
+        where = ", ".join(sorted({p["spec"].get("nodeName") or "-" for p in jobs}))
+        self.progress.say(f"modelcache/{CACHE}: {mc['status'].get('files')} files, {mc['status'].get('bytes')} bytes "
+                          f"downloaded by the Job's pod on {where} in {time.monotonic() - start:.1f} s")
+        for path, doc in found:
+            name = doc["metadata"]["name"]
+            self.apply(on_the_node(doc, self.placement, CACHE) if name in self.node_models else doc)
+            self.progress.say(f"{path.relative_to(ROOT)}: modelservice/{name}"
+                              + (f" on {self.node.name}, reading modelcache/{CACHE}" if name in self.node_models else ""))
+        self.wait_settled(list(self.docs))
         self.progress.done()
-        return [doc for _, doc in found]
+        return list(self.docs.values())
 
-    def service_account_kubeconfig(self, service_account: str, user: str) -> Path:
-        """A kubeconfig (.cache/demo/<user>-kubeconfig) holding a short-lived token of one of the
-        chart's ServiceAccounts, so that a local process has exactly that account's rights."""
-        token = self.kubectl("create", "token", service_account, "-n", self.namespace, "--duration=1h",
-                             what=f"a token for the {user}'s ServiceAccount").stdout.strip()
-        admin = yaml.safe_load(Path(self.env["KUBECONFIG"]).read_text())
-        context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-        cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
-        config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": user,
-            "clusters": [{"name": "demo", "cluster": cluster["cluster"]}],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": user, "context": {"cluster": "demo", "user": user,
-                                                    "namespace": self.namespace}}],
-        }
-        STATE.mkdir(parents=True, exist_ok=True)
-        path = STATE / f"{user}-kubeconfig"
-        path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(config))
-        return path
+    def own_pods(self, name: str, pods: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        ms = self.get("modelservice", name, "-n", self.namespace)
+        selector = (ms.get("status") or {}).get("selector", "")
+        wanted = dict(kv.split("=", 1) for kv in selector.split(",") if "=" in kv)
+        pods = self.get("pods", "-n", self.namespace)["items"] if pods is None else pods
+        return [p for p in pods if wanted and wanted.items() <= p["metadata"].get("labels", {}).items()
+                and not p["metadata"].get("deletionTimestamp")]
 
-    def chart_pod_spec(self, component: str) -> dict[str, Any]:
-        """The pod template of the chart's Deployment of `component` (operator, gateway)."""
-        deployments = self.get("deployments", "-n", self.namespace,
-                               "-l", f"app.kubernetes.io/component={component},"
-                               f"app.kubernetes.io/instance={self.release}")["items"]
-        if len(deployments) != 1:
-            raise DemoError(f"expected the chart's {component} Deployment in {self.namespace}, found "
-                            f"{len(deployments)}")
-        return deployments[0]["spec"]["template"]["spec"]
+    def note_reranker_pods(self) -> list[dict[str, Any]]:
+        pods = [p for name in self.node_models for p in self.own_pods(name)]
+        for p in pods:
+            if p["metadata"]["name"] not in self.reranker_pods and p["spec"].get("nodeName"):
+                self.reranker_pods.append(p["metadata"]["name"])
+                self.progress.say(f"reranker pod {p['metadata']['name']} on {p['spec']['nodeName']}")
+        return pods
 
-    def operator(self, docs: list[dict[str, Any]]) -> None:
-        self.progress.step("the operator: python -m modelservice, as the chart's ServiceAccount")
-        pod = self.chart_pod_spec("operator")
-        (container,) = pod["containers"]
-        # The chart's own arguments; the liveness port is the pod's, not this machine's.
-        args = [a for a in container.get("args", []) if not a.startswith("--liveness")]
-        kubeconfig = self.service_account_kubeconfig(pod["serviceAccountName"], "operator")
-        self.progress.say(f"python -m modelservice {shlex.join(args)}")
-        self.progress.say("(the chart's operator pod is a simulated one: kwok runs no containers)")
-        log = STATE / "operator.log"
-        self.start_process("operator", [sys.executable, "-m", "modelservice", *args],
-                           {**self.env, "KUBECONFIG": str(kubeconfig)}, log)
-        names = [d["metadata"]["name"] for d in docs]
+    def wait_settled(self, names: list[str]) -> None:
         last: list[str] = []
-        waiting: dict[str, dict[str, Any]] = {}
 
         def probe() -> bool:
             nonlocal last
             items = {m["metadata"]["name"]: m for m in self.get("modelservices", "-n", self.namespace)["items"]}
             pods = self.get("pods", "-n", self.namespace)["items"]
             done, line = [], []
-            waiting.clear()
             for name in names:
                 ms = items.get(name, {"metadata": {}})
-                selector = (ms.get("status") or {}).get("selector", "")
-                wanted = dict(kv.split("=", 1) for kv in selector.split(",") if "=" in kv)
-                own = [p for p in pods if wanted and wanted.items() <= p["metadata"].get("labels", {}).items()]
-                if ms.get("status") and settled(ms, own):
+                if ms.get("status") and settled(ms, self.own_pods(name, pods)):
                     done.append(name)
-                else:
-                    waiting[name] = ms
                 line.append(f"{name}: {(ms.get('status') or {}).get('phase', 'waiting')}")
             if line != last:
                 self.progress.say(f"{len(done)}/{len(names)} settled: " + ", ".join(line))
                 last = line
             return len(done) == len(names)
 
-        try:
-            self.wait("every ModelService to be Ready or explained", probe, self.timeout, alive=("operator", log))
-        except DemoError as exc:
-            raise DemoError(f"{exc}\n{self.explain_waiting(waiting)}") from None
-        self.progress.done()
-
-    def explain_waiting(self, waiting: dict[str, dict[str, Any]]) -> str:
-        """What each unsettled ModelService's status says, beside what its Deployment says."""
-        lines = ["still waiting for:"]
-        for name, ms in waiting.items():
-            status = ms.get("status") or {}
-            ready = condition(ms, "Ready")
-            deployment = self.kubectl("get", "deployment", name, "-n", self.namespace, "-o", "json",
-                                      what="the Deployment", check=False)
-            if deployment.returncode == 0:
-                d = json.loads(deployment.stdout).get("status") or {}
-                live = f"its Deployment has {d.get('readyReplicas', 0)}/{d.get('replicas', 0)} pods ready"
-            else:
-                live = "it has no Deployment"
-            lines.append(f"  {name}: status {status.get('phase', 'not written')} {status.get('ready', '')} "
-                         f"({ready.get('reason', '-')}: {ready.get('message', '')}); {live}")
-        return "\n".join(lines)
+        self.wait("every ModelService to be Ready or explained", probe, self.timeout, self.describe)
+        self.note_reranker_pods()
 
     def show(self, docs: list[dict[str, Any]]) -> None:
         self.progress.step(f"kubectl get modelservices -n {self.namespace} -o wide")
@@ -483,12 +640,13 @@ class Demo:
             name = doc["metadata"]["name"]
             ms = self.get("modelservice", name, "-n", self.namespace)
             status = ms.get("status") or {}
-            wanted = dict(kv.split("=", 1) for kv in status.get("selector", "").split(",") if "=" in kv)
-            own = [p for p in pods if wanted and wanted.items() <= p["metadata"].get("labels", {}).items()]
+            own = self.own_pods(name, pods)
             placed = []
             for node in sorted({p["spec"]["nodeName"] for p in own if p["spec"].get("nodeName")}):
-                product = nodes.get(node, {}).get("nvidia.com/gpu.product")
-                placed.append(f"{node} ({product})" if product else node)
+                labels = nodes.get(node, {})
+                product = labels.get("nvidia.com/gpu.product")
+                kind = product or ("real" if labels.get("embedding-images.io/node") == "real" else "")
+                placed.append(f"{node} ({kind})" if kind else node)
             for p in own:
                 if not p["spec"].get("nodeName") and (reason := unschedulable_reason(p)):
                     pending.append(f"{name}: pod {p['metadata']['name']} is Pending: {reason}")
@@ -504,75 +662,56 @@ class Demo:
             print("\nNot running (see README, Troubleshooting):", flush=True)
             for line in pending:
                 print(f"  {line}", flush=True)
-        self.progress.done("(the endpoints resolve inside the cluster)")
+        self.progress.done(f"(the endpoints resolve inside the cluster; pods on {self.node.name} (real) run "
+                           "processes, the simulated nodes' pods do not)")
 
-    def tiny_model(self) -> Path:
-        """The tiny Qwen3 reranker of .cache/demo, built on first use with the tests' builder."""
-        model = STATE / "tiny-qwen3-reranker"
-        if not (model / "config.json").is_file():
-            self.progress.say(f"building a random-weight Qwen3 reranker with the real Qwen3 tokenizer "
-                              f"into {model.relative_to(ROOT)} (once)")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            from testkit.models import build_qwen3_reranker  # the builder the tests use
+    def client(self, requests: list[tuple[str, dict[str, Any]]], timeout_s: int = 60) -> list[dict[str, Any]]:
+        """A client pod on the real node that POSTs each (URL, body) in turn with `podbin post`
+        (one container each, init containers for all but the last); their answers in order."""
+        name = f"client-{uuid.uuid4().hex[:6]}"
+        containers = [self.node.podbin(f"r{i}", "post", url, json.dumps(body), f"{timeout_s}s")
+                      for i, (url, body) in enumerate(requests)]
+        spec = self.node.pod_spec(containers[-1:], initContainers=containers[:-1], restartPolicy="Never")
+        self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+        for url, body in requests:
+            print(f"\n$ kubectl exec -n {self.namespace} {name} -- podbin post {url} {shlex.quote(json.dumps(body))}",
+                  flush=True)
+        pod = self.wait(f"client pod {name} to finish",
+                        lambda: (p := self.get("pod", name, "-n", self.namespace))["status"].get("phase")
+                        in ("Succeeded", "Failed") and p, timeout_s * len(requests) + 60, self.describe)
+        self.kubectl("delete", "pod", name, "-n", self.namespace, "--wait=false", what="the client pod", check=False)
+        return client_answers(pod)
 
-            build_qwen3_reranker(model, "tiny")
-        return model
-
-    def admin_client(self) -> Any:
-        import kubernetes
-
-        return kubernetes.config.new_client_from_config(config_file=self.env["KUBECONFIG"])
-
-    def note_pod_processes(self) -> None:
-        """Records the runner's processes (each is reported when it starts and when it stops)."""
-        for name, pod in dict(self.runner.running).items():
-            if name not in self.pod_processes:
-                self.pod_processes[name] = pod.backend
-                own = " ".join(f"{k}={v}" for k, v in sorted(pod.env.items()) if k.startswith("RERANKER_")
-                               and k not in ("RERANKER_MODEL", "RERANKER_HOST", "RERANKER_PORT"))
-                self.progress.say(f"reranker for pod {name}: pid {pod.backend.process.pid}, "
-                                  f"{pod.backend.address}, log {pod.backend.log.relative_to(ROOT)}\n"
-                                  f"  with the pod's {own}")
-
-    def pod_addresses(self) -> dict[str, str]:
+    def show_answer(self, answer: dict[str, Any]) -> Any:
         try:
-            return json.loads(ADDRESSES.read_text())
-        except (OSError, ValueError):
-            return {}
+            parsed: Any = json.loads(answer["body"])
+        except ValueError:
+            parsed = answer["body"]
+        print(answer["body"], flush=True)
+        print(f"HTTP {answer['status']} in {answer['seconds']:.2f} s"
+              + "".join(f"\n  {line}" for line in summarize(parsed)), flush=True)
+        return parsed
 
-    def reranker_pods(self, docs: list[dict[str, Any]]) -> None:
-        self.local_models = local_rerankers(docs)
-        if not self.local_models:
-            raise DemoError("examples/ has no reranker ModelService on CPU for the gateway to route to")
-        self.progress.step(f"the reranker pods of {', '.join(self.local_models)}: python -m reranker "
-                           f"for each ready pod (testkit/podrunner.py)")
-        model = self.tiny_model()
-        from testkit.podrunner import LocalPodRunner
+    def rerank_request(self) -> dict[str, Any]:
+        """The README's first rerank example's body (the model is the CPU reranker example)."""
+        command = next(c for c in readme_curl_commands(README.read_text()) if is_rerank(c))
+        return json.loads(shlex.split(command)[-1])
 
-        logs = STATE / "pods"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.progress.say("kwok's pods run no process: each ready pod gets the real reranker with "
-                          "the pod's own RERANKER_* environment\n"
-                          "on 127.0.0.1, and writes the pod's address there into "
-                          f"{ADDRESSES.relative_to(ROOT)} for the gateway")
-        self.runner = LocalPodRunner(self.admin_client(), self.namespace, self.local_models, model,
-                                     ADDRESSES, logs).start()
-        wanted = {name: int(self.get("modelservice", name, "-n", self.namespace)["spec"].get("replicas", 1))
-                  for name in self.local_models}
-
-        def all_running() -> bool:
-            pods = self.get("pods", "-n", self.namespace, "-l",
-                            f"serving.embedding-images.io/modelservice in ({','.join(self.local_models)})")["items"]
-            ready = {p["metadata"]["name"] for p in pods if pod_ready(p) and not p["metadata"].get("deletionTimestamp")}
-            return len(ready) >= sum(wanted.values()) and ready == set(self.runner.running)
-
-        self.wait("a reranker process for every ready pod", all_running, 180)
-        self.note_pod_processes()
-        self.progress.done(f"{len(self.runner.running)} reranker process(es): {json.dumps(self.pod_addresses())}")
+    def by_dns_name(self) -> None:
+        service = self.get("service", self.gateway_service, "-n", self.namespace)
+        url = f"http://{self.gateway_service}.{self.namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
+        self.progress.step(f"a client pod on {self.node.name} asks the gateway by DNS name: {url}")
+        self.progress.say(f"in the cluster: {url} (the chart's Service)")
+        [answer] = self.client([(f"{url}/v1/rerank", self.rerank_request())])
+        self.show_answer(answer)
+        if answer["status"] != 200:
+            raise DemoError(f"the gateway answered HTTP {answer['status']} by DNS name: {answer['body'][:300]}")
+        print(flush=True)
+        self.progress.done("resolved by CoreDNS, through kube-proxy to the gateway pod, on to the reranker pod")
+        self.url = url
 
     def http(self, path: str, timeout: float = 5) -> tuple[int, Any]:
-        """GET on the demo's gateway: (status, parsed JSON body or None); (0, None) when it does
-        not answer."""
+        """GET on the gateway through the port-forward: (status, parsed JSON body or None)."""
         import urllib.error
         import urllib.request
 
@@ -583,43 +722,6 @@ class Demo:
             return exc.code, None
         except (urllib.error.URLError, OSError, ValueError):
             return 0, None
-
-    def routable(self, name: str) -> dict[str, Any] | None:
-        """The gateway's /v1/models entry of `name`, if it has a ready replica to route to."""
-        status, listing = self.http("/v1/models")
-        for model in (listing or {}).get("data", []) if status == 200 else []:
-            if model.get("id") == name and model.get("ready_replicas", 0) > 0:
-                return model
-        return None
-
-    def gateway(self) -> None:
-        self.progress.step(f"the gateway: python -m gateway, as the chart's ServiceAccount, port {self.port}")
-        pod = self.chart_pod_spec("gateway")
-        (container,) = pod["containers"]
-        # The chart's own settings; where it listens is this machine's, not the pod's.
-        settings = {k: v for k, v in literal_env(container, "GATEWAY_").items()
-                    if k not in ("GATEWAY_HOST", "GATEWAY_PORT")}
-        kubeconfig = self.service_account_kubeconfig(pod["serviceAccountName"], "gateway")
-        env = {**settings, "GATEWAY_NAMESPACE": self.namespace, "GATEWAY_HOST": "127.0.0.1",
-               "GATEWAY_PORT": str(self.port)}
-        self.progress.say(" ".join(f"{k}={v}" for k, v in sorted(env.items())) + " python -m gateway")
-        self.progress.say(f"(through python -m testkit.loopback gateway {ADDRESSES.relative_to(ROOT)}: "
-                          "only the pods it names are routed, to 127.0.0.1)")
-        log = STATE / "gateway.log"
-        self.start_process("gateway", [sys.executable, "-m", "testkit.loopback", "gateway", str(ADDRESSES)],
-                           {**self.env, **env, "KUBECONFIG": str(kubeconfig)}, log)
-        self.wait("the gateway's watches to sync (/ready)", lambda: self.http("/ready")[0] == 200, 60,
-                  alive=("gateway", log))
-        for name in self.local_models:
-            model = self.wait(f"the gateway to route {name}", lambda: self.routable(name), 60,
-                              alive=("gateway", log))
-            self.progress.say(f"{name}: {model['ready_replicas']} replica(s) routable")
-        services = self.get("services", "-n", self.namespace, "-l", "app.kubernetes.io/component=gateway,"
-                            f"app.kubernetes.io/instance={self.release}")["items"]
-        for service in services:
-            self.progress.say(f"in the cluster: http://{service['metadata']['name']}.{self.namespace}"
-                              f".svc.cluster.local:{service['spec']['ports'][0]['port']} (the chart's Service)")
-        self.progress.done(f"ready on http://127.0.0.1:{self.port}")
 
     def curl(self, command: str) -> tuple[int, Any]:
         """Runs a curl command line, prints it, its answer and a summary; (status, parsed body)."""
@@ -637,83 +739,93 @@ class Demo:
         print(f"HTTP {code}" + "".join(f"\n  {line}" for line in summarize(parsed)), flush=True)
         return int(code or 0), parsed
 
-    def curl_examples(self) -> list[tuple[str, int, Any]]:
-        self.progress.step(f"the curl examples of README.md ({README_SECTION}), through the gateway by model name")
+    def curl_examples(self) -> None:
+        self.progress.step(f"the curl examples of README.md ({README_SECTION}) from this machine: "
+                           f"kubectl port-forward svc/{self.gateway_service} {self.port}:{README_PORT}")
+        log = STATE / "port-forward.log"
+        self.start_process("port-forward", [str(BIN / "kubectl"), "port-forward", "-n", self.namespace,
+                                            "--address", "127.0.0.1", f"svc/{self.gateway_service}",
+                                            f"{self.port}:{README_PORT}"], log)
+        self.wait(f"the gateway through the port-forward on 127.0.0.1:{self.port}",
+                  lambda: self.http("/ready")[0] == 200, 30, lambda: tail(log))
         commands = readme_curl_commands(README.read_text())
         if self.port != README_PORT:
             self.progress.say(f"(localhost:{README_PORT} in the README is localhost:{self.port} here)")
-        answers = []
         for command in commands:
-            command = retarget(command, self.port)
-            code, parsed = self.curl(command)
+            code, parsed = self.curl(retarget(command, self.port))
             if code != 200:
                 raise DemoError(f"the README example answered HTTP {code}: {str(parsed)[:300]}")
-            answers.append((command, code, parsed))
-        print()
-        self.progress.done(f"{len(answers)} examples answered")
-        return answers
+        print(flush=True)
+        self.progress.done(f"{len(commands)} examples answered")
 
     def scale_from_zero(self) -> None:
-        name = self.local_models[0]
+        name = self.node_models[0]
         self.progress.step(f"scale from zero: kubectl scale modelservice {name} --replicas=0, then one request")
-        self.kubectl("scale", "modelservice", name, "-n", self.namespace, "--replicas=0",
-                     what="scaling to zero")
+        before = [p["metadata"]["name"] for p in self.note_reranker_pods()]
+        self.kubectl("scale", "modelservice", name, "-n", self.namespace, "--replicas=0", what="scaling to zero")
         self.progress.say(f"$ kubectl scale modelservice {name} -n {self.namespace} --replicas=0")
 
         def at_zero() -> bool:
-            self.note_pod_processes()
             status, listing = self.http("/v1/models")
             model = next((m for m in (listing or {}).get("data", []) if m.get("id") == name), {})
-            return not self.runner.running and model.get("replicas") == 0 and model.get("ready_replicas") == 0
+            return not self.own_pods(name) and model.get("replicas") == 0 and model.get("ready_replicas") == 0
 
-        self.wait(f"{name}'s pod and its process to go, and the gateway to see 0 replicas", at_zero, 90)
-        self.progress.say(f"{name}: 0 replicas, no pod, no process")
-        command = next(c for c in readme_curl_commands(README.read_text()) if is_rerank(c))
-        started = time.monotonic()
-        code, _ = self.curl(retarget(command, self.port))
-        held = time.monotonic() - started
-        if code != 200:
-            raise DemoError(f"the request to {name} at zero replicas answered HTTP {code}")
+        self.wait(f"{name}'s pod to go and the gateway to see 0 replicas", at_zero, 120, self.describe)
+        self.progress.say(f"{name}: 0 replicas, no pod ({', '.join(before)} gone)")
+        [answer] = self.client([(f"{self.url}/v1/rerank", self.rerank_request())], timeout_s=300)
+        self.show_answer(answer)
+        if answer["status"] != 200:
+            raise DemoError(f"the request to {name} at zero replicas answered HTTP {answer['status']}")
         replicas = self.get("modelservice", name, "-n", self.namespace)["spec"].get("replicas")
-        self.note_pod_processes()
+        after = [p for p in self.note_reranker_pods() if p["metadata"]["name"] not in before]
         print(flush=True)
-        self.progress.done(f"held {held:.1f} s while the gateway scaled {name} to {replicas} replica(s) "
-                           f"and its new pod started")
+        self.progress.say(f"new pod: {', '.join(p['metadata']['name'] + ' on ' + p['spec'].get('nodeName', '-') for p in after)}")
+        self.progress.done(f"held {answer['seconds']:.1f} s while the gateway scaled {name} to {replicas} "
+                           f"replica(s) and a real pod started and loaded the model")
+
+    def embedding(self) -> None:
+        self.progress.step("the TEI embedding pod on the real node (/v1/embeddings by model name)")
+        if not (ROOT / "images" / "embedding").is_dir():
+            self.progress.done("skipped: this checkout has no CPU embedding image yet (images/embedding, "
+                               "images/build.py --only embedding --variant cpu)")
+            return
+        self.progress.done("skipped: the embedding image is here but the demo does not run it yet")
 
     # -- cleanup --
 
     def cleanup(self) -> None:
         print("\n==> cleaning up", flush=True)
-        self.stop_process("gateway")
-        if self.runner is not None:
-            self.note_pod_processes()
-            self.runner.stop()
-            for pod, backend in self.pod_processes.items():
-                backend.stop()   # already stopped by the runner; waits for it all the same
-                print(f"    stopped the reranker for pod {pod} (pid {backend.process.pid})", flush=True)
-        self.stop_process("operator")
+        self.stop_process("port-forward")
         if self.keep:
-            where = "the simulated control plane" if self.kubeconfig is None else str(self.kubeconfig)
-            print(f"    KEEP=1: {where} and release {self.release} stay; look around with\n"
-                  f"      KUBECONFIG={self.env.get('KUBECONFIG')} .cache/bin/kubectl get msvc,deploy,pods "
+            print(f"    KEEP=1: the cluster and release {self.release} stay; look around with\n"
+                  f"      KUBECONFIG={LOCAL_KUBECONFIG} .cache/bin/kubectl get msvc,deploy,pods "
                   f"-n {self.namespace} -o wide\n"
-                  f"    and stop it with `make cluster-down` when done", flush=True)
-            return
-        if self.started_cluster:
+                  f"    and stop it with `make cluster-down` when done (the Hub stand-in stops now: "
+                  f"the model is in the cache)", flush=True)
+        elif self.started_cluster:
             subprocess.run([str(CLUSTER_SH), "down"], cwd=ROOT, env=self.env or None)
-            print("    stopped the control plane this demo started", flush=True)
-            return
-        if self.installed_release:
+            print("    stopped the cluster this demo started", flush=True)
+        elif self.installed_release:
+            # The models and the cache first, while the operator still runs to see them go.
+            self.kubectl("delete", "modelservices,modelcaches", "--all", "-n", self.namespace, "--wait=true",
+                         "--timeout=90s", what="deleting the models", check=False, timeout=120)
             self.run(str(BIN / "helm"), "uninstall", self.release, "-n", self.namespace,
-                     "--ignore-not-found", what="helm uninstall", check=False)
+                     "--ignore-not-found", "--wait", what="helm uninstall", check=False, timeout=180)
             self.kubectl("delete", "namespace", self.namespace, "--ignore-not-found", "--wait=false",
                          what="deleting the namespace", check=False)
+            self.kubectl("delete", "pv", f"{self.namespace}-cache", "--ignore-not-found", "--wait=false",
+                         what="deleting the cache's volume", check=False)
             if self.created_crd:
-                # Waited for, so that whatever installs the CRD next does not race its deletion.
                 self.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=90s",
                              what="deleting the CRD this demo installed", check=False, timeout=120)
-            print(f"    removed release {self.release} and namespace {self.namespace}; "
+            print(f"    removed release {self.release}, namespace {self.namespace} and its volume; "
                   f"the cluster stays as it was found", flush=True)
+        if self.hub is not None:
+            url = self.hub.url
+            self.hub.stop()
+            print(f"    stopped the Hub stand-in ({url})", flush=True)
+        if self.volume is not None and not self.keep:
+            shutil.rmtree(self.volume, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -721,11 +833,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="embedding-demo", help="namespace of the release and examples")
     parser.add_argument("--release", default="demo", help="Helm release name")
     parser.add_argument("--port", type=int, default=None,
-                        help=f"gateway port (default {README_PORT}, the README's; a free one when it is taken)")
-    parser.add_argument("--timeout", type=float, default=120,
+                        help=f"local port of the gateway's port-forward (default {README_PORT}, the "
+                             "README's; a free one when it is taken)")
+    parser.add_argument("--timeout", type=float, default=300,
                         help="seconds the ModelServices may take to be Ready")
-    parser.add_argument("--kubeconfig", type=Path, default=None,
-                        help="use this cluster instead of the simulated one; nothing is started or stopped")
     parser.add_argument("--keep", action="store_true", default=os.environ.get("KEEP", "") not in ("", "0"),
                         help="leave the cluster and the release running (KEEP=1)")
     return parser.parse_args(argv)
@@ -733,7 +844,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))   # testkit.podrunner and testkit.models, from this checkout
+    sys.path.insert(0, str(ROOT))   # testkit (the Hub stand-in, the tiny model), from this checkout
     from testkit.processes import interrupt_on_termination
     interrupt_on_termination()   # SIGTERM and SIGHUP clean up as Ctrl-C does
     if args.port is None:
@@ -743,30 +854,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     else:
         port = args.port
-    if args.kubeconfig is not None and not args.kubeconfig.is_file():
-        print(f"demo: ERROR: --kubeconfig {args.kubeconfig} does not exist", file=sys.stderr)
-        return 2
-    demo = Demo(namespace=args.namespace, release=args.release, port=port, keep=args.keep,
-                timeout=args.timeout, kubeconfig=args.kubeconfig and args.kubeconfig.resolve())
-    print("embedding-images demo: the chart, the operator and the examples on a simulated cluster, "
-          "and the gateway and rerankers on this machine", flush=True)
-    if port != README_PORT and args.port is None:
-        print(f"(port {README_PORT} is taken: the gateway listens on {port})", flush=True)
+    demo = Demo(namespace=args.namespace, release=args.release, port=port, keep=args.keep, timeout=args.timeout)
+    print("embedding-images demo: the chart, the operator, the gateway and the CPU reranker in real pods "
+          "on the local cluster's real node; the GPU examples placed on simulated nodes", flush=True)
     code = 0
     try:
         demo.tools()
         demo.cluster()
+        demo.images()
+        demo.docs = {doc["metadata"]["name"]: doc for _, doc in example_modelservices()}
+        demo.node_models = node_rerankers(list(demo.docs.values()))
+        if not demo.node_models:
+            raise DemoError("examples/ has no reranker ModelService on CPU to run on the real node")
+        demo.model()
         demo.chart()
         docs = demo.examples()
-        demo.operator(docs)
         demo.show(docs)
-        demo.reranker_pods(docs)
-        demo.gateway()
+        demo.by_dns_name()
         demo.curl_examples()
         demo.scale_from_zero()
+        demo.embedding()
     except DemoError as exc:
         print(f"\ndemo: ERROR: {exc}", file=sys.stderr, flush=True)
-        code = 1
+        code = 3 if isinstance(exc, NotEnoughDisk) else 1
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr, flush=True)
         code = 130

@@ -17,6 +17,7 @@
 #                                   (podman save | ctr images import; pods use them with pull policy
 #                                   Never or IfNotPresent); an image the node already holds under
 #                                   that name with the same image id is not copied again
+#   tests/cluster/node.sh image-id IMAGE   print the image id of the node's IMAGE (nothing when it has none)
 #   tests/cluster/node.sh restart-kubelet   stop kubelet and start it again (pods keep running)
 #   tests/cluster/node.sh status    exit 0 when the node's kubelet runs
 #   tests/cluster/node.sh env       print the node's settings (NODE_NAME=..., one a line)
@@ -806,8 +807,9 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     import) shift; cmd_import "$@" ;;
+    image-id) (($# == 2)) || die "usage: node.sh image-id IMAGE"; load_network; node_image_id "$2" ;;
     restart-kubelet) cmd_restart_kubelet ;;
-    *) die "usage: $0 install|build|built|plan|up|down|import|restart-kubelet|status|env" ;;
+    *) die "usage: $0 install|build|built|plan|up|down|import|image-id|restart-kubelet|status|env" ;;
   esac
 }
 

@@ -70,3 +70,23 @@ def _check_release(cluster: Cluster, namespace: str, release: str, real_node: Re
     [status] = pod["status"]["containerStatuses"]
     assert pod["status"]["phase"] == "Succeeded", status
     print(f"helm install to operator and gateway Ready on the real node: {ready_s:.1f} s")
+
+
+def test_an_image_the_node_holds_with_podmans_image_id_is_not_imported_again(chart_images: dict[str, str]):
+    """`node.sh import` compares podman's image id with the config digest of the node's image of
+    that name: a second import of the same images copies nothing (the reranker's is minutes)."""
+    for ref in chart_images.values():
+        podman_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", ref],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        node_id = subprocess.run([str(NODE_SH), "image-id", ref], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        assert node_id == podman_id, ref
+    start = time.monotonic()
+    again = subprocess.run([str(NODE_SH), "import", *chart_images.values()], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    seconds = time.monotonic() - start
+    assert again.returncode == 0, again.stderr
+    for ref in chart_images.values():
+        assert f"{ref}: the node holds this image already" in again.stderr
+    assert "imported" not in again.stderr
+    assert seconds < 10, f"a skipped import took {seconds:.1f} s"
