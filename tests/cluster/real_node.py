@@ -8,9 +8,9 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-from control_plane import HERE, ROOT
+from control_plane import HERE, ROOT, Cluster
 
 NODE_SH = HERE / "node.sh"
 
@@ -43,11 +43,28 @@ class RealNode:
                    pod_cidr=ipaddress.ip_network(env["POD_CIDR"]), nft_table=env["NFT_TABLE"],
                    state=Path(env["STATE"]))
 
+    def placement(self) -> dict[str, Any]:
+        """What puts a pod, a ModelService or a chart component on this node only: its node
+        selector and the toleration of its taint."""
+        return {"nodeSelector": {"kubernetes.io/hostname": self.name},
+                "tolerations": [{"key": self.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
+
     def pod_spec(self, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         """A pod spec that runs on this node only (its selector and the toleration of its taint)."""
-        return {"nodeSelector": {"kubernetes.io/hostname": self.name},
-                "tolerations": [{"key": self.taint_key, "operator": "Exists", "effect": "NoSchedule"}],
-                "containers": containers, **extra}
+        return {**self.placement(), "containers": containers, **extra}
+
+    def chart_values(self, cluster: Cluster, components: Iterable[str],
+                     extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Helm values that run the chart's `components` (operator, gateway) on this node from the
+        images imported into it (pull policy Never) and no model Deployment of the chart's own;
+        `extra` adds values per component. The CRDs are the chart's unless another release of
+        the session installed them already (helm keeps them): then not this one's."""
+        crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io",
+                                     check=False).returncode == 0
+        return {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False},
+                "reranker": {"enabled": False},
+                **{c: {"image": {"pullPolicy": "Never"}, **self.placement(), **(extra or {}).get(c, {})}
+                   for c in components}}
 
     def podbin(self, name: str, *args: str, **extra: Any) -> dict[str, Any]:
         """A container of the podbin image (tests/cluster/node/podbin) running `podbin ARGS`."""

@@ -21,12 +21,7 @@ COMPONENTS = ("operator", "gateway")  # as the conftest's chart_images builds th
 
 def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the_real_node(
         cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str]):
-    placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
-                 "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
-    # The CRDs may belong to another release of the session already (helm keeps them): then not ours.
-    crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
-    values = {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
-              **{c: {"image": {"pullPolicy": "Never"}, **placement} for c in COMPONENTS}}
+    values = real_node.chart_values(cluster, COMPONENTS)
     start = time.monotonic()
     helm = ["helm", "-n", namespace]
     release = f"node-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it

@@ -140,13 +140,7 @@ def release(cluster: Cluster, real_node: RealNode, images: dict[str, str], hub: 
     cluster.kubectl("create", "namespace", namespace)
     wait_for(f"the default ServiceAccount in {namespace}",
              lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0)
-    placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
-                 "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
-    # The CRDs may belong to another release of the session already (helm keeps them): then not ours.
-    crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
-    values = {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
-              "operator": {"image": {"pullPolicy": "Never"}, "hfEndpoint": hub.url, **placement},
-              "gateway": {"image": {"pullPolicy": "Never"}, **placement}}
+    values = real_node.chart_values(cluster, CHART_COMPONENTS, {"operator": {"hfEndpoint": hub.url}})
     helm = ["helm", "-n", namespace]
     installed_at = time.monotonic()
     install = subprocess.run([*helm, "install", name, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
@@ -190,7 +184,7 @@ def cache(cluster: Cluster, real_node: RealNode, release: Release,
     try:
         cluster.apply({"apiVersion": API, "kind": "ModelCache", "metadata": {"name": CACHE},
                        "spec": {"model": MODEL, "size": "1Gi", "storageClassName": "e2e-static",
-                                **_placement(real_node)}}, ns)
+                                **real_node.placement()}}, ns)
         try:
             downloaded = wait_for("the ModelCache Downloaded by its Job's pod", lambda: _cached(cluster, ns),
                                   timeout=150)
@@ -201,11 +195,6 @@ def cache(cluster: Cluster, real_node: RealNode, release: Release,
         cluster.kubectl("delete", "modelservices,modelcaches", "--all", "-n", ns, "--wait=true",
                         "--timeout=90s", check=False, timeout=120)
         cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
-
-
-def _placement(real_node: RealNode) -> dict[str, Any]:
-    return {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
-            "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
 
 
 def _cached(cluster: Cluster, ns: str) -> dict[str, Any] | None:
@@ -222,7 +211,7 @@ def reranker(cluster: Cluster, real_node: RealNode, release: Release, cache: dic
     cluster.apply({"apiVersion": API, "kind": "ModelService", "metadata": {"name": SERVICE},
                    "spec": {"task": "rerank", "model": MODEL, "engine": "reranker", "accelerator": "cpu", "replicas": 1,
                             "cache": {"modelCache": CACHE}, "engineArgs": ENGINE_ARGS,
-                            **_placement(real_node)}}, release.namespace)
+                            **real_node.placement()}}, release.namespace)
     return SERVICE
 
 

@@ -90,11 +90,8 @@ def test_tei_pod_serves_embeddings_through_the_gateway_by_dns_name_on_the_real_n
         cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str],
         embedding_image: str, real_tei_embed):
     schedulable_or_fail(cluster, real_node)
-    placement = {"nodeSelector": {"kubernetes.io/hostname": real_node.name},
-                 "tolerations": [{"key": real_node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
-    crds_exist = cluster.kubectl("get", "crd", "modelservices.serving.embedding-images.io", check=False).returncode == 0
-    values = {"crds": {"enabled": not crds_exist}, "embedding": {"enabled": False}, "reranker": {"enabled": False},
-              **{c: {"image": {"pullPolicy": "Never"}, **placement} for c in chart_images}}
+    placement = real_node.placement()
+    values = real_node.chart_values(cluster, chart_images)
     helm = ["helm", "-n", namespace]
     release = f"tei-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
     install = subprocess.run([*helm, "install", release, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
