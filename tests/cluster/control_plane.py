@@ -5,7 +5,6 @@ the simulated nodes. Import it from tests in tests/cluster: `from control_plane 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass

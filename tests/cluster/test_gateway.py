@@ -30,7 +30,6 @@ import kubernetes
 import pytest
 
 from control_plane import ROOT, Cluster, wait_for
-from gateway import kube
 from gateway.kube import KubeScaler, run_sources
 from gateway.registry import ModelInfo, ModelKey, Registry
 from gateway.settings import Settings
