@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -178,6 +179,19 @@ def image_refs() -> dict[str, str]:
                              operator_tag=str(build.load_yaml(build.CHART)["appVersion"]),
                              components=COMPONENTS, variants=("cpu",))
     return {c: next(p.tag for p in plans if p.component == c) for c in COMPONENTS}
+
+
+def node_eviction_bytes(node_sh: str) -> float:
+    """The free disk below which the real node's kubelet evicts (evictionHard's nodefs.available
+    in node.sh's kubelet configuration: a quantity such as 100Mi, or a percentage of the disk)."""
+    found = re.search(r'nodefs\.available:\s*"?([0-9.]+)(%|[KMGT]i?)?"?', node_sh)
+    if found is None:
+        raise DemoError("tests/cluster/node.sh sets no evictionHard nodefs.available for the kubelet")
+    value, unit = float(found.group(1)), found.group(2) or ""
+    if unit == "%":
+        return value / 100 * shutil.disk_usage(ROOT).total
+    scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return value * scale[unit]
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -452,9 +466,10 @@ class Demo:
 
     @staticmethod
     def margin() -> float:
-        """Free disk the demo leaves: the real node's kubelet evicts its pods and deletes its images
-        below 1% free (node.sh's evictionHard), and 2 GB more for everything else."""
-        return DISK_MARGIN + 0.01 * shutil.disk_usage(ROOT).total
+        """Free disk the demo leaves: what the real node's kubelet keeps free before it evicts its
+        pods and deletes its images (node.sh's evictionHard, nodefs.available), and 2 GB more for
+        everything else."""
+        return DISK_MARGIN + node_eviction_bytes(NODE_SH.read_text())
 
     def check_disk(self, what: str, need: float) -> None:
         free = shutil.disk_usage(ROOT).free
@@ -469,12 +484,13 @@ class Demo:
         self.progress.step("the images: operator, gateway, reranker (cpu) and embedding (cpu) built from this "
                            f"checkout and imported into {self.node.name}'s containerd")
         sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
-        # Up front, what the images may take: a build writes a new copy when this checkout's code
-        # differs from the image of that tag (another checkout's or commit's), and an image the
-        # node lacks is imported, which holds it twice.
+        # Up front, what the images may take: a first build writes the whole image (a rebuild of
+        # an image podman has adds the layer of the changed code: the reranker's environment is a
+        # layer of its own), and an image the node lacks is imported, which holds it twice.
         lacking = [c for c, ref in refs.items() if not self.node_holds(ref)]
         self.check_disk("building the images" + (f" and importing {', '.join(lacking)}" if lacking else ""),
-                        sum(sizes.values()) + sum(2 * sizes[c] for c in lacking) + self.margin())
+                        sum(IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items() if self.podman_image(ref) is None)
+                        + sum(2 * sizes[c] for c in lacking) + self.margin())
         for c, ref in refs.items():
             log = STATE / f"build-{c}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
