@@ -203,16 +203,17 @@ def gigabytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def client_answers(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """What each `podbin post` container of a finished client pod printed (its termination
-    message: status, seconds, body), in order."""
+def client_answers(pod: dict[str, Any], output: Callable[[str], str]) -> list[dict[str, Any]]:
+    """What each `podbin post` container of a finished client pod printed (status, seconds, body),
+    in order. `output(container)` is the container's log: the termination message holds only its
+    last 4 KiB, less than an embeddings answer."""
     got = []
     for status in [*(pod["status"].get("initContainerStatuses") or []), *pod["status"]["containerStatuses"]]:
         terminated = status["state"].get("terminated") or {}
         if terminated.get("exitCode") != 0:
             raise DemoError(f"the client pod's request {status['name']} got no answer: "
                             f"{terminated.get('message') or terminated.get('reason')}")
-        got.append(json.loads(terminated["message"]))
+        got.append(json.loads(output(status["name"]).strip().splitlines()[-1]))
     return got
 
 
@@ -738,8 +739,12 @@ class Demo:
         pod = self.wait(f"client pod {name} to finish",
                         lambda: (p := self.get("pod", name, "-n", self.namespace))["status"].get("phase")
                         in ("Succeeded", "Failed") and p, timeout_s * len(requests) + 60, self.describe)
-        self.kubectl("delete", "pod", name, "-n", self.namespace, "--wait=false", what="the client pod", check=False)
-        return client_answers(pod)
+        try:
+            return client_answers(pod, lambda container: self.kubectl(
+                "logs", name, "-n", self.namespace, "-c", container, what="the client pod's output").stdout)
+        finally:
+            self.kubectl("delete", "pod", name, "-n", self.namespace, "--wait=false", what="the client pod",
+                         check=False)
 
     def show_answer(self, answer: dict[str, Any]) -> Any:
         try:

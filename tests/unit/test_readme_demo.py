@@ -122,17 +122,22 @@ def test_the_images_are_the_chart_and_variant_tags_the_build_gives():
 
 
 def test_a_client_pod_that_got_no_answer_is_named():
-    done = {"state": {"terminated": {"exitCode": 0, "message": '{"status": 200, "seconds": 0.5, "body": "{}"}'}}}
+    # An embeddings answer is larger than the 4 KiB of a termination message: the log is read.
+    big = json.dumps({"status": 200, "seconds": 0.5, "body": json.dumps({"data": [{"embedding": [0.125] * 2000}]})})
+    logs = {"r0": big + "\n", "r1": '{"status": 201, "seconds": 0.1, "body": "{}"}\n'}
+    done = {"name": "r0", "state": {"terminated": {"exitCode": 0, "message": big[-4096:]}}}
     failed = {"name": "r1", "state": {"terminated": {"exitCode": 1, "message": "dial tcp: i/o timeout"}}}
     pod = {"status": {"initContainerStatuses": [done], "containerStatuses": [failed]}}
     try:
-        demo.client_answers(pod)
+        demo.client_answers(pod, logs.__getitem__)
     except demo.DemoError as exc:
         assert "r1 got no answer: dial tcp: i/o timeout" in str(exc)
     else:
         raise AssertionError("a request without an answer passed")
-    pod["status"]["containerStatuses"] = [done]
-    assert [a["status"] for a in demo.client_answers(pod)] == [200, 200]
+    pod["status"]["containerStatuses"] = [{**failed, "state": {"terminated": {"exitCode": 0}}}]
+    answers = demo.client_answers(pod, logs.__getitem__)
+    assert [a["status"] for a in answers] == [200, 201]
+    assert len(json.loads(answers[0]["body"])["data"][0]["embedding"]) == 2000
 
 
 def test_a_busy_port_stops_the_demo_before_it_starts_anything():
