@@ -411,9 +411,8 @@ class Demo:
 
     @property
     def placement(self) -> dict[str, Any]:
-        """The real node's selector and the toleration of its taint."""
-        return {"nodeSelector": {"kubernetes.io/hostname": self.node.name},
-                "tolerations": [{"key": self.node.taint_key, "operator": "Exists", "effect": "NoSchedule"}]}
+        """The real node's selector and the toleration of its taint (RealNode's, as the tests use)."""
+        return self.node.placement()
 
     @property
     def gateway_service(self) -> str:
@@ -484,14 +483,15 @@ class Demo:
         refs = image_refs()
         self.progress.step("the images: operator, gateway, reranker (cpu) and embedding (cpu) built from this "
                            f"checkout and imported into {self.node.name}'s containerd")
-        sizes = {c: (self.podman_image(ref) or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items()}
+        held = {c: self.podman_image(ref) for c, ref in refs.items()}   # podman's image of each tag, if any
+        sizes = {c: (held[c] or {}).get("Size") or IMAGE_SIZE_ESTIMATE[c] for c in refs}
         # Up front, what the images may take: a first build writes the whole image, and twice for
         # a while (buildah writes each layer's blob to /var/tmp before it commits it); a rebuild of
         # an image podman has adds the layer of the changed code (the reranker's environment is a
         # layer of its own); and an image the node lacks is imported, which holds it twice.
         lacking = [c for c, ref in refs.items() if not self.node_holds(ref)]
         self.check_disk("building the images" + (f" and importing {', '.join(lacking)}" if lacking else ""),
-                        sum(2 * IMAGE_SIZE_ESTIMATE[c] for c, ref in refs.items() if self.podman_image(ref) is None)
+                        sum(2 * IMAGE_SIZE_ESTIMATE[c] for c in refs if held[c] is None)
                         + sum(2 * sizes[c] for c in lacking) + self.margin())
         for c, ref in refs.items():
             log = STATE / f"build-{c}.log"
