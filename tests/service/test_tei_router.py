@@ -70,6 +70,20 @@ def test_rerank_scores_are_the_cross_encoders_sigmoid(real_tei_rerank, cross_enc
 LONG = "word " * 250  # about 250 tokens: a request that takes a while on one thread
 
 
+def metrics_while_busy(url: str, clients: int) -> list[list]:
+    """Send `clients` long texts to `url`'s /embed at once and read its /metrics every 50 ms
+    until every one is answered (each must be answered 200); the readings, in order."""
+    readings = []
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(httpx.post, f"{url}/embed", json={"inputs": LONG}, timeout=120)
+                   for _ in range(clients)]
+        while not all(f.done() for f in futures):
+            readings.append(fetch(f"{url}/metrics"))
+            time.sleep(0.05)
+    assert all(f.result().status_code == 200 for f in futures)
+    return readings
+
+
 def test_max_concurrent_requests_counts_texts_and_refuses_with_429(start_tei, minilm_dir):
     """TEI's --max-concurrent-requests is a count of texts, not of HTTP requests: each text of a
     batch takes a permit, so a batch larger than the limit is always refused."""
@@ -95,17 +109,9 @@ def test_queued_requests_are_the_autoscalers_demand(start_tei, minilm_dir):
     zero; once they are answered it is zero."""
     router = start_tei(minilm_dir, args=["--max-batch-tokens", "600"])
     assert pod_demand("tei", fetch(f"{router.url}/metrics")) == 0
-    seen: list[float] = []
-    queue_sizes: list[float] = []
-    with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(httpx.post, f"{router.url}/embed", json={"inputs": LONG},
-                               timeout=120) for _ in range(12)]
-        while not all(f.done() for f in futures):
-            samples = fetch(f"{router.url}/metrics")
-            seen.append(pod_demand("tei", samples))
-            queue_sizes += [s.value for s in samples if s.name == "te_queue_size"]
-            time.sleep(0.05)
-    assert all(f.result().status_code == 200 for f in futures)
+    readings = metrics_while_busy(router.url, clients=12)
+    seen = [pod_demand("tei", samples) for samples in readings]
+    queue_sizes = [s.value for samples in readings for s in samples if s.name == "te_queue_size"]
     assert max(seen) >= 4, seen
     assert max(queue_sizes) >= 2, queue_sizes
     samples = fetch(f"{router.url}/metrics")
@@ -160,16 +166,9 @@ def test_refusals_before_counting_do_not_hide_requests_in_flight_from_the_autosc
         # Idle: the scraper reads 0, and the pod's zero (-2) is known.
         assert scraper.read("ns/tei", "tei", [pod], [], {}).demand == 0
         assert zeros.update("tei-0", fetch(f"{router.url}/metrics")) == -2
-        clamped, read = [], []
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            futures = [pool.submit(httpx.post, f"{router.url}/embed", json={"inputs": LONG},
-                                   timeout=120) for _ in range(12)]
-            while not all(f.done() for f in futures):
-                samples = fetch(f"{router.url}/metrics")
-                clamped.append(pod_demand("tei", samples))
-                read.append(pod_demand("tei", samples, zeros.update("tei-0", samples)))
-                time.sleep(0.05)
-        assert all(f.result().status_code == 200 for f in futures)
+        readings = metrics_while_busy(router.url, clients=12)
+        clamped = [pod_demand("tei", samples) for samples in readings]
+        read = [pod_demand("tei", samples, zeros.update("tei-0", samples)) for samples in readings]
         # With 12 requests waiting each reading counts the two the clamp alone would hide.
         assert max(read) >= 6, read
         assert all(r - c in (0, 1, 2) for r, c in zip(read, clamped)) and 2 in [r - c for r, c in zip(read, clamped)]
