@@ -11,6 +11,9 @@
 #   tests/cluster/cluster.sh restart-apiserver   kill the running cluster's kube-apiserver and start it
 #                                      again as it was (same command line, environment, directory):
 #                                      an API server restart, nothing else touched
+#   tests/cluster/cluster.sh compact-etcd   compact etcd's history up to its current revision, as
+#                                      the API server's periodic compaction does: a watch from an
+#                                      older resourceVersion can only get 410 Gone, never replay
 #   tests/cluster/cluster.sh status    say whether it runs (exit 1 if not) and where its kubeconfig is
 #   tests/cluster/cluster.sh built     exit 0 when the binaries of the pinned versions are cached
 #   tests/cluster/cluster.sh bin-dir   print the folder of those binaries
@@ -327,6 +330,21 @@ cmd_restart_apiserver() {
   say "kube-apiserver restarted in $((SECONDS - start)) s"
 }
 
+cmd_compact_etcd() {
+  local pid url header revision
+  running || die "the cluster is not running"
+  pid="$(<"$cluster_dir/pids/kube-apiserver.pid")"
+  url="$(tr '\0' '\n' <"/proc/$pid/cmdline" | sed -n 's/^--etcd-servers=//p' | cut -d, -f1)"
+  [[ $url == http://127.0.0.1:* ]] || die "kube-apiserver's --etcd-servers is '$url', not etcd on loopback"
+  # etcd's gRPC gateway: a range read answers with the store's revision in its header
+  header="$(curl -sSf --max-time 10 -X POST "$url/v3/kv/range" -d '{"key":"AA=="}')"
+  revision="$(sed -nE 's/.*"revision":"([0-9]+)".*/\1/p' <<<"$header")"
+  [[ -n $revision ]] || die "no revision in etcd's answer: $header"
+  curl -sSf --max-time 30 -X POST "$url/v3/kv/compaction" \
+    -d "{\"revision\":\"$revision\",\"physical\":true}" >/dev/null
+  say "etcd compacted to revision $revision"
+}
+
 cmd_status() {
   if running; then
     say "running: KUBECONFIG=$kubeconfig"
@@ -380,8 +398,9 @@ main() {
     down) mkdir -p "$state"; lock_cluster 120; cmd_down ;;
     status) cmd_status ;;
     restart-apiserver) mkdir -p "$state"; lock_cluster 120; cmd_restart_apiserver ;;
+    compact-etcd) cmd_compact_etcd ;;
     pin-k8s) cmd_pin_k8s "${2:-}" ;;
-    *) die "usage: $0 build|built|bin-dir|cluster-dir|up|down|restart-apiserver|status|pin-k8s VERSION" ;;
+    *) die "usage: $0 build|built|bin-dir|cluster-dir|up|down|restart-apiserver|compact-etcd|status|pin-k8s VERSION" ;;
   esac
 }
 

@@ -13,6 +13,9 @@ from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+CHART = ROOT / "charts" / "embedding-images"
+MODELSERVICE_CRD = CHART / "crds" / "modelservices.yaml"
+MODELCACHE_CRD = CHART / "crds" / "modelcaches.yaml"
 CLUSTER_SH = HERE / "cluster.sh"
 TOOLS_SH = HERE / "tools.sh"
 BIN = ROOT / ".cache" / "bin"
@@ -69,6 +72,22 @@ class Cluster:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", *ns, "-f", "-", input=text)
+
+
+    def apply_crds(self, *paths: Path, timeout: float = 60) -> None:
+        """Server-side apply of CRD manifests (one CRD a file), then wait until each one is
+        Established. (`kubectl wait --for=condition=Established` fails at once, instead of
+        waiting, on a CRD the API server has not given any condition yet.)"""
+        names = []
+        for path in paths:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+            names.append(json.loads(self.kubectl("create", "--dry-run=client", "-o", "json", "-f",
+                                                 str(path)).stdout)["metadata"]["name"])
+        jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        for name in names:
+            wait_for(f"CRD {name} Established",
+                     lambda name=name: self.kubectl("get", "crd", name, "-o", jsonpath).stdout == "True",
+                     timeout=timeout, interval=0.2)
 
 
 def wait_for(what: str, probe: Callable[[], T], timeout: float = 60, interval: float = 0.5) -> T:

@@ -15,14 +15,12 @@ from typing import Iterator
 
 import pytest
 
-from control_plane import Cluster, wait_for
+from control_plane import MODELSERVICE_CRD, Cluster, wait_for
 from testkit.localstack import ClosedLoopLoad, Stack, rerank, start_stack
 from modelservice.autoscaling.demand import parse_metrics
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE_PARTS = ("charts", "embedding-images", "crds", "modelservices.yaml")
-CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 DELAY_S = 6
 CLIENTS = 3
@@ -31,11 +29,9 @@ DOCUMENTS = [f"Document {i}: Paris is the capital of France, and the Seine runs 
 
 @pytest.fixture
 def stack(cluster: Cluster, tmp_path) -> Iterator[Stack]:
-    from control_plane import ROOT
     from testkit.models import shared_tiny_model
 
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT.joinpath(*CRD_FILE_PARTS)))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    cluster.apply_crds(MODELSERVICE_CRD)
     ns = f"as-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", ns)
     model_dir = shared_tiny_model(tmp_path / "models")

@@ -29,15 +29,13 @@ from typing import Any, Iterator
 import kubernetes
 import pytest
 
-from control_plane import ROOT, Cluster, wait_for
+from control_plane import MODELSERVICE_CRD, ROOT, Cluster, wait_for
 from gateway.kube import KubeScaler, run_sources
 from gateway.registry import ModelInfo, ModelKey, Registry
 from gateway.settings import Settings
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE = ROOT / "charts" / "embedding-images" / "crds" / "modelservices.yaml"
-CRD = "modelservices.serving.embedding-images.io"
 API = "serving.embedding-images.io/v1alpha1"
 QWEN = "Qwen/Qwen3-Reranker-0.6B"
 SELECTOR = "serving.embedding-images.io/modelservice"
@@ -48,8 +46,7 @@ SELECTOR = "serving.embedding-images.io/modelservice"
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`python -m modelservice` serving gw-* (so it never competes with another module's)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    cluster.apply_crds(MODELSERVICE_CRD)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "modelservice", "--namespace=gw-*", "--verbose"],

@@ -22,25 +22,21 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from control_plane import ROOT, Cluster, KubectlError, wait_for
+from control_plane import MODELCACHE_CRD, MODELSERVICE_CRD, ROOT, Cluster, KubectlError, wait_for
 from testkit.hub import HubServer, files_of
 from test_gateway import admin_client
 from test_operator import API, Operator, condition
 
 pytestmark = pytest.mark.cluster
 
-CRDS = [ROOT / "charts" / "embedding-images" / "crds" / f"{plural}.yaml"
-        for plural in ("modelservices", "modelcaches")]
+CRDS = [MODELSERVICE_CRD, MODELCACHE_CRD]
 QWEN = "Qwen/Qwen3-Reranker-0.6B"
 DOWNLOADER_IMAGE = "embedding-images/operator:test"
 
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
-    for path in CRDS:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.serving.embedding-images.io",
-                    "crd/modelcaches.serving.embedding-images.io", "--timeout=60s")
+    cluster.apply_crds(*CRDS)
 
 
 @pytest.fixture(scope="module")

@@ -279,9 +279,7 @@ def test_gateway_image_starts_on_a_static_models_file(built_images, container, t
 def test_operator_image_reconciles_a_modelservice_and_stops_on_sigterm(built_images, container, cluster, tmp_path):
     image = built_images["operator"]
     crd = CHART / "crds" / "modelservices.yaml"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelservices.serving.embedding-images.io",
-                    "--timeout=60s")
+    cluster.apply_crds(crd)
     ns = f"img-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", ns)
     kube = tmp_path / "kube"
