@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from control_plane import (BIN, CLUSTER_SH, EXISTING_ENV, LOCAL_KUBECONFIG, ROOT, STATE, TOOLS_SH,
+from control_plane import (BIN, CHART, CLUSTER_SH, EXISTING_ENV, LOCAL_KUBECONFIG, ROOT, STATE, TOOLS_SH,
                            Cluster, wait_for)
 from real_node import NODE_SH, RealNode
 
@@ -170,7 +170,6 @@ def real_node(cluster: Cluster) -> RealNode:
     return RealNode.read()
 
 
-CHART = ROOT / "charts" / "embedding-images"
 CHART_COMPONENTS = ("operator", "gateway")
 
 

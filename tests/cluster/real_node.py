@@ -4,13 +4,16 @@ Import it from tests in tests/cluster: `from real_node import RealNode`.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-from control_plane import HERE, ROOT, Cluster
+import yaml
+
+from control_plane import CHART, HERE, ROOT, Cluster
 
 NODE_SH = HERE / "node.sh"
 
@@ -65,6 +68,28 @@ class RealNode:
                 "reranker": {"enabled": False},
                 **{c: {"image": {"pullPolicy": "Never"}, **self.placement(), **(extra or {}).get(c, {})}
                    for c in components}}
+
+    @contextlib.contextmanager
+    def chart_release(self, cluster: Cluster, namespace: str, prefix: str, components: Iterable[str],
+                      extra: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[str]:
+        """`helm install` of the chart in `namespace` with chart_values(cluster, components,
+        extra), as release `<prefix>-<the namespace's last 6 characters>` (its cluster-scoped RBAC
+        objects are named after it); yields the release's name. On the way out, the namespace's
+        ModelServices and ModelCaches are deleted first, while the operator still runs to see
+        them go, then the release is uninstalled."""
+        name = f"{prefix}-{namespace[-6:]}"
+        helm = ["helm", "-n", namespace]
+        values = self.chart_values(cluster, components, extra)
+        install = subprocess.run([*helm, "install", name, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
+                                 env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        try:
+            assert install.returncode == 0, install.stderr
+            yield name
+        finally:
+            cluster.kubectl("delete", "modelservices,modelcaches", "--all", "-n", namespace, "--wait=true",
+                            "--timeout=90s", check=False, timeout=120)
+            subprocess.run([*helm, "uninstall", name, "--ignore-not-found"], env=cluster.env, capture_output=True,
+                           timeout=120)
 
     def podbin(self, name: str, *args: str, **extra: Any) -> dict[str, Any]:
         """A container of the podbin image (tests/cluster/node/podbin) running `podbin ARGS`."""

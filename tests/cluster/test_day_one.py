@@ -24,11 +24,10 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from control_plane import ROOT, Cluster, wait_for
+from control_plane import CHART, ROOT, Cluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 
-CHART = ROOT / "charts" / "embedding-images"
 RELEASE = "day1"
 OPERATOR = f"{RELEASE}-embedding-images-operator"
 EMBED = f"{RELEASE}-embedding-images-embedding"

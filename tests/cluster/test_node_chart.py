@@ -8,30 +8,20 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
 from control_plane import ROOT, Cluster, wait_for
 from real_node import NODE_SH, RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.helm, pytest.mark.images, pytest.mark.slow]
 
-CHART = ROOT / "charts" / "embedding-images"
 COMPONENTS = ("operator", "gateway")  # as the conftest's chart_images builds them
 
 
 def test_helm_install_runs_the_operator_and_gateway_ready_by_their_probes_on_the_real_node(
         cluster: Cluster, namespace: str, real_node: RealNode, chart_images: dict[str, str]):
-    values = real_node.chart_values(cluster, COMPONENTS)
     start = time.monotonic()
-    helm = ["helm", "-n", namespace]
-    release = f"node-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
-    install = subprocess.run([*helm, "install", release, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
-                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert install.returncode == 0, install.stderr
-    try:
+    with real_node.chart_release(cluster, namespace, "node", COMPONENTS) as release:
         _check_release(cluster, namespace, release, real_node, chart_images, start)
-    finally:
-        subprocess.run([*helm, "uninstall", release, "--ignore-not-found"], env=cluster.env, capture_output=True, timeout=120)
 
 
 def _check_release(cluster: Cluster, namespace: str, release: str, real_node: RealNode,

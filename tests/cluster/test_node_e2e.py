@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from control_plane import ROOT, Cluster, wait_for
+from control_plane import CHART, ROOT, Cluster, wait_for
 from modelservice.cache.builders import claim_name
 from modelservice.placement.builders import build_selector
 from real_node import NODE_SH, RealNode
@@ -36,7 +36,6 @@ from testkit.models import build_cross_encoder
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.helm, pytest.mark.images, pytest.mark.slow]
 
-CHART = ROOT / "charts" / "embedding-images"
 VARIANTS = CHART / "files" / "variants.yaml"
 CHART_COMPONENTS = ("operator", "gateway")
 MODEL = "e2e-org/tiny-cross-encoder"  # the Hub id the stand-in serves
@@ -136,27 +135,18 @@ def release(cluster: Cluster, real_node: RealNode, images: dict[str, str], hub: 
     real node, the download Jobs pointed at the Hub stand-in; uninstalled afterwards."""
     module_start = time.monotonic()
     namespace = f"e2e-{uuid.uuid4().hex[:6]}"
-    name = f"e2e-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
     cluster.kubectl("create", "namespace", namespace)
     wait_for(f"the default ServiceAccount in {namespace}",
              lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0)
-    values = real_node.chart_values(cluster, CHART_COMPONENTS, {"operator": {"hfEndpoint": hub.url}})
-    helm = ["helm", "-n", namespace]
     installed_at = time.monotonic()
-    install = subprocess.run([*helm, "install", name, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
-                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     try:
-        assert install.returncode == 0, install.stderr
-        service = cluster.get("service", f"{name}-embedding-images-gateway", "-n", namespace)
-        port = service["spec"]["ports"][0]["port"]
-        url = f"http://{service['metadata']['name']}.{namespace}.svc.cluster.local:{port}"
-        yield Release(namespace, name, url, installed_at)
+        with real_node.chart_release(cluster, namespace, "e2e", CHART_COMPONENTS,
+                                     {"operator": {"hfEndpoint": hub.url}}) as name:
+            service = cluster.get("service", f"{name}-embedding-images-gateway", "-n", namespace)
+            port = service["spec"]["ports"][0]["port"]
+            url = f"http://{service['metadata']['name']}.{namespace}.svc.cluster.local:{port}"
+            yield Release(namespace, name, url, installed_at)
     finally:
-        # ModelServices and caches first, while the operator still runs to see them go.
-        cluster.kubectl("delete", "modelservices,modelcaches", "--all", "-n", namespace, "--wait=true",
-                        "--timeout=90s", check=False, timeout=120)
-        subprocess.run([*helm, "uninstall", name, "--ignore-not-found"], env=cluster.env, capture_output=True,
-                       timeout=120)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         FIGURES["module (warm: build and import cached)"] = time.monotonic() - module_start
         for what, seconds in FIGURES.items():

@@ -16,14 +16,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from control_plane import ROOT, Cluster, wait_for
 from real_node import NODE_SH, RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.helm, pytest.mark.images, pytest.mark.slow]
 
-CHART = ROOT / "charts" / "embedding-images"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TEXTS = ["Paris is the capital of France.", "The tower is in Paris.", "Embeddings map text to vectors."]
 # What the test measured, printed at its end (pytest -s or -rP shows it).
@@ -91,23 +89,12 @@ def test_tei_pod_serves_embeddings_through_the_gateway_by_dns_name_on_the_real_n
         embedding_image: str, real_tei_embed):
     schedulable_or_fail(cluster, real_node)
     placement = real_node.placement()
-    values = real_node.chart_values(cluster, chart_images)
-    helm = ["helm", "-n", namespace]
-    release = f"tei-{namespace[-6:]}"  # its cluster-scoped RBAC objects are named after it
-    install = subprocess.run([*helm, "install", release, str(CHART), "-f", "-"], input=yaml.safe_dump(values),
-                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert install.returncode == 0, install.stderr
-    try:
+    with real_node.chart_release(cluster, namespace, "tei", chart_images) as release:
         for c in chart_images:
             rollout = cluster.kubectl("rollout", "status", f"deployment/{release}-embedding-images-{c}", "-n",
                                       namespace, "--timeout=180s", timeout=190, check=False)
             assert rollout.returncode == 0, f"{c} not rolled out:\n{_pods_and_events(cluster, namespace)}"
         _serve_and_ask(cluster, namespace, release, real_node, embedding_image, placement, real_tei_embed)
-    finally:
-        cluster.kubectl("delete", "modelservices", "--all", "-n", namespace, "--wait=true", "--timeout=60s",
-                        check=False)
-        subprocess.run([*helm, "uninstall", release, "--ignore-not-found"], env=cluster.env, capture_output=True,
-                       timeout=120)
 
 
 def _pods_and_events(cluster: Cluster, namespace: str) -> str:
