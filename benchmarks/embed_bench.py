@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             args.reference = "transformers"
 
     backends = args.backends.split(",")
+    if unknown := sorted(set(backends) - {"candle", "ort"}):
+        parser.error(f"--backends: {', '.join(unknown)}: TEI's CPU backends here are candle and ort")
     if "ort" in backends:
         try:
             import onnx  # noqa: F401  (torch.onnx.export needs it)
