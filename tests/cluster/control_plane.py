@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CHART = ROOT / "charts" / "embedding-images"
@@ -73,7 +75,6 @@ class Cluster:
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", *ns, "-f", "-", input=text)
 
-
     def apply_crds(self, *paths: Path, timeout: float = 60) -> None:
         """Server-side apply of CRD manifests (one CRD a file), then wait until each one is
         Established. (`kubectl wait --for=condition=Established` fails at once, instead of
@@ -81,8 +82,7 @@ class Cluster:
         names = []
         for path in paths:
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-            names.append(json.loads(self.kubectl("create", "--dry-run=client", "-o", "json", "-f",
-                                                 str(path)).stdout)["metadata"]["name"])
+            names.append(yaml.safe_load(Path(path).read_text())["metadata"]["name"])
         jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
         for name in names:
             wait_for(f"CRD {name} Established",
