@@ -48,7 +48,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -376,16 +375,12 @@ class Demo:
         return proc
 
     def stop_process(self, name: str) -> None:
+        from testkit.processes import interrupt
+
         proc = self.processes.pop(name, None)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc)
         print(f"    stopped the {name} (pid {proc.pid})", flush=True)
 
     def wait(self, what: str, probe: Callable[[], Any], timeout: float,

@@ -102,6 +102,18 @@ def die_with_parent() -> Callable[[], None]:
     return set_death_signal
 
 
+def interrupt(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop `process` as Ctrl-C would: SIGINT (kopf and uvicorn shut down cleanly on it), then
+    SIGKILL if it has not exited within `timeout` seconds; returns once it has exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def interrupt_on_termination() -> None:
     """SIGTERM and SIGHUP end this process as Ctrl-C does (KeyboardInterrupt in the main thread),
     so that its `finally` blocks and `stop_children` run; left alone where a handler is set."""

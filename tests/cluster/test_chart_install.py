@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,12 @@ import pytest
 import yaml
 
 from control_plane import BIN, CHART, LOCAL_KUBECONFIG, ROOT
+from testkit.processes import interrupt
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 
+# The session's cluster: the local one until the chart_cluster fixture names it.
+ADMIN_KUBECONFIG = LOCAL_KUBECONFIG
 NS = "chart-e2e"
 RELEASE = "e2e"
 SA = f"{RELEASE}-embedding-images-operator"
@@ -38,7 +40,7 @@ VALUES = {
 # --- helpers -----------------------------------------------------------------------------------
 
 def run(*cmd: str, kubeconfig: Path | None = None, check: bool = True, stdin: str | None = None):
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig or LOCAL_KUBECONFIG), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig or ADMIN_KUBECONFIG), "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, input=stdin, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -93,9 +95,9 @@ def install_values(tmp_path: Path, values: dict) -> Path:
 @pytest.fixture(scope="module")
 def chart_cluster(cluster):
     """The control plane of tests/cluster/conftest.py (or the user's cluster it points at)."""
-    global LOCAL_KUBECONFIG
-    LOCAL_KUBECONFIG = Path(cluster.kubeconfig)
-    return LOCAL_KUBECONFIG
+    global ADMIN_KUBECONFIG
+    ADMIN_KUBECONFIG = Path(cluster.kubeconfig)
+    return ADMIN_KUBECONFIG
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def release(chart_cluster, tmp_path_factory):
 def sa_kubeconfig(tmp: Path) -> Path:
     """A kubeconfig that authenticates as the chart's operator ServiceAccount (a bound token)."""
     token = kubectl("create", "token", SA, "-n", NS, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(LOCAL_KUBECONFIG.read_text())
+    admin = yaml.safe_load(ADMIN_KUBECONFIG.read_text())
     ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
     cluster = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
     config = {
@@ -153,12 +155,7 @@ def operator(release):
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         )
     yield {"proc": proc, "log": log}
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    interrupt(proc)
 
 
 # --- tests ---------------------------------------------------------------------------------------
